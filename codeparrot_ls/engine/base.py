@@ -1,0 +1,86 @@
+"""The one interface every inference engine implements.
+
+An engine owns a model and its tokenizer and knows how to run one forward pass
+with a KV cache. Decoding (greedy / sampling, stop rules, budgets, cancellation,
+KV prefix reuse) is written once on top of `forward`, so the ONNX and the torch
+engines behave the same, and evaluation measures exactly what the server serves.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class ModelInfo:
+    """What the server and the evaluator need to know about a model."""
+
+    name: str
+    engine: str                  # "onnx" or "torch"
+    vocab_size: int              # rows of the logits (may exceed the tokenizer's vocab: padding)
+    n_positions: int             # longest sequence the model accepts (prompt + new tokens)
+    n_layer: int
+    eos_id: int
+    special_ids: dict[str, int]  # special token -> id (from codeparrot_ls.prompt)
+    supports_fim: bool
+    path: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GenerationRequest:
+    prompt_ids: Sequence[int]
+    max_new_tokens: int = 48
+    temperature: float = 0.0             # 0 = greedy
+    top_p: float = 1.0
+    num_samples: int = 1                 # > 1 only with temperature > 0
+    seed: int | None = None
+    stop: Sequence[str] = ()             # stop strings on the generated text (excluded from it)
+    deadline: float | None = None        # time.monotonic() after which decoding stops
+    is_cancelled: Callable[[], bool] | None = None   # checked before every token
+    required_prefix: str = ""            # token healing: the generated text must start with this
+
+
+@dataclass
+class Generation:
+    text: str                            # generated text, stop string and required_prefix included as generated
+    token_ids: list[int]
+    finish_reason: str                   # "eos" | "stop" | "length" | "time" | "cancelled" | "context"
+    prompt_tokens: int = 0
+    reused_tokens: int = 0               # prompt tokens served from the KV cache of an earlier call
+    prefill_ms: float = 0.0
+    decode_ms: float = 0.0
+
+
+class Engine(abc.ABC):
+    info: ModelInfo
+
+    @property
+    @abc.abstractmethod
+    def tokenizer(self):
+        """A `tokenizers.Tokenizer` (the model's real one)."""
+
+    @abc.abstractmethod
+    def forward(self, input_ids: np.ndarray, past: Any | None, logits_to_keep: int = 1) -> tuple[np.ndarray, Any]:
+        """Run the model on `input_ids` [batch, seq] after `past` (None = empty cache).
+
+        Returns (logits [batch, logits_to_keep, vocab] as float32 numpy, new past).
+        The past object is opaque to callers (each engine keeps its own format) but
+        must expose `past_length(past)` below.
+        """
+
+    @abc.abstractmethod
+    def past_length(self, past: Any | None) -> int:
+        """Number of positions held in `past` (0 for None)."""
+
+    @abc.abstractmethod
+    def generate(self, request: GenerationRequest) -> list[Generation]:
+        """Decode `request.num_samples` continuations of `request.prompt_ids`."""
+
+    def close(self) -> None:
+        """Release the model (threads, sessions)."""

@@ -1,0 +1,47 @@
+"""File names and the ONNX graph's input/output names: the contract between
+`codeparrot export` (which writes a model folder) and the server's engines
+(which read it). Keep both sides on these constants."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+TOKENIZER_FILE = "tokenizer.json"
+CONFIG_FILE = "config.json"
+EXPORT_INFO_FILE = "export.json"
+ONNX_FP32_FILE = "model.onnx"
+ONNX_INT8_FILE = "model.int8.onnx"
+SAFETENSORS_FILE = "model.safetensors"
+
+# One graph serves the prompt (empty past, length 0) and every decode step.
+ONNX_INPUT_IDS = "input_ids"                # int64 [batch, seq]
+ONNX_ATTENTION_MASK = "attention_mask"      # int64 [batch, past + seq]
+ONNX_POSITION_IDS = "position_ids"          # int64 [batch, seq]
+ONNX_LOGITS_TO_KEEP = "logits_to_keep"      # int64 scalar: logits only for the last k positions
+ONNX_LOGITS = "logits"                      # float32 [batch, k, vocab]
+
+
+def past_key_name(layer: int) -> str:       # float32 [batch, heads, past, head_dim]
+    return f"past_key_values.{layer}.key"
+
+
+def past_value_name(layer: int) -> str:
+    return f"past_key_values.{layer}.value"
+
+
+def present_key_name(layer: int) -> str:    # float32 [batch, heads, past + seq, head_dim]
+    return f"present.{layer}.key"
+
+
+def present_value_name(layer: int) -> str:
+    return f"present.{layer}.value"
+
+
+def has_onnx_model(model_dir: str | Path) -> bool:
+    d = Path(model_dir)
+    return (d / ONNX_FP32_FILE).is_file() or (d / ONNX_INT8_FILE).is_file()
+
+
+def has_torch_checkpoint(model_dir: str | Path) -> bool:
+    d = Path(model_dir)
+    return (d / CONFIG_FILE).is_file() and any(d.glob("*.safetensors")) or (d / "pytorch_model.bin").is_file()

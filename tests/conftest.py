@@ -1,0 +1,52 @@
+"""Shared fixtures: a tiny real tokenizer and a tiny random model, built once per session.
+
+Everything is made by the project's own code from files on this machine (the
+standard library), so no test needs the network.
+"""
+
+from __future__ import annotations
+
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+# A handful of real, stable stdlib modules: enough text for a small BPE.
+SAMPLE_MODULES = ["argparse.py", "textwrap.py", "json/encoder.py", "json/decoder.py", "shlex.py",
+                  "fnmatch.py", "string.py", "dataclasses.py", "glob.py", "heapq.py"]
+
+
+def sample_texts() -> list[str]:
+    return [(STDLIB / m).read_text(encoding="utf-8") for m in SAMPLE_MODULES]
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory) -> Path:
+    """A real byte-level BPE (vocab 1024) trained on a few stdlib modules."""
+    from trainer.tokenizer import save_tokenizer, train_tokenizer
+
+    out = tmp_path_factory.mktemp("tokenizer")
+    tok = train_tokenizer(sample_texts(), vocab_size=1024)
+    save_tokenizer(tok, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
+    """A Hugging Face checkpoint folder: 2 layers x 64 wide, random weights, with tokenizer files."""
+    import shutil
+
+    import torch
+    from tokenizers import Tokenizer
+
+    from trainer.model import build_model
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("checkpoint")
+    tok = Tokenizer.from_file(str(tiny_tokenizer_dir / "tokenizer.json"))
+    model = build_model("test", tok)
+    model.save_pretrained(out)
+    for f in tiny_tokenizer_dir.iterdir():
+        shutil.copy(f, out / f.name)
+    return out

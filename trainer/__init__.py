@@ -1,0 +1,1 @@
+"""The training pipeline: corpus -> tokenizer -> pretraining -> evaluation -> ONNX export."""
