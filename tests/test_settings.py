@@ -1,0 +1,21 @@
+import pytest
+
+from codeparrot_ls.settings import CompletionSettings
+
+
+def test_camel_case_options_apply_and_unknown_keys_are_ignored():
+    s = CompletionSettings().updated({"maxNewTokens": 16, "singleLine": True, "topP": 0.9, "whatever": 1})
+    assert (s.max_new_tokens, s.single_line, s.top_p) == (16, True, 0.9)
+
+
+def test_original_is_unchanged():
+    base = CompletionSettings()
+    base.updated({"enabled": False})
+    assert base.enabled
+
+
+@pytest.mark.parametrize("options", [{"maxNewTokens": "many"}, {"maxNewTokens": 0}, {"enabled": 1},
+                                     {"stop": "\n"}, {"topP": 0}, {"suffixShare": 2}])
+def test_bad_values_raise_with_the_key(options):
+    with pytest.raises(ValueError):
+        CompletionSettings().updated(options)
