@@ -1,0 +1,221 @@
+"""`codeparrot export`: a Hugging Face GPT-2 checkpoint -> one ONNX graph with a KV cache.
+
+The graph serves both the prompt pass (empty past, length 0) and every decode
+step, so the server runs a single ONNX Runtime session. `logits_to_keep` is an
+input: the prompt pass pays the output layer only for the last position, while
+perplexity evaluation asks for all positions.
+
+Checked after export: `onnx.checker`, logits parity with PyTorch on a real
+prompt (prefill and a decode step with past), equal greedy tokens. A parity
+failure removes nothing the user had but exits 1 with the measured difference.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from codeparrot_ls import modelfiles as mf
+from codeparrot_ls.prompt import END_OF_TEXT, special_token_ids, supports_fim
+
+# Files copied next to the ONNX model so the folder is self-contained.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
+
+
+class ExportError(Exception):
+    """A problem with the input (bad checkpoint folder, bad options): exit code 2."""
+
+
+class ParityError(Exception):
+    """The exported graph does not match PyTorch: exit code 1."""
+
+
+@dataclass
+class ExportArgs:
+    checkpoint: str = field(metadata={"help": "Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer.json)"})
+    output: str = field(metadata={"help": "output folder for model.onnx / model.int8.onnx, tokenizer and export.json"})
+    quantize: str = field(default="none", metadata={"help": "'int8': also write model.int8.onnx (dynamic quantization)",
+                                                     "choices": ["none", "int8"]})
+    optimize: bool = field(default=False, metadata={"help": "try ONNX Runtime's transformer optimizer; kept only if faster and at parity"})
+    opset: int = field(default=17, metadata={"help": "ONNX opset"})
+    tolerance: float = field(default=1e-3, metadata={"help": "max abs logits difference vs PyTorch (fp32 graph)"})
+    eval_file: str = field(default="", metadata={"help": "Python file used for parity and int8 agreement (default: a stdlib module)"})
+    eval_tokens: int = field(default=0, metadata={"help": "tokens of eval_file used (default: min(256, n_positions))"})
+    keep_fp32: bool = field(default=True, metadata={"help": "keep model.onnx next to model.int8.onnx"})
+    threads: int = field(default=0, metadata={"help": "ONNX Runtime threads for the checks (0 = default)"})
+
+
+def default_eval_text() -> str:
+    """A real Python file that ships with every Python: the standard library's pprint module."""
+    import sysconfig
+
+    return (Path(sysconfig.get_paths()["stdlib"]) / "pprint.py").read_text(encoding="utf-8")
+
+
+def check_checkpoint(ckpt: Path) -> dict:
+    """Return the checkpoint's config.json, or raise ExportError saying what is wrong."""
+    if not ckpt.is_dir():
+        raise ExportError(f"checkpoint folder {ckpt} does not exist")
+    cfg_path = ckpt / mf.CONFIG_FILE
+    if not cfg_path.is_file():
+        raise ExportError(f"{ckpt} has no {mf.CONFIG_FILE}: not a Hugging Face checkpoint folder")
+    try:
+        config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ExportError(f"{cfg_path} is not valid JSON: {e}") from e
+    if config.get("model_type") != "gpt2":
+        archs = config.get("architectures") or config.get("model_type")
+        raise ExportError(f"{ckpt}: model type {config.get('model_type')!r} ({archs}) is not supported; "
+                          "only GPT-2 checkpoints (model_type 'gpt2') can be exported")
+    if not mf.has_torch_checkpoint(ckpt):
+        raise ExportError(f"{ckpt} has no weights (*.safetensors or pytorch_model.bin)")
+    if not (ckpt / mf.TOKENIZER_FILE).is_file():
+        raise ExportError(f"{ckpt} has no {mf.TOKENIZER_FILE}: the exported folder must carry its tokenizer")
+    return config
+
+
+def load_checkpoint(ckpt: Path):
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    try:
+        model = GPT2LMHeadModel.from_pretrained(ckpt, attn_implementation="eager", dtype=torch.float32)
+    except Exception as e:  # noqa: BLE001 - any load failure is a bad folder for the user
+        raise ExportError(f"could not load the checkpoint in {ckpt}: {e}") from e
+    return model.eval()
+
+
+def export_onnx(model, path: Path, opset: int) -> float:
+    """Trace `model` into `path`; returns seconds taken."""
+    import torch
+
+    from trainer.export_graph import KVCacheWrapper, dummy_inputs, input_names, output_names, dynamic_axes
+
+    n_layer = model.config.n_layer
+    wrapper = KVCacheWrapper(model).eval()
+    t0 = time.perf_counter()
+    with torch.no_grad(), warnings.catch_warnings():
+        # The tracer warns about every Python-level branch in transformers; parity is checked below instead.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapper, dummy_inputs(model.config), str(path),
+            input_names=input_names(n_layer), output_names=output_names(n_layer),
+            dynamic_axes=dynamic_axes(n_layer), opset_version=opset, dynamo=False,
+            do_constant_folding=True,
+        )
+    return time.perf_counter() - t0
+
+
+def run(args: ExportArgs) -> dict:
+    import onnx
+
+    from trainer import export_graph as eg
+
+    ckpt, out = Path(args.checkpoint), Path(args.output)
+    config = check_checkpoint(ckpt)
+    if args.opset < 14:
+        raise ExportError(f"--opset {args.opset}: at least 14 is needed")
+    if out.resolve() == ckpt.resolve():
+        raise ExportError("--output must differ from --checkpoint")
+    model = load_checkpoint(ckpt)
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(ckpt / mf.TOKENIZER_FILE))
+    vocab = tok.get_vocab(with_added_tokens=True)
+    if tok.get_vocab_size() > model.config.vocab_size:
+        raise ExportError(f"tokenizer has {tok.get_vocab_size()} tokens but the model only {model.config.vocab_size} rows")
+
+    out.mkdir(parents=True, exist_ok=True)
+    fp32_path = out / mf.ONNX_FP32_FILE
+    tmp_path = out / (mf.ONNX_FP32_FILE + ".tmp")
+    secs = export_onnx(model, tmp_path, args.opset)
+    onnx.checker.check_model(str(tmp_path))
+    print(f"exported {tmp_path.name} in {secs:.1f} s; onnx.checker ok")
+
+    text = Path(args.eval_file).read_text(encoding="utf-8") if args.eval_file else default_eval_text()
+    n_eval = args.eval_tokens or min(256, model.config.n_positions)
+    ids = tok.encode(text).ids[:n_eval]
+    if len(ids) < 8:
+        raise ExportError("the parity text is too short (need at least 8 tokens)")
+    parity = eg.check_parity(model, tmp_path, ids, threads=args.threads)
+    print(f"parity vs PyTorch: prefill max |diff| {parity['prefill_max_abs_diff']:.2e}, "
+          f"decode step {parity['decode_max_abs_diff']:.2e}, padded batch {parity['padded_max_abs_diff']:.2e}, "
+          f"greedy tokens equal {parity['greedy_equal']}")
+    worst = max(parity["prefill_max_abs_diff"], parity["decode_max_abs_diff"], parity["padded_max_abs_diff"])
+    if worst > args.tolerance or not parity["greedy_equal"]:
+        tmp_path.unlink(missing_ok=True)
+        raise ParityError(f"exported graph differs from PyTorch: max |diff| {worst:.3e} "
+                          f"(tolerance {args.tolerance:g}), greedy tokens equal: {parity['greedy_equal']}")
+    tmp_path.replace(fp32_path)
+
+    info: dict = {
+        "format": "codeparrot-onnx-kv",
+        "opset": args.opset,
+        "source_checkpoint": str(ckpt.resolve()),
+        "n_layer": model.config.n_layer, "n_head": model.config.n_head, "n_embd": model.config.n_embd,
+        "head_dim": model.config.n_embd // model.config.n_head,
+        "n_positions": model.config.n_positions,
+        "vocab_size": model.config.vocab_size,
+        "tokenizer_vocab_size": tok.get_vocab_size(),
+        "eos_token_id": vocab.get(END_OF_TEXT, model.config.eos_token_id),
+        "special_token_ids": special_token_ids(vocab),
+        "supports_fim": supports_fim(vocab),
+        "inputs": eg.input_names(model.config.n_layer),
+        "outputs": eg.output_names(model.config.n_layer),
+        "past_shape": ["batch", model.config.n_head, "past", model.config.n_embd // model.config.n_head],
+        "parity": parity,
+        "files": {},
+    }
+
+    if args.optimize:
+        info["optimize"] = eg.try_optimize(fp32_path, model, ids, args.tolerance, threads=args.threads)
+        print(f"optimize: {info['optimize']['verdict']}")
+
+    if args.quantize == "int8":
+        int8_path = out / mf.ONNX_INT8_FILE
+        info["int8"] = eg.quantize_int8(fp32_path, int8_path, ids, threads=args.threads)
+        q = info["int8"]
+        print(f"int8: {q['size_mb']:.1f} MB (fp32 {q['fp32_size_mb']:.1f} MB), top-1 agreement {q['top1_agreement']:.3f}, "
+              f"loss {q['loss_int8']:.4f} vs fp32 {q['loss_fp32']:.4f}")
+        if not args.keep_fp32:
+            fp32_path.unlink()
+
+    for name in TOKENIZER_FILES:
+        if (ckpt / name).is_file():
+            shutil.copy(ckpt / name, out / name)
+    shutil.copy(ckpt / mf.CONFIG_FILE, out / mf.CONFIG_FILE)
+    for name in (mf.ONNX_FP32_FILE, mf.ONNX_INT8_FILE):
+        if (out / name).is_file():
+            info["files"][name] = (out / name).stat().st_size
+    (out / mf.EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {out}: {', '.join(sorted(info['files']))}, tokenizer, {mf.CONFIG_FILE}, {mf.EXPORT_INFO_FILE}")
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(ExportArgs)
+    parser.prog = "codeparrot export"
+    try:
+        (args,) = parser.parse_args_into_dataclasses(args=argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    try:
+        run(args)
+    except ExportError as e:
+        print(f"codeparrot export: error: {e}", file=sys.stderr)
+        return 2
+    except ParityError as e:
+        print(f"codeparrot export: parity check failed: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
