@@ -48,13 +48,14 @@ class GenerationRequest:
 
 @dataclass
 class Generation:
-    text: str                            # generated text, stop string and required_prefix included as generated
+    text: str                            # generated text (required_prefix included); a stop string is cut off
     token_ids: list[int]
     finish_reason: str                   # "eos" | "stop" | "length" | "time" | "cancelled" | "context"
-    prompt_tokens: int = 0
+    prompt_tokens: int = 0               # prompt tokens the model saw (after any left truncation)
     reused_tokens: int = 0               # prompt tokens served from the KV cache of an earlier call
     prefill_ms: float = 0.0
     decode_ms: float = 0.0
+    truncated_tokens: int = 0            # prompt tokens dropped on the left to fit n_positions
 
 
 class Engine(abc.ABC):
@@ -66,12 +67,16 @@ class Engine(abc.ABC):
         """A `tokenizers.Tokenizer` (the model's real one)."""
 
     @abc.abstractmethod
-    def forward(self, input_ids: np.ndarray, past: Any | None, logits_to_keep: int = 1) -> tuple[np.ndarray, Any]:
+    def forward(self, input_ids: np.ndarray, past: Any | None, logits_to_keep: int = 1,
+                attention_mask: np.ndarray | None = None,
+                position_ids: np.ndarray | None = None) -> tuple[np.ndarray, Any]:
         """Run the model on `input_ids` [batch, seq] after `past` (None = empty cache).
 
         Returns (logits [batch, logits_to_keep, vocab] as float32 numpy, new past).
-        The past object is opaque to callers (each engine keeps its own format) but
-        must expose `past_length(past)` below.
+        `attention_mask` [batch, past + seq] and `position_ids` [batch, seq] default to
+        all ones and consecutive positions; pass them for left-padded batches.
+        The past object is opaque to callers (each engine keeps its own format) and
+        is never modified in place: an old past stays valid after later calls.
         """
 
     @abc.abstractmethod
@@ -79,8 +84,23 @@ class Engine(abc.ABC):
         """Number of positions held in `past` (0 for None)."""
 
     @abc.abstractmethod
+    def truncate_past(self, past: Any, length: int) -> Any:
+        """The first `length` positions of `past` (KV prefix reuse)."""
+
+    @abc.abstractmethod
+    def select_past(self, past: Any, rows: Sequence[int]) -> Any:
+        """Rows of `past` along the batch axis (repeat a row to expand one prompt into samples)."""
+
     def generate(self, request: GenerationRequest) -> list[Generation]:
-        """Decode `request.num_samples` continuations of `request.prompt_ids`."""
+        """Decode `request.num_samples` continuations of `request.prompt_ids`.
+
+        Shared by all engines (codeparrot_ls/engine/decoding.py). Not reentrant: call it
+        from one thread at a time (the server uses a single executor thread); the KV
+        prefix cache of the previous call lives on the engine.
+        """
+        from codeparrot_ls.engine.decoding import generate
+
+        return generate(self, request)
 
     def close(self) -> None:
         """Release the model (threads, sessions)."""
