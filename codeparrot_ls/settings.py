@@ -24,6 +24,7 @@ class CompletionSettings:
     stop: list[str] = field(default_factory=list)   # extra stop sequences
     time_budget_ms: int = 1000        # wall-clock cap on one suggestion
     token_healing: bool = True
+    min_chars: int = 2                # automatic suggestions with fewer visible characters are dropped
 
     def updated(self, options: dict[str, Any] | None) -> "CompletionSettings":
         """A copy with the known keys of `options` applied (camelCase or snake_case).
