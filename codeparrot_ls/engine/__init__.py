@@ -1,5 +1,53 @@
-"""Inference engines: ONNX Runtime (default, no torch needed) and PyTorch."""
+"""Inference engines: ONNX Runtime (default, no torch needed) and PyTorch.
 
+`load_engine(model_dir)` picks ONNX when the folder holds model.onnx / model.int8.onnx
+and the torch engine for a Hugging Face checkpoint folder. Nothing here imports
+torch or transformers until the torch engine is actually asked for.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from codeparrot_ls import modelfiles as mf
 from codeparrot_ls.engine.base import Engine, Generation, GenerationRequest, ModelInfo
+from codeparrot_ls.engine.decoding import generate_batch
+from codeparrot_ls.engine.loading import ModelLoadError
 
-__all__ = ["Engine", "Generation", "GenerationRequest", "ModelInfo"]
+ENGINES = ("auto", "onnx", "torch")
+
+__all__ = ["Engine", "Generation", "GenerationRequest", "ModelInfo", "ModelLoadError", "generate_batch",
+           "load_engine", "ENGINES"]
+
+
+def load_engine(model_dir: str | Path, engine: str = "auto", threads: int | None = None,
+                precision: str = "auto") -> Engine:
+    """An engine for `model_dir`; raises ModelLoadError with a clear message when it cannot.
+
+    engine: "auto" (ONNX if the folder has an ONNX model, else torch), "onnx" or "torch".
+    precision: "auto" (int8 if present), "int8" or "fp32" (ONNX); the torch engine is fp32.
+    threads: intra-op threads (None = the runtime's default).
+    """
+    d = Path(model_dir)
+    if engine not in ENGINES:
+        raise ModelLoadError(f"unknown engine {engine!r}; expected one of {ENGINES}")
+    if not d.is_dir():
+        raise ModelLoadError(f"model folder {d} does not exist")
+    if engine == "auto":
+        if mf.has_onnx_model(d):
+            engine = "onnx"
+        elif mf.has_torch_checkpoint(d):
+            engine = "torch"
+        else:
+            raise ModelLoadError(
+                f"{d} holds no model: expected {mf.ONNX_FP32_FILE} / {mf.ONNX_INT8_FILE} (from `codeparrot export`) "
+                f"or a Hugging Face checkpoint ({mf.CONFIG_FILE} + *.safetensors)")
+    if engine == "onnx":
+        from codeparrot_ls.engine.onnx_engine import OnnxEngine
+
+        return OnnxEngine(d, threads=threads, precision=precision)
+    try:
+        from codeparrot_ls.engine.torch_engine import TorchEngine
+    except ImportError as e:
+        raise ModelLoadError(f"the torch engine needs torch and transformers (pip install 'codeparrot-ls[train]'): {e}") from e
+    return TorchEngine(d, threads=threads, precision=precision)
