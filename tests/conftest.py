@@ -50,3 +50,14 @@ def tiny_checkpoint_dir(tmp_path_factory, tiny_tokenizer_dir) -> Path:
     for f in tiny_tokenizer_dir.iterdir():
         shutil.copy(f, out / f.name)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_dir(tmp_path_factory, tiny_checkpoint_dir) -> Path:
+    """`codeparrot export --quantize int8` of `tiny_checkpoint_dir`: model.onnx, model.int8.onnx, tokenizer, export.json."""
+    from trainer.export import main as export_main
+
+    out = tmp_path_factory.mktemp("onnx")
+    rc = export_main(["--checkpoint", str(tiny_checkpoint_dir), "--output", str(out), "--quantize", "int8"])
+    assert rc == 0, f"export of the tiny checkpoint failed with exit code {rc}"
+    return out
