@@ -1,0 +1,426 @@
+"""Pretrain a GPT-2-style code model with Accelerate: one CPU, one GPU or many.
+
+    codeparrot pretrain --corpus DIR --tokenizer DIR --output DIR [--model-size tiny] ...
+    accelerate launch [--num_processes N] trainer/pretrain.py --corpus DIR ...
+    codeparrot pretrain --config configs/pretrain/tiny_cpu.yaml --max-steps 100
+
+Arguments come from flags, from a JSON/YAML file (`--config FILE`, flags override
+it), or both. `--resume` (alone, or `--resume latest`) continues the newest complete
+checkpoint in OUTPUT; `--resume PATH` continues a given one. See trainer/checkpoint.py
+for the output layout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+MIXED_PRECISION = ("no", "bf16", "fp16")
+REPORT_TO = ("tensorboard", "wandb", "all", "none")
+
+
+@dataclass
+class PretrainArguments:
+    corpus: str | None = field(default=None, metadata={"help": "folder of train-*/valid-*.jsonl.gz shards"})
+    tokenizer: str | None = field(default=None, metadata={"help": "tokenizer folder (tokenizer.json)"})
+    output: str | None = field(default=None, metadata={"help": "run folder: checkpoints, final/, metrics"})
+    model_size: str = field(default="tiny", metadata={"help": "size preset: test, tiny, mini, small, xl"})
+    model_config: str | None = field(default=None, metadata={"help": "JSON/YAML GPT2Config fields over the preset"})
+    seq_length: int | None = field(default=None, metadata={"help": "tokens per sequence (default: model positions)"})
+    batch_size: int = field(default=8, metadata={"help": "sequences per process per micro-step"})
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 5e-4
+    weight_decay: float = 0.1
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    max_grad_norm: float = 1.0
+    warmup_steps: int = 100
+    max_steps: int = 1000
+    max_minutes: float | None = field(default=None, metadata={"help": "stop (and save) after this long"})
+    eval_steps: int = field(default=200, metadata={"help": "evaluate every N steps (and at the end); 0: never"})
+    eval_batches: int = field(default=20, metadata={"help": "valid batches per process per evaluation; 0: all"})
+    save_steps: int = field(default=500, metadata={"help": "checkpoint every N steps (and at the end)"})
+    keep_last: int = field(default=3, metadata={"help": "complete checkpoints to keep; 0: all"})
+    logging_steps: int = 10
+    fim_rate: float = 0.5
+    fim_spm_rate: float = 0.5
+    quality_tokens: bool = field(default=False, metadata={"help": "a quality token at each document start"})
+    shuffle_buffer: int = field(default=256, metadata={"help": "sequences in the shuffle buffer; 0: off"})
+    dataloader_workers: int = field(default=1, metadata={"help": "tokenizing processes per rank; 0: inline"})
+    mixed_precision: str = field(default="bf16", metadata={"help": "no, bf16 (CPU or GPU) or fp16 (GPU)"})
+    gradient_checkpointing: bool = False
+    fused_optimizer: bool = field(default=True, metadata={"help": "fused AdamW kernel where supported"})
+    num_threads: int | None = field(default=None, metadata={"help": "torch CPU threads per process"})
+    resume: str | None = field(default=None, metadata={"help": "`latest` (or no value) or a checkpoint path"})
+    seed: int = 0
+    report_to: str = field(default="tensorboard", metadata={"help": "tensorboard, wandb, all or none"})
+    max_nonfinite: int = field(default=5, metadata={"help": "stop after this many non-finite steps in a row"})
+    # Fault injection, for the tests of the guards and of resume.
+    fault_nan_loss_steps: str = field(default="", metadata={"help": "testing: poison the loss at these steps"})
+    fault_kill_at_step: int | None = field(default=None, metadata={"help": "testing: SIGKILL after this step"})
+    fault_kill_in_save: int | None = field(default=None, metadata={"help": "testing: SIGKILL mid-save at step"})
+
+
+class UsageError(ValueError):
+    """Bad arguments: reported in one line, exit status 2."""
+
+
+def parse_args(argv: list[str]) -> PretrainArguments:
+    from transformers import HfArgumentParser
+
+    argv = list(argv)
+    # `--resume` alone means the latest checkpoint.
+    for i, a in enumerate(argv):
+        if a == "--resume" and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
+            argv.insert(i + 1, "latest")
+    parser = HfArgumentParser(PretrainArguments)
+    parser.add_argument("--config", default=None, help="JSON or YAML file of these arguments; flags override it")
+    known, _ = parser.parse_known_args(argv)
+    if known.config:
+        parser.set_defaults(**read_config(known.config))
+    (args,) = parser.parse_args_into_dataclasses(args=argv)[:1]
+    return args
+
+
+def read_config(path: str) -> dict:
+    text = Path(path).read_text(encoding="utf-8")
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+
+        values = yaml.safe_load(text) or {}
+    else:
+        values = json.loads(text)
+    if not isinstance(values, dict):
+        raise UsageError(f"{path}: expected a mapping of argument names to values")
+    values = {k.replace("-", "_"): v for k, v in values.items()}
+    unknown = set(values) - {f.name for f in fields(PretrainArguments)}
+    if unknown:
+        raise UsageError(f"{path}: unknown arguments {sorted(unknown)}")
+    return values
+
+
+def check_args(args: PretrainArguments) -> None:
+    for name in ("corpus", "tokenizer", "output"):
+        if not getattr(args, name):
+            raise UsageError(f"--{name} is required")
+    if not (Path(args.tokenizer) / "tokenizer.json").is_file():
+        raise UsageError(f"--tokenizer {args.tokenizer}: no tokenizer.json there")
+    if not Path(args.corpus).is_dir():
+        raise UsageError(f"--corpus {args.corpus}: not a folder")
+    if args.mixed_precision not in MIXED_PRECISION:
+        raise UsageError(f"--mixed-precision must be one of {MIXED_PRECISION}")
+    if args.report_to not in REPORT_TO:
+        raise UsageError(f"--report-to must be one of {REPORT_TO}")
+    for name in ("batch_size", "gradient_accumulation_steps", "max_steps", "logging_steps", "save_steps",
+                 "max_nonfinite"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    if not (0 <= args.fim_rate <= 1 and 0 <= args.fim_spm_rate <= 1):
+        raise UsageError("--fim-rate and --fim-spm-rate must be in [0, 1]")
+
+
+def parameter_groups(model, weight_decay: float) -> list[dict]:
+    """Weight decay on weight matrices only: not on biases, not on LayerNorm weights.
+
+    GPT-2 names its norms ln_1/ln_2/ln_f, so a name filter for "LayerNorm.weight"
+    would match nothing; the module type and the tensor rank are what count.
+    """
+    import torch
+
+    norm_params = {id(p) for m in model.modules() if isinstance(m, torch.nn.LayerNorm) for p in m.parameters()}
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():  # tied weights appear once
+        if not p.requires_grad:
+            continue
+        (decay if p.ndim >= 2 and id(p) not in norm_params else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def perplexity(loss: float) -> float:
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return math.inf
+
+
+def setup_logging(is_main: bool) -> logging.Logger:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        level=logging.INFO if is_main else logging.WARNING, force=True)
+    for chatty in ("accelerate.accelerator", "accelerate.checkpointing"):  # a line per saved file
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    return logging.getLogger("codeparrot.pretrain")
+
+
+def chain_digest(previous: str, batch) -> str:
+    """A running fingerprint of the data one rank trained on (compares runs and ranks)."""
+    return hashlib.sha256(previous.encode() + batch.numpy().tobytes()).hexdigest()[:32]
+
+
+class MetricsFile:
+    """OUTPUT/metrics.jsonl, one JSON object per line (main process only)."""
+
+    def __init__(self, path: Path, enabled: bool, resume_step: int | None):
+        self.path, self.enabled = path, enabled
+        if enabled and resume_step is not None and path.is_file():
+            # Rows written after the checkpoint by the interrupted run are replayed: drop them.
+            rows = [line for line in path.read_text(encoding="utf-8").splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            path.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+        elif enabled and resume_step is None and path.exists():
+            path.unlink()
+
+    def write(self, row: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(row) + "\n")
+
+
+def evaluate(accelerator, model, dataset, max_batches: int) -> tuple[float, float]:
+    """Mean token loss over the valid stream of every rank, and its perplexity."""
+    import torch
+
+    from trainer.data import make_loader
+
+    unwrapped = accelerator.unwrap_model(model)  # no DDP collectives: ranks may hold different batch counts
+    unwrapped.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+    with torch.no_grad(), accelerator.autocast():
+        for i, batch in enumerate(make_loader(dataset, workers=0)):
+            if max_batches and i >= max_batches:
+                break
+            batch = batch.to(accelerator.device)
+            loss = unwrapped(input_ids=batch, labels=batch).loss.double()
+            n = batch.numel() - batch.shape[0]  # predicted tokens
+            total += torch.stack([loss * n, torch.tensor(float(n), dtype=torch.float64, device=batch.device)])
+    unwrapped.train()
+    total = accelerator.reduce(total, reduction="sum")
+    if total[1] == 0:
+        return math.nan, math.nan
+    loss = (total[0] / total[1]).item()
+    return loss, perplexity(loss)
+
+
+def run(args: PretrainArguments) -> int:
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import gather_object, set_seed
+    from tokenizers import Tokenizer
+    from tqdm.auto import tqdm
+    from transformers import GPT2LMHeadModel, get_cosine_schedule_with_warmup
+
+    from trainer import checkpoint as ckpt
+    from trainer.data import PackedDataset, make_loader, shard_files
+    from trainer.model import build_model, parameter_counts, training_flops_per_token
+
+    output = Path(args.output)
+    trackers = {"none": None, "all": "all", "wandb": "wandb", "tensorboard": "tensorboard"}[args.report_to]
+    accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps,
+                              mixed_precision=args.mixed_precision, log_with=trackers, project_dir=str(output))
+    log = setup_logging(accelerator.is_main_process)
+    if accelerator.device.type == "cpu":
+        if args.num_threads:
+            torch.set_num_threads(args.num_threads)
+        elif "OMP_NUM_THREADS" not in os.environ:
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
+    set_seed(args.seed)
+    if accelerator.is_main_process:
+        output.mkdir(parents=True, exist_ok=True)
+        ckpt.remove_partial_saves(output)
+    accelerator.wait_for_everyone()
+
+    resume_dir = ckpt.resolve_resume(output, args.resume) if args.resume else None
+    state = ckpt.read_state(resume_dir) if resume_dir else {}
+    if resume_dir and state.get("world_size") != accelerator.num_processes:
+        raise UsageError(f"{resume_dir} was written by {state.get('world_size')} processes, this run has "
+                         f"{accelerator.num_processes}: the data position would not be exact")
+    tokenizer_file = Path(args.tokenizer) / "tokenizer.json"
+    if resume_dir:
+        model = GPT2LMHeadModel.from_pretrained(resume_dir)
+    else:
+        try:
+            model = build_model(args.model_size, Tokenizer.from_file(str(tokenizer_file)), args.model_config)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+    seq_length = args.seq_length or model.config.n_positions
+    if seq_length > model.config.n_positions:
+        raise UsageError(f"--seq-length {seq_length} exceeds the model's {model.config.n_positions} positions")
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model.config.use_cache = False
+
+    fused = args.fused_optimizer and accelerator.device.type in ("cpu", "cuda")
+    optimizer = torch.optim.AdamW(parameter_groups(model, args.weight_decay), lr=args.learning_rate,
+                                  betas=(args.adam_beta1, args.adam_beta2), fused=fused or None)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, args.max_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    # The schedule is stepped once per optimizer step whatever the number of processes,
+    # so it is not prepared (that would step it once per process); it is still checkpointed.
+    accelerator.register_for_checkpointing(scheduler)
+    # Model weights live in the checkpoint's model.safetensors: accelerate must not save a copy.
+    accelerator.register_save_state_pre_hook(lambda models, weights, out: weights.clear())
+    accelerator.register_load_state_pre_hook(lambda models, inp: models.clear())
+
+    files = shard_files(args.corpus, "train")
+    data_kw = dict(seq_length=seq_length, batch_size=args.batch_size, seed=args.seed, fim_rate=args.fim_rate,
+                   fim_spm_rate=args.fim_spm_rate, quality_tokens=args.quality_tokens,
+                   rank=accelerator.process_index, world_size=accelerator.num_processes)
+    train_data = PackedDataset(files, tokenizer_file, infinite=True, shuffle_buffer=args.shuffle_buffer,
+                               skip_batches=state.get("batches_consumed", 0), **data_kw)
+    valid_files = shard_files(args.corpus, "valid") if args.eval_steps else []
+    if resume_dir and state.get("dataloader_workers") != args.dataloader_workers:
+        raise UsageError(f"{resume_dir} was written with --dataloader-workers {state.get('dataloader_workers')}")
+    batches = iter(make_loader(train_data, args.dataloader_workers))
+    if resume_dir:
+        accelerator.load_state(str(resume_dir / ckpt.ACCELERATE_STATE))  # after the loader: RNG as saved
+        log.info("resumed from %s at step %d", resume_dir, state["step"])
+
+    step = state.get("step", 0)
+    consumed = state.get("batches_consumed", 0)
+    tokens_seen = state.get("tokens_seen", 0)
+    skipped, in_a_row = state.get("nonfinite_skipped", 0), state.get("consecutive_nonfinite", 0)
+    digest = state.get("data_digest", "")
+    poisoned = {int(s) for s in args.fault_nan_loss_steps.split(",") if s.strip()}
+    counts = parameter_counts(accelerator.unwrap_model(model))
+    flops_per_token = training_flops_per_token(accelerator.unwrap_model(model).config, seq_length)
+    tokens_per_step = args.batch_size * seq_length * args.gradient_accumulation_steps * accelerator.num_processes
+    if accelerator.is_main_process:
+        log.info("model %s: %.2f M parameters; %d processes on %s, mixed precision %s; %d tokens per step",
+                 args.model_size, counts["total"] / 1e6, accelerator.num_processes, accelerator.device,
+                 args.mixed_precision, tokens_per_step)
+    config = {k: v for k, v in asdict(args).items() if isinstance(v, (int, float, str, bool))}
+    accelerator.init_trackers("pretrain", config=config)
+    metrics = MetricsFile(output / "metrics.jsonl", accelerator.is_main_process, step if resume_dir else None)
+
+    def save(final: bool = False) -> Path:
+        digests = gather_object([digest])
+        kill = ckpt_kill if args.fault_kill_in_save == step else None
+        return ckpt.save_checkpoint(accelerator, model, Path(args.tokenizer), output, {
+            "step": step, "batches_consumed": consumed, "tokens_seen": tokens_seen,
+            "nonfinite_skipped": skipped, "consecutive_nonfinite": in_a_row, "data_digest": digest,
+            "data_digests": digests, "world_size": accelerator.num_processes,
+            "dataloader_workers": args.dataloader_workers, "seq_length": seq_length, "final": final,
+            "args": config}, args.keep_last, before_rename=kill)
+
+    def ckpt_kill() -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    start = window_start = time.perf_counter()
+    window_loss, window_steps, last_saved, status = 0.0, 0, (step if resume_dir else None), 0
+    bar = tqdm(total=args.max_steps, initial=step, disable=not accelerator.is_local_main_process,
+               desc="pretrain", dynamic_ncols=True)
+    model.train()
+    while step < args.max_steps:
+        loss_sum = torch.zeros((), device=accelerator.device)
+        for _ in range(args.gradient_accumulation_steps):
+            batch = next(batches)
+            consumed += 1
+            digest = chain_digest(digest, batch)
+            batch = batch.to(accelerator.device, non_blocking=True)
+            with accelerator.accumulate(model):
+                loss = model(input_ids=batch, labels=batch).loss
+                if step + 1 in poisoned:
+                    loss = loss * math.nan  # fault injection
+                loss_sum += loss.detach().float()
+                accelerator.backward(loss)
+                if not accelerator.sync_gradients:
+                    continue
+                mean_loss = loss_sum / args.gradient_accumulation_steps
+                time_up = args.max_minutes is not None and time.perf_counter() - start > 60 * args.max_minutes
+                flags = accelerator.reduce(torch.stack([(~torch.isfinite(mean_loss)).float(),
+                                                        torch.tensor(float(time_up), device=accelerator.device)]),
+                                           reduction="sum")
+                bad = bool(flags[0] > 0)
+                if not bad:
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                    # fp16's loss scaler handles overflowing gradients itself (it skips and rescales).
+                    bad = args.mixed_precision != "fp16" and not math.isfinite(float(grad_norm))
+                if not bad:
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        step += 1
+        tokens_seen += tokens_per_step
+        bar.update(1)
+        if bad:
+            skipped, in_a_row = skipped + 1, in_a_row + 1
+            log.warning("step %d: non-finite loss or gradient, update skipped (%d in a row, %d in all)",
+                        step, in_a_row, skipped)
+            if in_a_row >= args.max_nonfinite:
+                log.error("stopping: %d non-finite steps in a row (lower --learning-rate, or check the data); "
+                          "the last good checkpoint is %s", in_a_row, ckpt.latest_checkpoint(output))
+                status = 1
+                break
+        else:
+            in_a_row = 0
+            window_loss += mean_loss.item()
+            window_steps += 1
+        if step % args.logging_steps == 0 or step == args.max_steps:
+            elapsed = time.perf_counter() - window_start
+            n_steps = args.logging_steps if step % args.logging_steps == 0 else step % args.logging_steps
+            loss_value = accelerator.reduce(torch.tensor(window_loss / max(window_steps, 1),
+                                                         device=accelerator.device), reduction="mean").item()
+            tps = n_steps * tokens_per_step / elapsed
+            row = {"step": step, "loss": loss_value if window_steps else None,
+                   "lr": scheduler.get_last_lr()[0], "tokens": tokens_seen, "tokens_per_s": round(tps, 1),
+                   "tflops_per_process": round(tps * flops_per_token / accelerator.num_processes / 1e12, 4),
+                   "nonfinite_skipped": skipped, "elapsed_s": round(time.perf_counter() - start, 2)}
+            metrics.write(row)
+            accelerator.log({k: v for k, v in row.items() if k != "step" and v is not None}, step=step)
+            bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tps:.0f}")
+            window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+        if args.eval_steps and (step % args.eval_steps == 0 or step == args.max_steps or bool(flags[1] > 0)):
+            eval_start = time.perf_counter()
+            valid = PackedDataset(valid_files, tokenizer_file, infinite=False, shuffle_buffer=0, **data_kw)
+            eval_loss, ppl = evaluate(accelerator, model, valid, args.eval_batches)
+            metrics.write({"step": step, "tokens": tokens_seen, "eval_loss": eval_loss, "perplexity": ppl})
+            accelerator.log({"eval_loss": eval_loss, "perplexity": ppl}, step=step)
+            log.info("step %d: eval loss %.4f, perplexity %.2f", step, eval_loss, ppl)
+            window_start += time.perf_counter() - eval_start  # evaluation time is not training throughput
+        if args.fault_kill_at_step == step:
+            ckpt_kill()
+        if step % args.save_steps == 0:
+            save_start = time.perf_counter()
+            save()
+            last_saved = step
+            window_start += time.perf_counter() - save_start
+        if bool(flags[1] > 0):
+            log.info("stopping at step %d: --max-minutes %s reached", step, args.max_minutes)
+            break
+    bar.close()
+    if status == 0:
+        path = save(final=True) if last_saved != step else ckpt.latest_checkpoint(output)
+        if accelerator.is_main_process:
+            final = ckpt.publish_final(output, path)
+            log.info("done at step %d: model in %s", step, final)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return status
+
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = parse_args(argv)
+        check_args(args)
+    except (UsageError, OSError, json.JSONDecodeError) as exc:
+        print(f"pretrain: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return run(args)
+    except UsageError as exc:
+        print(f"pretrain: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
