@@ -1,11 +1,93 @@
-"""`codeparrot-ls`: start the language server."""
+"""`codeparrot-ls`: start the language server.
 
+    codeparrot-ls --model DIR [--engine auto|onnx|torch] [--stdio | --tcp --host 127.0.0.1 --port N]
+                  [--log-file F] [--log-level L] [--threads N]
+
+The model folder may also come from CODEPARROT_LS_MODEL or from the editor's
+`initializationOptions.model`; without any, the packaged default model is used
+when this install ships one. A model folder given on the command line or in
+the environment is checked before the server starts: a missing or broken one
+is reported on stderr with exit code 2.
+
+This module imports neither torch nor transformers: with an ONNX model the
+server runs on a server-only install.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
 import sys
 
+from codeparrot_ls import __version__
+from codeparrot_ls.status import ENGINES, ENV_MODEL, model_problem, startup_model
 
-def main(argv=None) -> int:
-    print("codeparrot-ls: the language server is not built yet", file=sys.stderr)
-    return 2
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="codeparrot-ls", description="Local Python code completion over LSP.")
+    p.add_argument("--model", help=f"model folder (ONNX export or Hugging Face checkpoint); default: ${ENV_MODEL}, "
+                                   "then initializationOptions.model, then the packaged default model")
+    p.add_argument("--engine", choices=ENGINES, default="auto",
+                   help="inference engine; auto = ONNX when the folder has an exported model, else torch")
+    transport = p.add_mutually_exclusive_group()
+    transport.add_argument("--stdio", action="store_true", help="talk LSP over stdin/stdout (the default)")
+    transport.add_argument("--tcp", action="store_true", help="listen for one LSP client on a TCP port")
+    p.add_argument("--host", default="127.0.0.1", help="TCP address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=2087, help="TCP port (default: 2087)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for the model (default: the engine's)")
+    p.add_argument("--log-file", help="write the log here instead of stderr")
+    p.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
+    p.add_argument("--version", action="version", version=f"codeparrot-ls {__version__}")
+    return p
+
+
+def setup_logging(log_file: str | None, level: str) -> None:
+    handler = logging.FileHandler(log_file, encoding="utf-8") if log_file else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # pygls logs every message body at INFO; keep that for --log-level DEBUG.
+    logging.getLogger("pygls").setLevel(level if level == "DEBUG" else "WARNING")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be >= 1")
+    if not 0 < args.port < 65536:
+        parser.error("--port must be between 1 and 65535")
+
+    model, source = startup_model(args.model)
+    if model:
+        problem = model_problem(model, args.engine)
+        if problem:
+            print(f"codeparrot-ls: bad model ({source}): {problem}", file=sys.stderr)
+            return 2
+    try:
+        setup_logging(args.log_file, args.log_level)
+    except OSError as exc:
+        print(f"codeparrot-ls: cannot open the log file: {exc}", file=sys.stderr)
+        return 2
+    log = logging.getLogger("codeparrot_ls")
+    if not model:
+        log.info("no model on the command line or in $%s: waiting for initializationOptions.model", ENV_MODEL)
+
+    from codeparrot_ls.server import SERVER
+
+    SERVER.configure(model, source, args.engine, args.threads)
+    if args.tcp:
+        log.info("listening on %s:%d", args.host, args.port)
+        SERVER.start_tcp(args.host, args.port)
+    else:
+        # The protocol owns the real stdout; anything else printed by accident goes to stderr.
+        stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+        sys.stdout = sys.stderr
+        SERVER.start_io(stdin, stdout)
+    return 0
 
 
 if __name__ == "__main__":

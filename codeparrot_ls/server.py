@@ -1,0 +1,319 @@
+"""The language server: the LSP features, one handler each.
+
+| LSP message                              | what it does                                          |
+|------------------------------------------|-------------------------------------------------------|
+| initialize                               | settings from initializationOptions; starts the load |
+| initialized                              | sends the model status; pulls `codeparrot` settings   |
+| textDocument/inlineCompletion            | ghost-text suggestions (the main feature)            |
+| textDocument/completion                  | the same suggestions as list items, only for clients |
+|                                          | without inline completion                            |
+| textDocument/didOpen, didChange, didClose| incremental sync (pygls' workspace); a change cancels|
+|                                          | the document's pending suggestion                    |
+| workspace/didChangeConfiguration         | new settings (bad values are reported and ignored)  |
+| workspace/executeCommand                 | `codeparrot.acceptCompletion`, `codeparrot.stats`     |
+| shutdown                                 | stops decoding, releases the model                    |
+| $/codeparrot/status (server -> client)   | loading / ready / error, with details                 |
+
+Nothing here opens a network connection: completions, accept counts and logs
+stay on this machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+from lsprotocol import types
+from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
+from pygls.lsp.server import LanguageServer
+from pygls.protocol import LanguageServerProtocol
+
+from codeparrot_ls import __version__
+from codeparrot_ls.positions import UTF16, PositionError, check_position, convert_column, encoding_name, split_lines, units
+from codeparrot_ls.scheduler import Scheduler
+from codeparrot_ls.settings import CompletionSettings
+from codeparrot_ls.status import ERROR, READY, ModelHolder, ModelStatus, default_model_dir, model_problem
+
+log = logging.getLogger(__name__)
+
+STATUS_NOTIFICATION = "$/codeparrot/status"
+ACCEPT_COMMAND = "codeparrot.acceptCompletion"
+STATS_COMMAND = "codeparrot.stats"
+SETTINGS_SECTION = "codeparrot"
+COMPLETION_LABEL = "codeparrot"         # shown beside each list item so it is never mistaken for another source
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class CodeparrotProtocol(LanguageServerProtocol):
+    """Answers a request whose params do not fit the LSP schema with InvalidParams.
+
+    (pygls on its own logs such a request and never answers it, leaving the
+    editor waiting.)
+    """
+
+    def structure_message(self, data: dict[str, Any]):
+        try:
+            return super().structure_message(data)
+        except JsonRpcException as exc:
+            if "jsonrpc" in data and "method" in data and "id" in data:
+                return _BadRequest(data["id"], data["method"], exc)
+            raise
+
+    def handle_message(self, message):
+        if isinstance(message, _BadRequest):
+            log.warning("malformed params for %s (request %s)", message.method, message.id)
+            error = JsonRpcInvalidParams(f"malformed params for {message.method}")
+            self._send_response(message.id, None, error.to_response_error())
+            return
+        super().handle_message(message)
+
+
+class _BadRequest:
+    jsonrpc = LanguageServerProtocol.VERSION
+
+    def __init__(self, id_, method: str, error: Exception):
+        self.id, self.method, self.error = id_, method, error
+
+
+class CodeparrotServer(LanguageServer):
+    def __init__(self) -> None:
+        super().__init__("codeparrot-ls", __version__, protocol_cls=CodeparrotProtocol,
+                         text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
+        self.settings = CompletionSettings()
+        self.scheduler = Scheduler()
+        self.model = ModelHolder(on_change=self._status_changed)
+        self.startup_model: str | None = None     # --model or CODEPARROT_LS_MODEL, checked by the CLI
+        self.startup_source = ""
+        self.engine_choice = "auto"
+        self.threads: int | None = None
+        self.accepted = 0
+        self.client_ready = False                 # `initialized` received: notifications may flow
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def configure(self, model: str | None, source: str, engine: str, threads: int | None) -> None:
+        self.startup_model, self.startup_source = model, source
+        self.engine_choice, self.threads = engine, threads
+
+    # -- status ---------------------------------------------------------------------------------
+    def _status_changed(self, status: ModelStatus) -> None:
+        """Called from any thread; notifications are sent from the event loop once the client is ready."""
+        if self.loop is not None and self.client_ready:
+            self.loop.call_soon_threadsafe(self.send_status, status)
+
+    def send_status(self, status: ModelStatus) -> None:
+        self.protocol.notify(STATUS_NOTIFICATION, status.as_params())
+        if status.state == READY:
+            self.log(types.MessageType.Info, f"codeparrot-ls: model {status.model} ready: {status.message}, "
+                                             f"engine {status.engine}, loaded in {status.load_ms:.0f} ms")
+        elif status.state == ERROR:
+            # Editors that show $/codeparrot/status raise their own alert; the log reaches the rest.
+            self.log(types.MessageType.Error, f"codeparrot-ls: {status.message}")
+
+    def log(self, kind: types.MessageType, message: str) -> None:
+        self.window_log_message(types.LogMessageParams(kind, message))
+
+    # -- settings -------------------------------------------------------------------------------
+    def apply_settings(self, options: Any, origin: str) -> None:
+        options = _section(options)
+        if not options:
+            return
+        try:
+            self.settings = self.settings.updated(options)
+        except ValueError as exc:
+            message = f"codeparrot-ls: {origin}: {exc}; keeping the previous settings"
+            log.warning(message)
+            self.window_show_message(types.ShowMessageParams(types.MessageType.Warning, message))
+            return
+        log.info("settings from %s: %s", origin, self.settings)
+
+    # -- completions ----------------------------------------------------------------------------
+    async def suggest(self, uri: str, position: types.Position, invoked: bool):
+        """Suggestions at `position`, their ranges in the client's position encoding."""
+        key = unquote(uri)
+        doc = self.workspace.text_documents.get(key)
+        if doc is None:
+            raise JsonRpcInvalidParams(f"unknown document {uri}: open it with textDocument/didOpen first")
+        text = doc.source
+        lines = split_lines(text)
+        encoding = encoding_name(self.workspace.position_encoding)
+        try:
+            index = check_position(lines, position.line, position.character, encoding)
+        except PositionError as exc:
+            raise JsonRpcInvalidParams(f"bad position {position.line}:{position.character} in {uri}: {exc}") from None
+        completer = self.model.completer
+        if not self.settings.enabled or completer is None:
+            return []
+        line_text = lines[position.line]
+        column16 = units(line_text[:index], UTF16)
+        if not text.isascii() and _SURROGATE.search(text):
+            # Lone surrogates (binary-ish input) cannot be tokenized; U+FFFD keeps every offset.
+            text = _SURROGATE.sub("\ufffd", text)
+        settings = self.settings
+        others = [(u, d.source) for u, d in self.workspace.text_documents.items()
+                  if u != key and _is_python(d)]
+        line = position.line
+
+        def job(is_cancelled):
+            return completer.complete(uri, text, line, column16, settings, invoked,
+                                      other_documents=others, is_cancelled=is_cancelled)
+
+        finished, suggestions = await self.scheduler.run(key, job)
+        if not finished or not suggestions:
+            return []
+        out = []
+        for s in suggestions:
+            start = convert_column(line_text, s.range_start_character, UTF16, encoding)
+            end = convert_column(line_text, s.range_end_character, UTF16, encoding)
+            out.append((s, types.Range(types.Position(line, start), types.Position(line, end))))
+        return out
+
+    def accept_command(self, uri: str, suggestion) -> types.Command:
+        info = {"uri": uri, "chars": len(suggestion.insert_text), "lines": suggestion.insert_text.count("\n") + 1,
+                "fromCache": suggestion.from_cache}
+        return types.Command(title="Accept codeparrot suggestion", command=ACCEPT_COMMAND, arguments=[info])
+
+    def client_has_inline_completion(self) -> bool:
+        caps = self.client_capabilities
+        return bool(caps and caps.text_document and caps.text_document.inline_completion is not None)
+
+    def stats(self) -> dict[str, Any]:
+        return {"status": self.model.status.as_params(), "accepted": self.accepted,
+                "scheduler": self.scheduler.stats.as_dict(), "torchImported": "torch" in sys.modules,
+                "positionEncoding": encoding_name(self.workspace.position_encoding),
+                "settings": vars(self.settings).copy()}
+
+
+def _section(options: Any) -> dict[str, Any]:
+    """Settings are accepted flat or under a `codeparrot` key (as VS Code and Neovim send them)."""
+    if not isinstance(options, dict):
+        return {}
+    inner = options.get(SETTINGS_SECTION)
+    return inner if isinstance(inner, dict) else options
+
+
+def _is_python(doc) -> bool:
+    return doc.language_id == "python" or (doc.uri or "").endswith((".py", ".pyi"))
+
+
+SERVER = CodeparrotServer()
+
+
+@SERVER.feature(types.INITIALIZE)
+def initialize(ls: CodeparrotServer, params: types.InitializeParams) -> None:
+    ls.loop = asyncio.get_running_loop()
+    options = _section(params.initialization_options)
+    ls.apply_settings(options, "initializationOptions")
+    engine = options.get("engine", ls.engine_choice)
+    if ls.startup_model:
+        if options.get("model") and options["model"] != ls.startup_model:
+            log.info("initializationOptions.model %s ignored: %s gives %s",
+                     options["model"], ls.startup_source, ls.startup_model)
+        ls.model.start(ls.startup_model, ls.engine_choice, ls.threads)
+        return
+    model = options.get("model") or default_model_dir()
+    if not model:
+        ls.model.fail("no model: pass --model DIR, set CODEPARROT_LS_MODEL, or give initializationOptions.model")
+        return
+    problem = model_problem(str(model), engine) if isinstance(model, (str, Path)) else "model must be a path"
+    if problem:
+        ls.model.fail(f"bad model folder: {problem}", model=str(model))
+        return
+    ls.model.start(str(model), engine, ls.threads)
+
+
+@SERVER.feature(types.INITIALIZED)
+async def initialized(ls: CodeparrotServer, params: types.InitializedParams) -> None:
+    ls.client_ready = True
+    ls.send_status(ls.model.status)
+    caps = ls.client_capabilities
+    if caps and caps.workspace and caps.workspace.configuration:
+        try:
+            config = await ls.workspace_configuration_async(
+                types.ConfigurationParams([types.ConfigurationItem(section=SETTINGS_SECTION)]))
+        except Exception as exc:
+            log.info("workspace/configuration failed: %s", exc)
+            return
+        if config and isinstance(config[0], dict):
+            ls.apply_settings(config[0], "workspace/configuration")
+
+
+@SERVER.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
+async def inline_completion(ls: CodeparrotServer, params: types.InlineCompletionParams) -> types.InlineCompletionList:
+    invoked = params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked
+    results = await ls.suggest(params.text_document.uri, params.position, invoked)
+    return types.InlineCompletionList(items=[
+        types.InlineCompletionItem(insert_text=s.insert_text, range=r,
+                                   command=ls.accept_command(params.text_document.uri, s))
+        for s, r in results])
+
+
+@SERVER.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(resolve_provider=False))
+async def completion(ls: CodeparrotServer, params: types.CompletionParams) -> types.CompletionList:
+    # Clients with inline completion get ghost text instead; answering both would run the model twice.
+    if ls.client_has_inline_completion():
+        return types.CompletionList(is_incomplete=False, items=[])
+    results = await ls.suggest(params.text_document.uri, params.position, invoked=False)
+    items = []
+    for rank, (s, r) in enumerate(results):
+        # insertText replaces the range, which may start before the cursor (token healing): the
+        # client filters the typed part of the range against filterText, so both hold the whole text.
+        first = next((ln for ln in s.insert_text.splitlines() if ln.strip()), s.insert_text).strip()
+        items.append(types.CompletionItem(
+            label=first if len(first) <= 60 else first[:57] + "...",
+            label_details=types.CompletionItemLabelDetails(description=COMPLETION_LABEL),
+            kind=types.CompletionItemKind.Text,
+            detail="codeparrot-ls (local model)",
+            documentation=types.MarkupContent(types.MarkupKind.Markdown, f"```python\n{s.insert_text}\n```"),
+            sort_text=f"~{COMPLETION_LABEL}{rank:02d}",   # after every other source's items
+            filter_text=s.insert_text,
+            insert_text_format=types.InsertTextFormat.PlainText,
+            text_edit=types.TextEdit(range=r, new_text=s.insert_text),
+            command=ls.accept_command(params.text_document.uri, s)))
+    return types.CompletionList(is_incomplete=True, items=items)
+
+
+@SERVER.feature(types.TEXT_DOCUMENT_DID_CHANGE)
+def did_change(ls: CodeparrotServer, params: types.DidChangeTextDocumentParams) -> None:
+    ls.scheduler.cancel(unquote(params.text_document.uri), "changed")
+
+
+@SERVER.feature(types.TEXT_DOCUMENT_DID_CLOSE)
+def did_close(ls: CodeparrotServer, params: types.DidCloseTextDocumentParams) -> None:
+    ls.scheduler.cancel(unquote(params.text_document.uri), "closed")
+
+
+@SERVER.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
+async def did_change_configuration(ls: CodeparrotServer, params: types.DidChangeConfigurationParams) -> None:
+    settings = params.settings
+    caps = ls.client_capabilities
+    if not settings and caps and caps.workspace and caps.workspace.configuration:
+        # Pull model (VS Code sends `settings: null` and expects the server to ask).
+        config = await ls.workspace_configuration_async(
+            types.ConfigurationParams([types.ConfigurationItem(section=SETTINGS_SECTION)]))
+        settings = config[0] if config else None
+    ls.apply_settings(settings, "workspace/didChangeConfiguration")
+
+
+@SERVER.command(ACCEPT_COMMAND)
+def accept_completion(ls: CodeparrotServer, *args: Any) -> None:
+    # Recorded here only: the count goes to the local log, never over the network.
+    ls.accepted += 1
+    info = args[0] if args and isinstance(args[0], dict) else {}
+    log.info("suggestion accepted (%d so far): %s chars, %s lines, from cache: %s", ls.accepted,
+             info.get("chars"), info.get("lines"), info.get("fromCache"))
+
+
+@SERVER.command(STATS_COMMAND)
+def stats(ls: CodeparrotServer, *args: Any) -> dict[str, Any]:
+    return ls.stats()
+
+
+@SERVER.feature(types.SHUTDOWN)
+def shutdown(ls: CodeparrotServer, params: None) -> None:
+    ls.scheduler.shutdown()
+    ls.model.close()
