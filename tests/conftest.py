@@ -61,3 +61,31 @@ def tiny_onnx_dir(tmp_path_factory, tiny_checkpoint_dir) -> Path:
     rc = export_main(["--checkpoint", str(tiny_checkpoint_dir), "--output", str(out), "--quantize", "int8"])
     assert rc == 0, f"export of the tiny checkpoint failed with exit code {rc}"
     return out
+
+
+def write_corpus_shards(folder: Path, split: str, shards: list[list[dict]]) -> list[Path]:
+    """Write `split-NNNNN.jsonl.gz` shards (gzip JSON lines, the corpus stage's format)."""
+    import gzip
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k, records in enumerate(shards):
+        path = folder / f"{split}-{k:05d}.jsonl.gz"
+        with gzip.open(path, "wt", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(r) + "\n" for r in records)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus_dir(tmp_path_factory) -> Path:
+    """Corpus shards from the sample modules: train-00000/1 (8 modules) and valid-00000 (2).
+
+    Records carry `content` and a `quality` in [0, 1], like trainer/corpus.py's output.
+    """
+    out = tmp_path_factory.mktemp("corpus")
+    records = [{"content": text, "quality": round(0.1 * i, 2)} for i, text in enumerate(sample_texts())]
+    write_corpus_shards(out, "train", [records[0:8:2], records[1:8:2]])
+    write_corpus_shards(out, "valid", [records[8:]])
+    return out
