@@ -1,0 +1,404 @@
+"""Document + cursor -> the prompt: prefix, suffix and snippets from other open files,
+fitted to a token budget with the model's real tokenizer.
+
+Layout of the prompt token ids (every piece tokenized separately)::
+
+    [snippet block, <|endoftext|>]  [quality token]  FIM prompt (or the bare prefix)
+
+* The FIM prompt comes from `codeparrot_ls.prompt.fim_prompt_ids`. Serving uses the SPM
+  layout by default: there the prefix is the *last* piece, so a typed character only
+  changes the end of the prompt and the engine's KV prefix reuse serves everything before
+  it. Models without FIM tokens (or `settings.fim = False`) get the prefix alone.
+* Snippets from other open Python documents form a separate leading "document": the code
+  windows most similar to the lines above the cursor (Jaccard over identifier sets), each
+  under a `# <file name>` comment line, then `<|endoftext|>` - the way packed training
+  data puts a previous file before the current one. They are chosen from the lines
+  *above* the cursor's line only, so typing within a line never changes them (and never
+  breaks KV reuse, since they sit at the very beginning).
+* The window of lines kept around the cursor grows outward line by line (prefix first,
+  then the suffix with its share `settings.suffix_share`; unused budget moves to the
+  other side). Token counts are per line and cached, so a request re-encodes only the
+  lines it has not seen before plus the final pieces once. When a document does not fit,
+  the prefix window keeps its first line from one request to the next while it fits
+  (`_grow_prefix`), so successive prompts while typing share everything but their end
+  (again for KV reuse).
+"""
+
+from __future__ import annotations
+
+import keyword
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from codeparrot_ls import prompt as P
+
+REFIT_SHARE = 0.9
+STICKY_MIN_SHARE = 0.75
+SUFFIX_ROOM_STEP = 64
+SNIPPET_WINDOW_LINES = 12
+SNIPPET_STRIDE_LINES = 6
+QUERY_LINES = 20
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_STOP_IDENTIFIERS = frozenset(keyword.kwlist) | {"self", "cls", "None", "True", "False"}
+
+
+# ----------------------------------------------------------------------------- positions
+
+def line_bounds(text: str, line: int) -> tuple[int, int]:
+    """(start, end) str indices of `line` (0-based; end excludes the '\\n').
+
+    Raises ValueError when the document has no such line.
+    """
+    if line < 0:
+        raise ValueError(f"position outside the document: line {line} is negative")
+    start = 0
+    for _ in range(line):
+        nl = text.find("\n", start)
+        if nl < 0:
+            raise ValueError(f"position outside the document: line {line} but the document has "
+                             f"{text.count(chr(10)) + 1} lines")
+        start = nl + 1
+    end = text.find("\n", start)
+    return start, (len(text) if end < 0 else end)
+
+
+def utf16_to_index(line_text: str, character: int) -> int:
+    """Index into `line_text` of a position given in UTF-16 code units (LSP's default).
+
+    Characters outside the Basic Multilingual Plane (emoji, ...) are two UTF-16 units.
+    Raises ValueError past the end of the line or inside a surrogate pair.
+    """
+    if character < 0:
+        raise ValueError(f"position outside the document: character {character} is negative")
+    if line_text.isascii():
+        if character > len(line_text):
+            raise ValueError(f"position outside the document: character {character} past the end "
+                             f"of a line of {len(line_text)} UTF-16 units")
+        return character
+    units = 0
+    for i, ch in enumerate(line_text):
+        if units == character:
+            return i
+        units += 2 if ord(ch) > 0xFFFF else 1
+        if units > character:
+            raise ValueError(f"position inside a surrogate pair: character {character}")
+    if units == character:
+        return len(line_text)
+    raise ValueError(f"position outside the document: character {character} past the end "
+                     f"of a line of {units} UTF-16 units")
+
+
+def index_to_utf16(line_text: str, index: int) -> int:
+    """UTF-16 code units in `line_text[:index]`."""
+    head = line_text[:index]
+    if head.isascii():
+        return len(head)
+    return len(head) + sum(1 for ch in head if ord(ch) > 0xFFFF)
+
+
+def position_to_offset(text: str, line: int, character: int) -> int:
+    """str index in `text` of the LSP position (line, UTF-16 character)."""
+    start, end = line_bounds(text, line)
+    return start + utf16_to_index(text[start:end], character)
+
+
+# ----------------------------------------------------------------------------- token counts
+
+class TokenCounter:
+    """Token counts of single lines, cached (lines repeat across requests while typing)."""
+
+    def __init__(self, tokenizer, max_entries: int = 100_000):
+        self.tokenizer = tokenizer
+        self.max_entries = max_entries
+        self._counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def counts(self, pieces: Sequence[str]) -> list[int]:
+        with self._lock:
+            missing = [p for p in dict.fromkeys(pieces) if p not in self._counts]
+        if missing:
+            encoded = self.tokenizer.encode_batch(missing, add_special_tokens=False)
+            with self._lock:
+                if len(self._counts) + len(missing) > self.max_entries:
+                    self._counts.clear()
+                self._counts.update((p, len(e.ids)) for p, e in zip(missing, encoded))
+        with self._lock:
+            return [self._counts.get(p, 0) for p in pieces]
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids if text else []
+
+
+# ----------------------------------------------------------------------------- snippets
+
+@dataclass
+class Snippet:
+    uri: str
+    start_line: int
+    text: str
+    score: float
+
+
+def identifiers(text: str) -> frozenset[str]:
+    return frozenset(w for w in _IDENTIFIER.findall(text) if w not in _STOP_IDENTIFIERS)
+
+
+class SnippetIndex:
+    """Windows of lines of other open documents with their identifier sets, cached per text."""
+
+    def __init__(self, max_documents: int = 32):
+        self._docs: OrderedDict[str, tuple[str, list[tuple[int, str, frozenset[str]]]]] = OrderedDict()
+        self.max_documents = max_documents
+        self._lock = threading.Lock()
+
+    def windows(self, uri: str, text: str) -> list[tuple[int, str, frozenset[str]]]:
+        with self._lock:
+            hit = self._docs.get(uri)
+            if hit is not None and (hit[0] is text or hit[0] == text):
+                self._docs.move_to_end(uri)
+                return hit[1]
+        lines = text.split("\n")
+        out = []
+        for start in range(0, max(len(lines) - SNIPPET_WINDOW_LINES, 0) + 1, SNIPPET_STRIDE_LINES):
+            chunk = "\n".join(lines[start:start + SNIPPET_WINDOW_LINES]).strip("\n")
+            if chunk.strip():
+                out.append((start, chunk, identifiers(chunk)))
+        with self._lock:
+            self._docs[uri] = (text, out)
+            self._docs.move_to_end(uri)
+            while len(self._docs) > self.max_documents:
+                self._docs.popitem(last=False)
+        return out
+
+
+def rank_snippets(query: frozenset[str], documents: Sequence[tuple[str, str]], index: SnippetIndex) -> list[Snippet]:
+    """Windows of `documents` by Jaccard similarity of identifiers to `query`, best first."""
+    if not query:
+        return []
+    ranked = []
+    for uri, text in documents:
+        for start, chunk, ids in index.windows(uri, text):
+            inter = len(query & ids)
+            if inter:
+                ranked.append(Snippet(uri, start, chunk, inter / len(query | ids)))
+    ranked.sort(key=lambda s: (-s.score, s.uri, s.start_line))
+    return ranked
+
+
+def format_snippet(snippet: Snippet) -> str:
+    name = snippet.uri.rstrip("/").rsplit("/", 1)[-1]
+    return f"# {name}\n{snippet.text}\n"
+
+
+# ----------------------------------------------------------------------------- the context
+
+@dataclass
+class PromptContext:
+    prefix: str                 # document text kept before the cursor (starts at a line start)
+    suffix: str                 # document text kept after the cursor (FIM only)
+    prefix_ids: list[int]
+    suffix_ids: list[int]
+    head_ids: list[int]         # snippet block + end-of-text + quality token (may be empty)
+    layout: str                 # "spm" | "psm" | "l2r"
+    special_ids: dict[str, int]
+    snippets: list[Snippet] = field(default_factory=list)
+    prefix_start_line: int = 0
+    suffix_end_line: int = 0    # last document line (inclusive) with text in the suffix
+
+    def prompt_ids(self, prefix_ids: Sequence[int] | None = None) -> list[int]:
+        """The prompt, optionally with other prefix ids (token healing backs the prefix up)."""
+        pre = self.prefix_ids if prefix_ids is None else list(prefix_ids)
+        if self.layout == "l2r":
+            return [*self.head_ids, *pre]
+        return [*self.head_ids, *P.fim_prompt_ids(pre, self.suffix_ids, self.special_ids, self.layout)]
+
+
+@dataclass
+class ContextBuilder:
+    """Builds `PromptContext`s for one model; keeps token-count and snippet caches."""
+
+    tokenizer: object
+    special_ids: dict[str, int]
+    n_positions: int
+    supports_fim: bool
+    quality_conditioning: bool = False
+    layout: str = "spm"
+
+    def __post_init__(self):
+        self.counter = TokenCounter(self.tokenizer)
+        self.snippet_index = SnippetIndex()
+        self._sticky: dict[str, int] = {}   # uri -> first line of the last prefix window
+        self.eos_id = self.special_ids.get(P.END_OF_TEXT)
+        self.quality_id = self.special_ids.get(P.BEST_QUALITY_TOKEN) if self.quality_conditioning else None
+
+    def build(self, text: str, offset: int, line: int, settings,
+              other_documents: Sequence[tuple[str, str]] = (), uri: str | None = None) -> PromptContext:
+        """The context at `offset` (on `line`). With `uri`, the window's first line is kept
+        from the previous request on the same document while it fits (see `_grow_prefix`)."""
+        use_fim = self.supports_fim and settings.fim
+        layout = self.layout if use_fim else "l2r"
+        n_fixed = (3 if use_fim else 0) + (1 if self.quality_id is not None else 0)
+        # The prompt and the new tokens must fit the model's positions.
+        budget = min(settings.context_tokens, self.n_positions - settings.max_new_tokens) - n_fixed
+        if budget < 8:
+            raise ValueError(f"context budget too small: n_positions {self.n_positions}, "
+                             f"max_new_tokens {settings.max_new_tokens}")
+
+        line_start = text.rfind("\n", 0, offset) + 1
+        line_end = text.find("\n", offset)
+        line_end = len(text) if line_end < 0 else line_end
+
+        head_ids, snippets = [], []
+        if other_documents and settings.other_files_tokens > 0 and self.eos_id is not None:
+            head_ids, snippets = self._snippet_block(text, line_start, other_documents,
+                                                     min(settings.other_files_tokens, budget // 4))
+        if self.quality_id is not None:
+            head_ids = [*head_ids, self.quality_id]
+        budget -= len(head_ids) - (1 if self.quality_id is not None else 0)
+
+        suffix_budget = int(budget * settings.suffix_share) if use_fim else 0
+        sticky = self._sticky.get(uri) if uri is not None else None
+        prefix_text, prefix_ids, start_line, p_done = self._grow_prefix(
+            text, offset, line_start, line, budget - suffix_budget, sticky)
+        suffix_text, suffix_ids, end_line = "", [], line
+        if use_fim:
+            room = suffix_budget
+            if p_done:  # the suffix may use what the prefix left, in steps (a stable suffix)
+                room = max(suffix_budget, (budget - len(prefix_ids)) // SUFFIX_ROOM_STEP * SUFFIX_ROOM_STEP)
+            suffix_text, suffix_ids, end_line, s_done = self._grow_suffix(text, offset, line_end, line, room)
+            if s_done and not p_done and len(prefix_ids) + len(suffix_ids) < budget:
+                prefix_text, prefix_ids, start_line, _ = self._grow_prefix(
+                    text, offset, line_start, line, budget - len(suffix_ids), sticky)
+        if uri is not None:
+            if len(self._sticky) > 256:
+                self._sticky.clear()
+            self._sticky[uri] = start_line
+        return PromptContext(prefix_text, suffix_text, prefix_ids, suffix_ids, head_ids, layout,
+                             self.special_ids, snippets, start_line, end_line)
+
+    # -- prefix / suffix growth ------------------------------------------------------
+
+    def _grow_prefix(self, text, offset, line_start, line, budget, sticky_line=None):
+        """Lines above the cursor, nearest first, while they fit. Returns
+        (text, ids, first line, whether the document start was reached).
+
+        When the document does not fit, a fresh window fills only `REFIT_SHARE` of the
+        budget, and the next request keeps the same first line (`sticky_line`) while it
+        still fits and fills at least `STICKY_MIN_SHARE`: typing then only appends to the
+        prompt, for many characters in a row, instead of moving its start every few tokens.
+        """
+        head = text[line_start:offset]
+        if self.counter.counts([head])[0] > budget:  # one huge line: keep its end
+            head, ids = self._fit_chars(head, budget, keep_end=True)
+            return head, ids, line, False
+        cum = [self.counter.counts([head])[0]]   # cum[k]: tokens with k lines above
+        starts = [line_start]
+        done = line_start == 0
+        while not done and cum[-1] <= budget:
+            batch, p = [], starts[-1]
+            while p > 0 and len(batch) < 64:  # count lines in batches: one tokenizer call each
+                s = text.rfind("\n", 0, p - 1) + 1
+                batch.append((s, text[s:p]))
+                p = s
+            for (s, _), c in zip(batch, self.counter.counts([b for _, b in batch])):
+                cum.append(cum[-1] + c)
+                starts.append(s)
+                if cum[-1] > budget:
+                    break
+            done = starts[-1] == 0 and cum[-1] <= budget
+        if done:
+            n_above = len(cum) - 1
+        else:
+            fit = max(k for k in range(len(cum)) if cum[k] <= budget)
+            k_sticky = None if sticky_line is None else line - sticky_line
+            if k_sticky is not None and 0 <= k_sticky <= fit and cum[k_sticky] >= STICKY_MIN_SHARE * budget:
+                n_above = k_sticky
+            else:
+                n_above = max(k for k in range(fit + 1) if k == 0 or cum[k] <= REFIT_SHARE * budget)
+        pos = starts[n_above]
+        prefix = text[pos:offset]
+        ids = self.counter.encode(prefix)
+        while len(ids) > budget and pos < line_start:  # per-line counts are an estimate
+            pos = text.find("\n", pos) + 1
+            n_above -= 1
+            prefix = text[pos:offset]
+            ids = self.counter.encode(prefix)
+        return prefix, ids, line - n_above, done
+
+    def _grow_suffix(self, text, offset, line_end, line, budget):
+        """Lines below the cursor while they fit. Returns (text, ids, last line, end reached)."""
+        if budget <= 0:
+            return "", [], line, offset == len(text)
+        tail = text[offset:line_end]
+        if self.counter.counts([tail])[0] > budget:
+            tail, ids = self._fit_chars(tail, budget, keep_end=False)
+            return tail, ids, line, False
+        used = self.counter.counts([tail])[0]
+        pos, n_below, done = line_end, 0, line_end >= len(text)
+        while not done:
+            batch, p = [], pos
+            while p < len(text) and len(batch) < 64:
+                e = text.find("\n", p + 1)
+                e = len(text) if e < 0 else e
+                batch.append((e, text[p:e]))  # "\n" + the next line
+                p = e
+            stop = False
+            for (e, piece), c in zip(batch, self.counter.counts([b for _, b in batch])):
+                if used + c > budget:
+                    stop = True
+                    break
+                used += c
+                pos, n_below = e, n_below + 1
+            done = pos >= len(text)
+            if stop:
+                break
+        suffix = text[offset:pos]
+        ids = self.counter.encode(suffix)
+        while len(ids) > budget and pos > line_end:
+            pos = text.rfind("\n", 0, pos)
+            n_below -= 1
+            suffix = text[offset:pos]
+            ids = self.counter.encode(suffix)
+        return suffix, ids, line + n_below, done
+
+    def _fit_chars(self, piece: str, budget: int, keep_end: bool) -> tuple[str, list[int]]:
+        """The longest end (or start) of one long line that fits `budget` tokens, cut at a
+        character (never inside a UTF-8 sequence)."""
+        n = min(len(piece), budget * 4)
+        while True:
+            cut = piece[len(piece) - n:] if keep_end else piece[:n]
+            ids = self.counter.encode(cut)
+            if len(ids) <= budget or n == 0:
+                return cut, ids
+            n = min(n - 1, n * budget // len(ids))
+
+    # -- other documents ---------------------------------------------------------------
+
+    def _snippet_block(self, text, line_start, other_documents, budget):
+        # Query: identifiers of the lines above the cursor's line (stable while typing on it).
+        q_start = line_start
+        for _ in range(QUERY_LINES):
+            if q_start == 0:
+                break
+            q_start = text.rfind("\n", 0, q_start - 1) + 1
+        query = identifiers(text[q_start:line_start])
+        chosen, used = [], 1  # 1: the end-of-text separator
+        for snip in rank_snippets(query, other_documents, self.snippet_index):
+            if any(c.uri == snip.uri and abs(c.start_line - snip.start_line) < SNIPPET_WINDOW_LINES
+                   for c in chosen):
+                continue  # overlapping window of a chosen one
+            n = self.counter.counts([format_snippet(snip)])[0]
+            if used + n <= budget:
+                chosen.append(snip)
+                used += n
+            if used >= budget - 8 or len(chosen) >= 8:
+                break
+        if not chosen:
+            return [], []
+        # Most relevant last: nearest to the current document.
+        block = "".join(format_snippet(s) for s in reversed(chosen))
+        ids = self.counter.encode(block)[:budget - 1]
+        return [*ids, self.eos_id], chosen
