@@ -46,8 +46,9 @@ def load_engine(model_dir: str | Path, engine: str = "auto", threads: int | None
         from codeparrot_ls.engine.onnx_engine import OnnxEngine
 
         return OnnxEngine(d, threads=threads, precision=precision)
+    from codeparrot_ls.engine.torch_engine import TorchEngine
+
     try:
-        from codeparrot_ls.engine.torch_engine import TorchEngine
+        return TorchEngine(d, threads=threads, precision=precision)
     except ImportError as e:
         raise ModelLoadError(f"the torch engine needs torch and transformers (pip install 'codeparrot-ls[train]'): {e}") from e
-    return TorchEngine(d, threads=threads, precision=precision)
