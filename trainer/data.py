@@ -134,10 +134,13 @@ class PackedDataset(IterableDataset):
         """(stream index, number of streams, batches of this stream to skip)."""
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        # DataLoader takes batch k from worker k % workers, so this worker produced
-        # the batches k < skip_batches with k % workers == worker.
-        skip = max(0, (self.skip_batches - worker + workers - 1) // workers)
-        return self.rank * workers + worker, self.world_size * workers, skip
+        # DataLoader takes its i-th batch from worker i % workers. Global batch k belongs
+        # to sub-stream k % workers; after `skip_batches` batches, this worker's i-th batch
+        # is global batch skip_batches + i, so it plays sub-stream (worker + skip) % workers,
+        # which already produced the batches k < skip_batches with k % workers == sub.
+        sub = (worker + self.skip_batches) % workers
+        skip = max(0, (self.skip_batches - sub + workers - 1) // workers)
+        return self.rank * workers + sub, self.world_size * workers, skip
 
     def pieces(self, record: dict, rng: random.Random) -> tuple[list[str], str | None]:
         """A document as its text pieces (1, or 3 for FIM) and the FIM layout (None: plain)."""
