@@ -221,8 +221,12 @@ def check_args(args: CorpusArgs) -> None:
         raise SourceError("--valid_fraction must be in [0, 1)")
     if args.shard_records < 1 or args.max_bytes < 1 or args.num_perm < 2:
         raise SourceError("--shard_records, --max_bytes and --num_perm must be positive")
-    if not 0.0 < args.near_threshold <= 1.0:
-        raise SourceError("--near_threshold must be in (0, 1]")
+    if "near_dedup" not in args.disable:
+        from datasketch import MinHashLSH
+        try:  # datasketch needs at least two LSH bands: very high thresholds are refused
+            MinHashLSH(threshold=args.near_threshold, num_perm=args.num_perm)
+        except ValueError as err:
+            raise SourceError(f"--near_threshold {args.near_threshold} with --num_perm {args.num_perm}: {err}") from err
     if existing_outputs(Path(args.output)) and not args.overwrite:
         raise SourceError(f"--output {args.output!r} already holds corpus shards; pass --overwrite to replace them")
 

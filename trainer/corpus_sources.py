@@ -24,6 +24,7 @@ from pathlib import Path
 STDLIB_SKIP_DIRS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test",
                               "__pycache__"})
 HF_PREFIX = "hf:"
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz")
 
 
 @dataclass
@@ -231,14 +232,14 @@ def resolve_source(spec: str, hf_split: str = "train", hf_data_files: str | None
     if os.path.isdir(spec):
         skip = STDLIB_SKIP_DIRS if Path(spec).resolve() == Path(default_source()).resolve() else frozenset()
         return Source(spec, "folder", [spec], skip_dirs=skip)
-    if spec.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz")):
-        if glob.has_magic(spec):
-            paths = sorted(glob.glob(spec, recursive=True))
-            if not paths:
-                raise SourceError(f"--source {spec!r} matches no file")
-            return Source(spec, "jsonl", paths)
-        if os.path.isfile(spec):
-            return Source(spec, "jsonl", [spec])
+    if glob.has_magic(spec):
+        paths = sorted(p for p in glob.glob(spec, recursive=True)
+                       if p.endswith(JSONL_SUFFIXES) and os.path.isfile(p))
+        if not paths:
+            raise SourceError(f"--source {spec!r} matches no .jsonl or .jsonl.gz file")
+        return Source(spec, "jsonl", paths)
+    if os.path.isfile(spec) and spec.endswith(JSONL_SUFFIXES):
+        return Source(spec, "jsonl", [spec])
     if os.path.exists(spec):
         raise SourceError(f"--source {spec!r} is neither a folder nor a .jsonl/.jsonl.gz file")
     raise SourceError(f"--source {spec!r} does not exist (a folder, a .jsonl[.gz] file or glob, "
