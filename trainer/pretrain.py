@@ -403,6 +403,13 @@ def run(args: PretrainArguments) -> int:
             log.info("done at step %d: model in %s", step, final)
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    if accelerator.num_processes == 1:
+        # Accelerate's state is a process-wide singleton: reset it so that a later in-process
+        # call (the quickstart, tests) may choose another precision or accumulation.
+        from accelerate.state import AcceleratorState, GradientState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
     return status
 
 
