@@ -1,0 +1,281 @@
+"""What a suggestion must not do: run past its line or block, repeat itself, duplicate
+the code after the cursor, or break the indentation.
+
+Each rule is one function `rule(text, ctx) -> text` on the suggestion's text (what would
+be inserted at the cursor); `postprocess` applies them in order and returns None for a
+suggestion not worth showing. The rules follow the list in Tabby's completion
+post-processing (see docs); they are plain string functions so each can be tested on
+real code.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+CONTEXT_LINES_BEFORE = 60
+CONTEXT_LINES_AFTER = 8
+_CLOSERS = ")]}"
+_OPENERS = "([{"
+_CONTINUATION = ("else", "elif", "except", "finally")
+_DEFAULT_UNIT = 4
+
+
+@dataclass
+class CursorContext:
+    """The text around the cursor that the rules look at."""
+
+    line_prefix: str                   # the cursor's line before the cursor
+    line_suffix: str                   # the cursor's line after the cursor
+    lines_before: list[str] = field(default_factory=list)   # lines above, nearest last
+    lines_after: list[str] = field(default_factory=list)    # lines below, nearest first
+
+    @classmethod
+    def from_document(cls, text: str, offset: int) -> "CursorContext":
+        start = text.rfind("\n", 0, offset) + 1
+        end = text.find("\n", offset)
+        end = len(text) if end < 0 else end
+        before, p = [], start
+        while p > 0 and len(before) < CONTEXT_LINES_BEFORE:
+            s = text.rfind("\n", 0, p - 1) + 1
+            before.append(text[s:p - 1])
+            p = s
+        after, p = [], end
+        while p < len(text) and len(after) < CONTEXT_LINES_AFTER:
+            e = text.find("\n", p + 1)
+            e = len(text) if e < 0 else e
+            after.append(text[p + 1:e])
+            p = e
+        return cls(text[start:offset], text[offset:end], before[::-1], after)
+
+    @property
+    def mid_line(self) -> bool:
+        """Non-whitespace text follows the cursor on its line."""
+        return bool(self.line_suffix.strip())
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def indent_width(line: str) -> int:
+    ws = line[:len(line) - len(line.lstrip(" \t"))]
+    return len(ws.expandtabs(8))
+
+
+def _bracket_depth(text: str, depth: int = 0) -> int:
+    """Net open brackets after `text` (strings and comments are not parsed: a heuristic)."""
+    for ch in text:
+        if ch in _OPENERS:
+            depth += 1
+        elif ch in _CLOSERS:
+            depth -= 1
+    return depth
+
+
+def _opens_block(line: str) -> bool:
+    code = line.split("#", 1)[0].rstrip()
+    return code.endswith(":")
+
+
+def indent_style(lines: list[str]) -> tuple[str, int]:
+    """("tab" | "space" | "" when no line is indented, unit width) of the document's lines."""
+    tabs = spaces = 0
+    widths = set()
+    for line in lines:
+        if not line.strip():
+            continue
+        if line.startswith("\t"):
+            tabs += 1
+        elif line.startswith(" "):
+            spaces += 1
+            widths.add(indent_width(line))
+    if tabs > spaces:
+        return "tab", 8
+    if not spaces:
+        return "", _DEFAULT_UNIT
+    unit = min((w for w in widths if w > 0), default=_DEFAULT_UNIT)
+    return "space", unit if unit in (2, 3, 4, 8) else _DEFAULT_UNIT
+
+
+def allowed_indents(lines_before: list[str]) -> set[int] | None:
+    """Indentation widths a new line may have after `lines_before` (None: no constraint,
+    e.g. inside an open bracket)."""
+    code = [ln for ln in lines_before if ln.strip() and not ln.lstrip().startswith("#")]
+    if not code:
+        return {0}
+    if _bracket_depth("\n".join(code[-CONTEXT_LINES_BEFORE:])) > 0:
+        return None
+    prev = code[-1]
+    levels, smallest = set(), indent_width(prev)
+    levels.add(smallest)
+    for ln in reversed(code[:-1]):  # the enclosing blocks' levels
+        w = indent_width(ln)
+        if w < smallest:
+            levels.add(w)
+            smallest = w
+    levels.add(0)
+    if _opens_block(prev):
+        unit = indent_style(code)[1]
+        return {indent_width(prev) + unit} | ({indent_width(prev) + 4, indent_width(prev) + 2})
+    return levels
+
+
+# ----------------------------------------------------------------------------- the rules
+
+def keep_single_line(text: str, ctx: CursorContext, single_line: bool = False) -> str:
+    """Only the first line when the cursor is mid-line (or single-line mode is on)."""
+    if single_line or ctx.mid_line:
+        return text.split("\n", 1)[0]
+    return text
+
+
+def stop_at_block_end(text: str, ctx: CursorContext) -> str:
+    """Cut at the first line that leaves the cursor's block: dedented below the cursor's
+    line (or below the code that follows the cursor, when that is less indented); after a
+    line opening a block, a line back at the opener's level ends the block too (except
+    `else` / `elif` / `except` / `finally`). Lines inside open brackets don't count."""
+    lines = text.split("\n")
+    if len(lines) == 1:
+        return text
+    first = ctx.line_prefix + lines[0]
+    if first.strip():
+        base = indent_width(first)
+        opener = _opens_block(first)
+    else:  # the cursor's line is blank: the block is the one the lines above are in
+        code = [ln for ln in ctx.lines_before if ln.strip()]
+        prev = code[-1] if code else ""
+        base = indent_width(ctx.line_prefix) if ctx.line_prefix else indent_width(prev)
+        opener = False
+    following = next((ln for ln in ctx.lines_after if ln.strip()), None)
+    if not opener and following is not None:
+        # Lines at the level of the code after the cursor fit in before it.
+        base = min(base, indent_width(following))
+    depth = _bracket_depth(first)
+    in_string = first.count('"""') % 2 == 1 or first.count("'''") % 2 == 1
+    for i in range(1, len(lines)):
+        line = lines[i]
+        if line.strip() and depth <= 0 and not in_string:
+            w = indent_width(line)
+            continues = line.lstrip().split(" ", 1)[0].rstrip(":") in _CONTINUATION
+            if w < base or (opener and w == base and not continues):
+                return "\n".join(lines[:i])
+        depth = _bracket_depth(line, depth)
+        if (line.count('"""') + line.count("'''")) % 2 == 1:
+            in_string = not in_string
+    return text
+
+
+def drop_suffix_duplicate_lines(text: str, ctx: CursorContext) -> str:
+    """Cut where the suggestion starts repeating the line that follows the cursor."""
+    following = next((ln.strip() for ln in ctx.lines_after if ln.strip()), None)
+    if following is None:
+        return text
+    lines = text.split("\n")
+    first_new = 0 if not ctx.line_prefix.strip() else 1
+    for i in range(first_new, len(lines)):
+        if lines[i].strip() == following:
+            return "\n".join(lines[:i])
+    return text
+
+
+def drop_trailing_repetition(text: str, ctx: CursorContext | None = None) -> str:
+    """Drop a loop at the end: lines repeating the lines before them, and a last line
+    ending in a repeated fragment (`a = a = a = a = `)."""
+    lines = text.split("\n")
+    for period in range(1, len(lines) // 2 + 1):
+        i = len(lines) - 1
+        while i - period >= 0 and lines[i] == lines[i - period]:
+            i -= 1
+        start = i + 1  # lines[start:] repeat with this period
+        repeated = lines[start - period:start] if start >= period else []
+        if len(lines) - start >= period and any(ln.strip() for ln in repeated):
+            lines = lines[:start]
+            break
+    last = lines[-1]
+    m = re.search(r"(.{2,24}?)\1{3,}$", last) or re.search(r"([^\s#=*-])\1{7,}$", last)
+    if m:
+        lines[-1] = last[:m.start()]
+        if not lines[-1].strip() and len(lines) > 1:
+            lines.pop()
+    return "\n".join(lines)
+
+
+def _imbalance(line: str) -> int:
+    quotes = sum(line.count(q) % 2 for q in ('"', "'"))
+    return abs(_bracket_depth(line)) + quotes
+
+
+def drop_closing_duplicate(text: str, ctx: CursorContext) -> str:
+    """Drop the end of a one-line suggestion that repeats the text already after the
+    cursor (a closing bracket or quote), when that makes the line balanced."""
+    rest = ctx.line_suffix.strip()
+    if not rest or "\n" in text:
+        return text
+    body = text.rstrip()
+    before = _imbalance(ctx.line_prefix + body + ctx.line_suffix)
+    for k in range(len(rest), 0, -1):
+        if body.endswith(rest[:k]):
+            shorter = body[:-k]
+            if _imbalance(ctx.line_prefix + shorter + ctx.line_suffix) < before:
+                return shorter
+    return text
+
+
+def fix_leading_whitespace(text: str, ctx: CursorContext) -> str:
+    """No double space after a space or a dot, and no first-line indentation that the
+    block does not allow when the user already typed a valid one."""
+    if not text:
+        return text
+    lp = ctx.line_prefix
+    if lp.strip():
+        if lp.endswith((" ", "\t", ".")) and text[0] in " \t":
+            return text.lstrip(" \t")
+        return text
+    if not lp or text[0] not in " \t":
+        return text
+    allowed = allowed_indents(ctx.lines_before)
+    if allowed is None:
+        return text
+    first = text.split("\n", 1)[0]
+    if indent_width(lp + first) not in allowed and indent_width(lp) in allowed:
+        return text.lstrip(" \t") if "\n" not in text else first.lstrip(" \t") + text[len(first):]
+    return text
+
+
+def fix_indent_style(text: str, ctx: CursorContext) -> str:
+    """New lines indented with the document's style (tabs vs spaces)."""
+    if "\n" not in text:
+        return text
+    style, unit = indent_style(ctx.lines_before + [ctx.line_prefix])
+    lines = text.split("\n")
+    for i in range(1, len(lines)):
+        line = lines[i]
+        ws = line[:len(line) - len(line.lstrip(" \t"))]
+        if style == "tab" and " " in ws:
+            width = len(ws.expandtabs(_DEFAULT_UNIT))
+            lines[i] = "\t" * (width // _DEFAULT_UNIT) + " " * (width % _DEFAULT_UNIT) + line[len(ws):]
+        elif style == "space" and "\t" in ws:
+            lines[i] = ws.expandtabs(unit) + line[len(ws):]
+    return "\n".join(lines)
+
+
+def drop_trailing_whitespace(text: str, ctx: CursorContext | None = None) -> str:
+    return text.rstrip()
+
+
+def is_worth_showing(text: str, min_chars: int = 1) -> bool:
+    """Not empty, not only whitespace, at least `min_chars` visible characters."""
+    return len(text.strip()) >= max(1, min_chars)
+
+
+def postprocess(text: str, ctx: CursorContext, single_line: bool = False, min_chars: int = 1) -> str | None:
+    """All rules in order; None when nothing worth showing is left."""
+    text = keep_single_line(text, ctx, single_line)
+    text = stop_at_block_end(text, ctx)
+    text = drop_suffix_duplicate_lines(text, ctx)
+    text = drop_trailing_repetition(text, ctx)
+    text = drop_trailing_whitespace(text, ctx)
+    text = drop_closing_duplicate(text, ctx)
+    text = fix_leading_whitespace(text, ctx)
+    text = fix_indent_style(text, ctx)
+    text = drop_trailing_whitespace(text, ctx)
+    return text if is_worth_showing(text, min_chars) else None

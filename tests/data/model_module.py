@@ -1,0 +1,154 @@
+"""Build a fresh GPT-2-style model from a size preset or a config file.
+
+`codeparrot init-model --tokenizer DIR --model-size tiny` prints the parameter
+counts (and with `--output DIR` writes the randomly initialised checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from codeparrot_ls.prompt import END_OF_TEXT
+
+# name -> GPT2Config fields. "small" and "xl" are the seed's 111M and 1.5B models.
+PRESETS = {
+    "test": dict(n_layer=2, n_embd=64, n_head=2, n_positions=256),
+    "tiny": dict(n_layer=4, n_embd=256, n_head=4, n_positions=512),
+    "mini": dict(n_layer=6, n_embd=512, n_head=8, n_positions=1024),
+    "small": dict(n_layer=12, n_embd=768, n_head=12, n_positions=1024),
+    "xl": dict(n_layer=48, n_embd=1600, n_head=25, n_positions=1024),
+}
+
+# GPT2Config fields a config file may set; everything else (vocab, special ids,
+# tying) comes from the tokenizer so a model can never disagree with it.
+CONFIG_FILE_FIELDS = {
+    "n_layer", "n_embd", "n_head", "n_positions", "n_inner", "activation_function",
+    "resid_pdrop", "embd_pdrop", "attn_pdrop", "layer_norm_epsilon", "initializer_range",
+    "scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn",
+}
+
+
+def padded_vocab_size(vocab_size: int, multiple: int = 64) -> int:
+    return (vocab_size + multiple - 1) // multiple * multiple
+
+
+def read_config_file(path: str | Path) -> dict:
+    """Model fields from a JSON or YAML file (a Hugging Face config.json works too)."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        fields = yaml.safe_load(text) or {}
+    else:
+        fields = json.loads(text)
+    if not isinstance(fields, dict):
+        raise ValueError(f"{path}: expected a mapping of GPT2Config fields")
+    unknown = set(fields) - CONFIG_FILE_FIELDS
+    # A full config.json carries bookkeeping keys (architectures, vocab_size...): ignore
+    # those, but reject names that are not GPT2Config fields at all (typos).
+    typos = {k for k in unknown if not hasattr(GPT2Config(), k)}
+    if typos:
+        raise ValueError(f"{path}: unknown model fields {sorted(typos)}")
+    return {k: v for k, v in fields.items() if k in CONFIG_FILE_FIELDS}
+
+
+def build_config(preset: str, vocab_size: int, eos_id: int, **overrides) -> GPT2Config:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown model size {preset!r}; expected one of {sorted(PRESETS)}")
+    fields = {**PRESETS[preset], **overrides}
+    return GPT2Config(
+        vocab_size=padded_vocab_size(vocab_size),
+        bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id,
+        tie_word_embeddings=True,
+        **fields,
+    )
+
+
+def build_model(preset: str, tokenizer, config_file: str | Path | None = None, **overrides) -> GPT2LMHeadModel:
+    """A randomly initialised model sized for `tokenizer` (a `tokenizers.Tokenizer`).
+
+    `config_file` fields override the preset; keyword `overrides` override both.
+    """
+    eos_id = tokenizer.token_to_id(END_OF_TEXT)
+    if eos_id is None:
+        raise ValueError(f"the tokenizer has no {END_OF_TEXT} token")
+    fields = read_config_file(config_file) if config_file else {}
+    config = build_config(preset, tokenizer.get_vocab_size(), eos_id, **{**fields, **overrides})
+    return GPT2LMHeadModel(config)
+
+
+def parameter_counts(model: GPT2LMHeadModel) -> dict[str, int]:
+    """Unique parameters (tied embeddings counted once), and without the embeddings."""
+    total = sum(p.numel() for p in model.parameters())
+    embeddings = model.transformer.wte.weight.numel() + model.transformer.wpe.weight.numel()
+    return {"total": total, "embeddings": embeddings, "non_embedding": total - embeddings}
+
+
+def training_flops_per_token(config: GPT2Config, seq_length: int) -> float:
+    """Forward + backward FLOPs per token: 6N for the weight matmuls plus attention.
+
+    N counts every weight used in a matmul (the tied wte also serves as the output
+    layer); the position embedding is a lookup, not a matmul. Attention scores and
+    their weighted sum add 12 * layers * width * seq_length (the PaLM appendix count).
+    """
+    d, L, V = config.n_embd, config.n_layer, config.vocab_size
+    inner = config.n_inner or 4 * d
+    per_layer = d * 3 * d + d * d + 2 * d * inner  # c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj
+    matmul_params = L * per_layer + V * d
+    return 6.0 * matmul_params + 12.0 * L * d * seq_length
+
+
+@dataclass
+class InitModelArguments:
+    tokenizer: str = field(metadata={"help": "tokenizer folder (tokenizer.json)"})
+    model_size: str = field(default="tiny", metadata={"help": f"size preset: {', '.join(PRESETS)}"})
+    model_config: str | None = field(
+        default=None, metadata={"help": "JSON/YAML file of GPT2Config fields overriding the preset"})
+    output: str | None = field(
+        default=None, metadata={"help": "also save the random model (with tokenizer files) here"})
+    seed: int = field(default=0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import shutil
+
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import HfArgumentParser
+
+    (args,) = HfArgumentParser(InitModelArguments).parse_args_into_dataclasses(args=argv)
+    tok_file = Path(args.tokenizer) / "tokenizer.json"
+    if not tok_file.is_file():
+        print(f"init-model: no tokenizer.json in {args.tokenizer}", file=sys.stderr)
+        return 2
+    try:
+        torch.manual_seed(args.seed)
+        model = build_model(args.model_size, Tokenizer.from_file(str(tok_file)), args.model_config)
+    except (ValueError, OSError) as exc:
+        print(f"init-model: {exc}", file=sys.stderr)
+        return 2
+    cfg = model.config
+    counts = parameter_counts(model)
+    print(f"model {args.model_size}: {cfg.n_layer} layers x {cfg.n_embd} wide, {cfg.n_head} heads, "
+          f"{cfg.n_positions} positions, vocab {cfg.vocab_size}")
+    print(f"parameters: {counts['total']:,} total ({counts['total'] / 1e6:.2f} M), "
+          f"{counts['non_embedding']:,} without embeddings, {counts['embeddings']:,} embeddings")
+    print(f"training FLOPs per token at {cfg.n_positions} positions: "
+          f"{training_flops_per_token(cfg, cfg.n_positions):.3e}")
+    if args.output:
+        model.save_pretrained(args.output)
+        for f in Path(args.tokenizer).iterdir():
+            if f.is_file():
+                shutil.copy(f, Path(args.output) / f.name)
+        print(f"saved to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
