@@ -17,7 +17,7 @@ import pytest
 
 import trainer.corpus_sources as corpus_sources
 from trainer.corpus import REASONS, main
-from trainer.corpus_filters import NearDedup, identifier_set
+from trainer.corpus_filters import NearDedup, alnum_fraction, identifier_set, measure
 
 WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india",
          "juliet", "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo"]
@@ -128,6 +128,18 @@ def test_filter_thresholds_are_options(tmp_path, reason, loosen):
     write(tmp_path / "src" / "b_bad.py", text)
     assert only_drops(run_corpus(tmp_path, *options)) == {reason: 1}
     assert run_corpus(tmp_path, *options, *loosen)["kept"] == 1
+
+
+@pytest.mark.parametrize("text", ["abc_1 ", "caf\u00e9 = '\u20ac'", "\u0661\u0662 ab\u00a0", "-=-=", good_source(3)])
+def test_alnum_fraction_matches_str_isalnum(text):
+    assert alnum_fraction(text, text.encode()) == pytest.approx(sum(c.isalnum() for c in text) / len(text))
+
+
+def test_quality_score_formula():
+    assert measure(good_source(0), good_source(0).encode()).quality() == 1.0
+    only_loops = "x = 0\nfor i in range(3):\n    x += i\n"
+    m = measure(only_loops, only_loops.encode())
+    assert m.quality() == pytest.approx((min(1, m.alnum / 0.6) + 1 + 0.5 + 1) / 4, abs=1e-4)
 
 
 def test_size_bounds(tmp_path):

@@ -142,7 +142,7 @@ class CorpusBuilder:
         record.update(size=item.size, hash=digest.hex(), quality=item.quality)
         writer.write(record, uniform_draw(0, "split", digest))
 
-    def stats(self, sources: list[str], writer: SplitWriter, wall_s: float) -> dict:
+    def stats(self, sources: list[str], writer: SplitWriter, wall_s: float, cpu_s: float) -> dict:
         return {
             "sources": sources,
             "seen": self.seen,
@@ -157,6 +157,7 @@ class CorpusBuilder:
             "splits": writer.summary(),
             "wall_s": round(wall_s, 3),
             "files_per_s": round(self.seen / wall_s, 1) if wall_s > 0 else None,
+            "cpu_s": round(cpu_s, 3),  # all threads of this process: robust on a busy machine
             "args": dataclasses.asdict(self.args),
         }
 
@@ -169,7 +170,7 @@ def build_corpus(args: CorpusArgs, sources, tokenizer=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     builder = CorpusBuilder(args, tokenizer)
     writer = SplitWriter(out, args.valid_fraction, args.shard_records)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     bar = tqdm(unit=" files", disable=not args.progress, mininterval=0.5, dynamic_ncols=True)
     try:
         for source in sources:
@@ -182,7 +183,8 @@ def build_corpus(args: CorpusArgs, sources, tokenizer=None) -> dict:
     finally:
         bar.set_postfix(kept=builder.kept, dropped=builder.seen - builder.kept, refresh=False)
         bar.close()
-    stats = builder.stats([s.spec for s in sources], writer, time.perf_counter() - start)
+    stats = builder.stats([s.spec for s in sources], writer, time.perf_counter() - start,
+                          time.process_time() - cpu_start)
     assert stats["seen"] == stats["kept"] + stats["dropped_total"], stats
     tmp = out / "stats.json.tmp"
     tmp.write_text(json.dumps(stats, indent=2) + "\n")

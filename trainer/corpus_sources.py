@@ -179,15 +179,14 @@ def iter_jsonl(path: str, max_bytes: int) -> Iterator[Item]:
         yield Item(name, reason="unreadable")
 
 
-def open_hf_dataset(name: str, config: str | None, split: str, data_files: str | None, load=None):
+def open_hf_dataset(name: str, config: str | None, split: str, data_files: str | None):
     """`datasets.load_dataset(..., streaming=True)`: resolves files, reads nothing yet."""
-    if load is None:
-        from datasets import load_dataset as load
+    from datasets import load_dataset
     kwargs = {"split": split, "streaming": True}
     if data_files:
         kwargs["data_files"] = data_files
     try:
-        return load(name, config, **kwargs)
+        return load_dataset(name, config, **kwargs)
     except Exception as err:  # datasets raises many types for "not found / not reachable"
         raise SourceError(f"cannot load Hugging Face dataset {name!r}: {err}") from err
 
@@ -219,15 +218,14 @@ class Source:
                 yield record_item(row, f"{self.paths[0]}:{i}", max_bytes)
 
 
-def resolve_source(spec: str, hf_split: str = "train", hf_data_files: str | None = None,
-                   load=None) -> Source:
+def resolve_source(spec: str, hf_split: str = "train", hf_data_files: str | None = None) -> Source:
     """Check a `--source` value before any work; raises SourceError with a clear message."""
     if spec.startswith(HF_PREFIX):
         name, _, config = spec[len(HF_PREFIX):].partition(":")
         if not name:
             raise SourceError(f"empty dataset name in --source {spec!r}")
         source = Source(spec, "hf", [name], hf_config=config or None)
-        source.hf_dataset = open_hf_dataset(name, source.hf_config, hf_split, hf_data_files, load)
+        source.hf_dataset = open_hf_dataset(name, source.hf_config, hf_split, hf_data_files)
         return source
     if os.path.isdir(spec):
         skip = STDLIB_SKIP_DIRS if Path(spec).resolve() == Path(default_source()).resolve() else frozenset()

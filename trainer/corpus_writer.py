@@ -9,6 +9,8 @@ from __future__ import annotations
 import gzip
 import json
 import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 SHARD_PATTERNS = ("train-*.jsonl.gz", "valid-*.jsonl.gz", "*.jsonl.gz.tmp", "stats.json", "stats.json.tmp")
@@ -29,8 +31,13 @@ def clear_outputs(folder: Path) -> None:
 class ShardWriter:
     """Writes `{prefix}-00000.jsonl.gz`, `{prefix}-00001.jsonl.gz`, ... of `shard_records` each.
 
-    gzip level 4: on the stdlib it compressed 2.2x faster than the default 6 for 6 % more bytes.
+    Compression runs on one background thread (zlib releases the GIL), fed ~1 MiB chunks
+    in order; at most `MAX_PENDING` chunks wait, so memory stays bounded. gzip level 4: on
+    the stdlib it compressed 2.2x faster than the default 6 for 6 % more bytes.
     """
+
+    CHUNK_BYTES = 1 << 20
+    MAX_PENDING = 4
 
     def __init__(self, folder: Path, prefix: str, shard_records: int, compresslevel: int = 4):
         self.folder, self.prefix = folder, prefix
@@ -39,6 +46,10 @@ class ShardWriter:
         self.shards: list[str] = []
         self._file = self._gz = None
         self._in_shard = 0
+        self._chunk: list[bytes] = []
+        self._chunk_bytes = 0
+        self._pending: deque[Future] = deque()
+        self._compressor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"gzip-{prefix}")
 
     def _open(self) -> None:
         name = f"{self.prefix}-{len(self.shards):05d}.jsonl.gz"
@@ -53,13 +64,27 @@ class ShardWriter:
     def write(self, record: dict) -> None:
         if self._gz is None:
             self._open()
-        self._gz.write(json.dumps(record).encode("ascii") + b"\n")
+        line = json.dumps(record).encode("ascii") + b"\n"
+        self._chunk.append(line)
+        self._chunk_bytes += len(line)
         self._in_shard += 1
         self.records += 1
+        if self._chunk_bytes >= self.CHUNK_BYTES:
+            self._flush()
         if self._in_shard >= self.shard_records:
             self._finish()
 
+    def _flush(self) -> None:
+        if self._chunk:
+            self._pending.append(self._compressor.submit(self._gz.write, b"".join(self._chunk)))
+            self._chunk, self._chunk_bytes = [], 0
+        while len(self._pending) > self.MAX_PENDING:
+            self._pending.popleft().result()
+
     def _finish(self) -> None:
+        self._flush()
+        while self._pending:
+            self._pending.popleft().result()
         self._gz.close()
         self._file.flush()
         os.fsync(self._file.fileno())
@@ -71,6 +96,7 @@ class ShardWriter:
     def close(self) -> None:
         if self._gz is not None:
             self._finish()
+        self._compressor.shutdown()
 
 
 class SplitWriter:
