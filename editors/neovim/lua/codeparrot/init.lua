@@ -1,0 +1,247 @@
+-- codeparrot-ls in Neovim: start the server for Python buffers, show its suggestions as ghost
+-- text (built-in inline completion, Neovim 0.12+), accept with <Tab> and cycle candidates.
+-- On older Neovim (no vim.lsp.inline_completion) suggestions come through the completion menu
+-- (textDocument/completion) instead.
+--
+--   require('codeparrot').setup({
+--     model = '~/codeparrot-ls/runs/quickstart/onnx',   -- optional: else $CODEPARROT_LS_MODEL / default
+--     settings = { maxNewTokens = 32, singleLine = false },
+--   })
+local M = {}
+
+local NAME = 'codeparrot'
+
+---@class codeparrot.Keys
+---@field accept string|false  accept the ghost text; falls through to the key itself when none is shown
+---@field next string|false    next candidate
+---@field prev string|false    previous candidate
+---@field invoke string|false  ask explicitly (several sampled candidates)
+---@field complete string|false open the completion menu (fallback path only)
+
+---@class codeparrot.Options
+---@field cmd string[]           server command (without --model / --engine)
+---@field model? string          model folder, passed as --model and initializationOptions.model
+---@field engine? 'auto'|'onnx'|'torch'
+---@field settings table         camelCase keys of codeparrot_ls/settings.py
+---@field inline? boolean        ghost text; default: when this Neovim supports it
+---@field completion? boolean    textDocument/completion via the menu; default: when inline is off
+---@field keys codeparrot.Keys
+local defaults = {
+  cmd = { 'codeparrot-ls', '--stdio' },
+  model = nil,
+  engine = nil,
+  settings = {},
+  inline = nil,
+  completion = nil,
+  keys = { accept = '<Tab>', next = '<M-]>', prev = '<M-[>', invoke = '<M-\\>', complete = '<C-Space>' },
+}
+
+---@type codeparrot.Options
+M.options = vim.deepcopy(defaults)
+
+local function has_inline()
+  return vim.lsp.inline_completion ~= nil
+end
+
+--- The full client config: the base from lsp/codeparrot.lua plus the user's options.
+---@param opts codeparrot.Options
+local function client_config(opts)
+  local cmd = vim.deepcopy(opts.cmd)
+  if opts.engine then
+    vim.list_extend(cmd, { '--engine', opts.engine })
+  end
+  local init_options = vim.deepcopy(opts.settings)
+  if opts.model then
+    local model = vim.fs.normalize(opts.model)
+    vim.list_extend(cmd, { '--model', model })
+    init_options.model = model
+  end
+  local config = {
+    cmd = cmd,
+    init_options = init_options,
+    settings = { codeparrot = vim.deepcopy(opts.settings) },
+  }
+  if not opts.inline then
+    -- The server answers textDocument/completion only for clients without inline completion
+    -- (else it would run the model twice per keystroke): say so when ghost text is off.
+    config.before_init = function(params)
+      if params.capabilities and params.capabilities.textDocument then
+        params.capabilities.textDocument.inlineCompletion = nil
+      end
+    end
+  end
+  return config
+end
+
+local function codeparrot_clients(bufnr)
+  return vim.lsp.get_clients({ name = NAME, bufnr = bufnr })
+end
+
+--- Accept the ghost text. Returns true when something was accepted (usable in an <expr> map).
+function M.accept()
+  return has_inline() and vim.lsp.inline_completion.get() or false
+end
+
+--- Move to the next (count > 0) or previous (count < 0) candidate.
+function M.cycle(count)
+  if has_inline() then
+    vim.lsp.inline_completion.select({ count = count })
+  end
+end
+
+--- Ask for suggestions explicitly: the server then samples several candidates to cycle through.
+--- Neovim has no public call for an explicit inline request yet; this uses its inline-completion
+--- state and does nothing (with a message) where that is missing.
+function M.invoke()
+  local ok, capability = pcall(require, 'vim.lsp._capability')
+  local completor = ok and capability.all and capability.all.inline_completion
+  completor = completor and completor.active and completor.active[vim.api.nvim_get_current_buf()]
+  if not completor or type(completor.request) ~= 'function' then
+    vim.notify('codeparrot: explicit inline requests need Neovim 0.12', vim.log.levels.WARN)
+    return
+  end
+  completor:request(vim.lsp.protocol.InlineCompletionTriggerKind.Invoked)
+end
+
+--- Change completion settings at run time, e.g. M.set({ singleLine = true }).
+function M.set(settings)
+  M.options.settings = vim.tbl_extend('force', M.options.settings, settings)
+  for _, client in ipairs(codeparrot_clients()) do
+    client.settings = { codeparrot = vim.deepcopy(M.options.settings) }
+    client:notify('workspace/didChangeConfiguration', { settings = client.settings })
+  end
+end
+
+function M.toggle()
+  M.set({ enabled = M.options.settings.enabled == false })
+  vim.notify('codeparrot: suggestions ' .. (M.options.settings.enabled and 'on' or 'off'))
+end
+
+--- For statuslines: 'loading', 'ready', 'error' (from the server's $/codeparrot/status), or ''.
+function M.status()
+  return vim.g.codeparrot_status or ''
+end
+
+local function map(bufnr, lhs, rhs, desc, expr)
+  if lhs then
+    vim.keymap.set('i', lhs, rhs, { buffer = bufnr, expr = expr, desc = desc })
+  end
+end
+
+--- Neovim's completion inserts only the first word of a plain-text edit (the menu "word") and
+--- applies the full edit only for snippets; a suggestion is a whole line or block, so on
+--- CompleteDone replace that word with the item's full text.
+local function complete_done(client_id, bufnr)
+  local item = vim.v.completed_item
+  local lsp_data = type(item) == 'table' and type(item.user_data) == 'table' and item.user_data.nvim
+  lsp_data = lsp_data and lsp_data.lsp
+  local completion = lsp_data and lsp_data.completion_item
+  if not completion or (lsp_data.client_id and lsp_data.client_id ~= client_id) then
+    return
+  end
+  local edit = completion.textEdit
+  if not edit or completion.insertTextFormat == vim.lsp.protocol.InsertTextFormat.Snippet then
+    return -- snippets are expanded by Neovim itself
+  end
+  local new_text = edit.newText
+  if new_text == item.word then
+    return
+  end
+  local row, col = unpack(vim.api.nvim_win_get_cursor(0))
+  local word_start = col - #item.word
+  if word_start < 0 or vim.api.nvim_buf_get_text(bufnr, row - 1, word_start, row - 1, col, {})[1] ~= item.word then
+    return -- the text was changed in the meantime: leave it alone
+  end
+  local lines = vim.split(new_text, '\n', { plain = true })
+  vim.api.nvim_buf_set_text(bufnr, row - 1, word_start, row - 1, col, lines)
+  local last_col = (#lines == 1 and word_start or 0) + #lines[#lines]
+  vim.api.nvim_win_set_cursor(0, { row + #lines - 1, last_col })
+end
+
+local function on_attach(client, bufnr)
+  local opts = M.options
+  local keys = opts.keys
+  if opts.inline then
+    vim.lsp.inline_completion.enable(true, { bufnr = bufnr })
+    map(bufnr, keys.accept, function()
+      if M.accept() then
+        return ''
+      end
+      return vim.keycode(keys.accept)
+    end, 'codeparrot: accept suggestion', true)
+    map(bufnr, keys.next, function() M.cycle(1) end, 'codeparrot: next suggestion')
+    map(bufnr, keys.prev, function() M.cycle(-1) end, 'codeparrot: previous suggestion')
+    map(bufnr, keys.invoke, M.invoke, 'codeparrot: ask for suggestions')
+  end
+  if opts.completion then
+    vim.api.nvim_create_autocmd('CompleteDone', {
+      group = vim.api.nvim_create_augroup('codeparrot.complete.' .. bufnr, { clear = true }),
+      buffer = bufnr,
+      callback = function()
+        complete_done(client.id, bufnr)
+      end,
+    })
+    if vim.lsp.completion and vim.lsp.completion.enable then
+      -- Applies the item's text edit and runs its command on <C-y>.
+      vim.lsp.completion.enable(true, client.id, bufnr, { autotrigger = false })
+      map(bufnr, keys.complete, function() vim.lsp.completion.get() end, 'codeparrot: completion menu')
+    else
+      vim.bo[bufnr].omnifunc = 'v:lua.vim.lsp.omnifunc'
+      map(bufnr, keys.complete, '<C-x><C-o>', 'codeparrot: completion menu')
+    end
+  end
+end
+
+---@param opts? codeparrot.Options|table
+function M.setup(opts)
+  opts = vim.tbl_deep_extend('force', vim.deepcopy(defaults), opts or {})
+  if opts.inline == nil then
+    opts.inline = has_inline()
+  elseif opts.inline and not has_inline() then
+    vim.notify('codeparrot: this Neovim has no inline completion; using the completion menu',
+      vim.log.levels.WARN)
+    opts.inline = false
+  end
+  if opts.completion == nil then
+    opts.completion = not opts.inline
+  end
+  M.options = opts
+
+  local group = vim.api.nvim_create_augroup('codeparrot', { clear = true })
+  vim.api.nvim_create_autocmd('LspAttach', {
+    group = group,
+    callback = function(args)
+      local client = vim.lsp.get_client_by_id(args.data.client_id)
+      if client and client.name == NAME then
+        on_attach(client, args.buf)
+      end
+    end,
+  })
+
+  vim.api.nvim_create_user_command('CodeparrotToggle', M.toggle, { desc = 'codeparrot: suggestions on/off' })
+  vim.api.nvim_create_user_command('CodeparrotStatus', function()
+    print('codeparrot: ' .. (M.status() ~= '' and M.status() or 'not started'))
+  end, { desc = 'codeparrot: server status' })
+
+  if vim.lsp.config then
+    -- Neovim 0.11+: merged over lsp/codeparrot.lua from the runtimepath.
+    vim.lsp.config(NAME, client_config(opts))
+    vim.lsp.enable(NAME)
+  else
+    -- Neovim 0.10: start the client ourselves for each Python buffer.
+    local base_file = vim.api.nvim_get_runtime_file('lsp/codeparrot.lua', false)[1]
+    local base = base_file and dofile(base_file) or {}
+    local config = vim.tbl_deep_extend('force', base, client_config(opts), { name = NAME })
+    vim.api.nvim_create_autocmd('FileType', {
+      group = group,
+      pattern = config.filetypes or { 'python' },
+      callback = function(args)
+        local start_config = vim.deepcopy(config)
+        start_config.root_dir = vim.fs.root(args.buf, config.root_markers or { '.git' })
+        vim.lsp.start(start_config, { bufnr = args.buf })
+      end,
+    })
+  end
+end
+
+return M
