@@ -1,0 +1,250 @@
+"""`codeparrot evaluate` and `codeparrot complete`: the math on hand-made cases, then
+every task end to end on the tiny model through the real engines."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from trainer.eval_humaneval import load_problems, pass_at_k, program
+from trainer.eval_line_completion import (Position, edit_similarity, exact_match, fim_prompt, left_to_right_prompt,
+                                          sample_positions)
+from trainer.eval_data import DataStats
+from trainer.eval_perplexity import PerplexityTotals, token_nats, windows
+from trainer.sandbox import SandboxLimits, run_python
+
+# ---- pass@k ---------------------------------------------------------------------------------
+
+
+def test_pass_at_k_against_hand_computed_values():
+    # n=5, c=2: pass@1 = 2/5; pass@2 = 1 - C(3,2)/C(5,2) = 1 - 3/10.
+    assert pass_at_k([5], [2], ks=(1, 2)) == pytest.approx({"pass@1": 0.4, "pass@2": 0.7})
+    # n=10, c=1: pass@10 = 1 (every draw of 10 includes the correct one); pass@5 = 1 - C(9,5)/C(10,5) = 0.5.
+    assert pass_at_k([10], [1], ks=(5, 10)) == pytest.approx({"pass@5": 0.5, "pass@10": 1.0})
+    # Averaged over problems; k above the smallest n is not reported.
+    assert pass_at_k([4, 4], [4, 0], ks=(1, 10, 100)) == pytest.approx({"pass@1": 0.5})
+    assert pass_at_k([200], [0]) == {"pass@1": 0.0, "pass@10": 0.0, "pass@100": 0.0}
+    assert pass_at_k([3], [1], ks=(1,)) == pytest.approx({"pass@1": 1 / 3})
+
+
+def test_humaneval_program_passes_with_the_canonical_solution_and_fails_with_a_wrong_one():
+    problem = load_problems(limit=1)[0]
+    assert len(load_problems()) == 164
+    good = run_python(program(problem, problem["prompt"], problem["canonical_solution"]), SandboxLimits(timeout_s=10))
+    assert good.passed, good.stderr
+    bad = run_python(program(problem, problem["prompt"], "    return None\n"), SandboxLimits(timeout_s=10))
+    assert bad.status == "failed"
+
+
+# ---- perplexity math --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n_tokens,context,stride", [(2, 8, 4), (9, 8, 4), (50, 8, 3), (50, 8, 8), (17, 16, 1)])
+def test_sliding_windows_score_every_token_once_within_the_context(n_tokens, context, stride):
+    scored = []
+    for begin, first, end in windows(n_tokens, context, stride):
+        assert end - 1 - begin <= context          # inputs fed
+        assert begin <= first - 1                   # every target has its previous token as input
+        scored += range(first, end)
+    assert scored == list(range(1, n_tokens))
+
+
+def test_token_nats_is_the_cross_entropy():
+    import numpy as np
+
+    logits = np.array([[0.0, 0.0], [math.log(3.0), 0.0]], np.float32)
+    assert token_nats(logits, np.array([1, 0])) == pytest.approx([math.log(2), math.log(4 / 3)], rel=1e-6)
+
+
+def test_perplexity_summary_units_and_overflow():
+    t = PerplexityTotals(nats=10 * math.log(2), tokens=5, chars=20)
+    s = t.summary()
+    assert s["loss"] == pytest.approx(2 * math.log(2)) and s["perplexity"] == pytest.approx(4.0)
+    assert s["bits_per_char"] == pytest.approx(0.5)
+    assert PerplexityTotals(nats=1e6, tokens=1, chars=1).summary()["perplexity"] == math.inf
+
+
+def test_perplexity_equals_the_models_own_loss(tiny_checkpoint_dir, tmp_path):
+    """Short file (one window): the mean loss is exactly transformers' loss on END_OF_TEXT + the file."""
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    from trainer.eval_common import encode, open_engine
+    from trainer.eval_perplexity import evaluate_perplexity
+
+    text = "def add(a, b):\n    return a + b\n\n\nprint(add(1, 2))\n"
+    (tmp_path / "a.py").write_text(text)
+    engine = open_engine(tiny_checkpoint_dir, "torch")
+    out = evaluate_perplexity(engine, str(tmp_path))["results"]
+    ids = [engine.info.eos_id] + encode(engine.tokenizer, text)
+    model = GPT2LMHeadModel.from_pretrained(tiny_checkpoint_dir).eval()
+    with torch.no_grad():
+        ref = model(torch.tensor([ids]), labels=torch.tensor([ids])).loss.item()
+    assert out["tokens"] == len(ids) - 1
+    assert out["loss"] == pytest.approx(ref, rel=1e-5)
+    assert out["bits_per_char"] == pytest.approx(ref * (len(ids) - 1) / math.log(2) / len(text), rel=1e-5)
+
+
+def test_sliding_window_matches_a_manual_chunked_computation(tiny_checkpoint_dir, tmp_path):
+    import numpy as np
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    from conftest import sample_texts
+    from trainer.eval_common import encode, open_engine
+    from trainer.eval_perplexity import evaluate_perplexity
+
+    text = sample_texts()[4][:3000]  # shlex.py: several windows of 64
+    (tmp_path / "long.py").write_text(text)
+    engine = open_engine(tiny_checkpoint_dir, "torch")
+    out = evaluate_perplexity(engine, str(tmp_path), context=64, stride=32)["results"]
+    ids = [engine.info.eos_id] + encode(engine.tokenizer, text)
+    model = GPT2LMHeadModel.from_pretrained(tiny_checkpoint_dir).eval()
+    nats = 0.0
+    with torch.no_grad():
+        for begin, first, end in windows(len(ids), 64, 32):
+            logits = model(torch.tensor([ids[begin:end - 1]])).logits[0].double()
+            logp = torch.log_softmax(logits, -1)
+            targets = torch.tensor(ids[first:end])
+            rows = torch.arange(first - 1 - begin, end - 1 - begin)
+            nats -= logp[rows, targets].sum().item()
+    assert out["tokens"] == len(ids) - 1 and out["forward_calls"] > 3
+    assert out["loss"] == pytest.approx(nats / (len(ids) - 1), rel=1e-5)
+    assert np.isfinite(out["perplexity"])
+
+
+# ---- line completion --------------------------------------------------------------------------
+
+
+def test_line_completion_scores_on_hand_made_cases():
+    assert exact_match("x = foo(a,  b)  ", "x = foo(a, b)")
+    assert not exact_match("x=1", "x = 1")
+    assert not exact_match("", "return x")
+    assert edit_similarity("return x", "return x") == 100.0
+    assert edit_similarity("abc", "abd") == pytest.approx(200 / 3)   # 1 substitution: 2 * 2 / 6 (Indel ratio)
+    assert edit_similarity("", "return") == 0.0
+    assert edit_similarity("  return a ", "return a") == 100.0
+
+
+SOURCE = "import os\n\n\ndef f(x):\n    if x:\n        return os.path.join(x, 'a')\n    return None\n"
+
+
+def test_positions_are_seeded_and_well_formed(tmp_path):
+    (tmp_path / "m.py").write_text(SOURCE)
+    (tmp_path / "empty.py").write_text("\n\n")
+    (tmp_path / "bad.py").write_bytes(b"\xff\xfe not utf-8")
+    stats = DataStats()
+    a = sample_positions(str(tmp_path), 3, seed=1, cursor="indent", stats=stats)
+    assert stats.skipped == 2 and stats.documents == 1
+    assert a == sample_positions(str(tmp_path), 3, seed=1, cursor="indent", stats=DataStats())
+    for p in a:
+        line = SOURCE.split("\n")[p.line]
+        assert p.prefix.endswith(line[: len(line) - len(line.lstrip())]) and p.target == line.strip()
+        assert SOURCE == p.prefix + p.target + p.suffix
+    rand = sample_positions(str(tmp_path), 4, seed=2, cursor="random", stats=DataStats())
+    assert all(p.target and SOURCE == p.prefix + p.target + p.suffix for p in rand)
+    assert len(sample_positions(str(tmp_path), 100, seed=0, cursor="indent", stats=DataStats())) == 4
+
+
+def test_prompts_heal_the_indentation_and_keep_fim_in_budget(tiny_checkpoint_dir):
+    from codeparrot_ls.prompt import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
+    from trainer.eval_common import open_engine
+
+    engine = open_engine(tiny_checkpoint_dir, "torch")
+    prefix = SOURCE[: SOURCE.index("return os")]
+    pos = Position("m.py", 5, prefix, "return os.path.join(x, 'a')", SOURCE[SOURCE.index("\n    return None"):])
+    ids, required = left_to_right_prompt(engine, pos, budget=200, healing=True)
+    assert "\n" not in required and prefix.endswith(required)
+    assert engine.tokenizer.decode(ids, skip_special_tokens=True) + required == prefix
+    assert ids[0] == engine.info.eos_id
+    short, _ = left_to_right_prompt(engine, pos, budget=5, healing=True)
+    assert len(short) == 5
+    sp = engine.info.special_ids
+    fim = fim_prompt(engine, pos, budget=30, layout="psm", suffix_share=0.25)
+    assert len(fim) <= 30 and fim[1] == sp[FIM_PREFIX] and fim[-1] == sp[FIM_MIDDLE] and sp[FIM_SUFFIX] in fim
+
+
+# ---- end to end ------------------------------------------------------------------------------
+
+
+def _run(argv, capsys):
+    from trainer.evaluate import main
+
+    rc = main(argv)
+    return rc, capsys.readouterr()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("folder", ["tiny_checkpoint_dir", "tiny_onnx_dir"])
+def test_every_task_end_to_end(folder, request, tmp_path, capsys):
+    model = request.getfixturevalue(folder)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "m.py").write_text(SOURCE * 3)
+    engine = "torch" if folder == "tiny_checkpoint_dir" else "onnx"
+
+    rc, out = _run(["--model", str(model), "--task", "perplexity", "--data", str(data), "--engine", engine,
+                    "--output", str(tmp_path / "ppl.json")], capsys)
+    assert rc == 0, out.err
+    ppl = json.loads((tmp_path / "ppl.json").read_text())
+    assert ppl["model"]["engine"] == engine and ppl["results"]["tokens"] > 0 and "bits_per_char" in out.out
+
+    lc_args = ["--model", str(model), "--task", "line-completion", "--data", str(data), "--engine", engine,
+               "--limit", "6", "--max_new_tokens", "8", "--batch_size", "4"]
+    rc, out = _run(lc_args + ["--output", str(tmp_path / "lc1.json")], capsys)
+    assert rc == 0, out.err
+    rc, _ = _run(lc_args + ["--output", str(tmp_path / "lc2.json")], capsys)
+    lc1, lc2 = (json.loads((tmp_path / f"lc{i}.json").read_text()) for i in (1, 2))
+    assert set(lc1["results"]) == {"no_fim", "fim_psm"} and lc1["results"]["no_fim"]["positions"] == 6
+    assert lc1["samples"] == lc2["samples"]  # reproducible
+
+    rc, out = _run(["--model", str(model), "--task", "humaneval", "--engine", engine, "--limit", "2",
+                    "--num_samples", "2", "--temperatures", "0", "0.8", "--max_new_tokens", "16",
+                    "--output", str(tmp_path / "he.json")], capsys)
+    assert rc == 0, out.err
+    he = json.loads((tmp_path / "he.json").read_text())
+    assert he["results"]["t=0.8"]["samples_per_problem"] == 2 and "pass@1" in he["results"]["t=0"]
+    assert len(he["samples"]) == 2 * 1 + 2 * 2 and he["sandbox"]["filesystem"]
+
+
+def test_bad_model_folder_and_usage_errors_exit_2(tmp_path, tiny_checkpoint_dir, capsys):
+    rc, out = _run(["--model", str(tmp_path), "--task", "perplexity", "--data", str(tmp_path)], capsys)
+    assert rc == 2 and "tokenizer.json" in out.err
+    rc, out = _run(["--model", str(tmp_path / "nope"), "--task", "humaneval"], capsys)
+    assert rc == 2 and "does not exist" in out.err
+    rc, out = _run(["--model", str(tiny_checkpoint_dir), "--task", "perplexity"], capsys)
+    assert rc == 2 and "--data" in out.err
+    rc, out = _run(["--model", str(tiny_checkpoint_dir), "--task", "bogus"], capsys)
+    assert rc == 2
+    rc, out = _run(["--model", str(tiny_checkpoint_dir), "--task", "humaneval", "--engine", "onnx"], capsys)
+    assert rc == 2 and "ONNX" in out.err
+
+
+# ---- complete --------------------------------------------------------------------------------
+
+
+def test_split_file_at_the_end_of_a_line():
+    from trainer.complete import split_file
+
+    assert split_file("a\nbb\nc", 2) == ("a\nbb", "\nc")
+    assert split_file("a\nbb\nc", None) == ("a\nbb\nc", "")
+    with pytest.raises(ValueError):
+        split_file("a\n", 5)
+
+
+def test_complete_prints_samples_and_rejects_bad_input(tiny_checkpoint_dir, tmp_path, capsys):
+    from trainer.complete import main
+
+    assert main(["--model", str(tiny_checkpoint_dir), "--prompt", "def f(x):\n", "--num_samples", "2",
+                 "--max_new_tokens", "6", "--engine", "torch"]) == 0
+    assert capsys.readouterr().out.count("----- completion") == 2
+    src = tmp_path / "m.py"
+    src.write_text(SOURCE)
+    assert main(["--model", str(tiny_checkpoint_dir), "--file", str(src), "--line", "5", "--max_new_tokens", "4",
+                 "--engine", "torch"]) == 0
+    capsys.readouterr()
+    assert main(["--model", str(tmp_path), "--prompt", "x"]) == 2
+    assert main(["--model", str(tiny_checkpoint_dir), "--prompt", "x", "--file", str(src)]) == 2
+    assert "exactly one" in capsys.readouterr().err

