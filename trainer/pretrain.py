@@ -152,8 +152,9 @@ def perplexity(loss: float) -> float:
 
 
 def setup_logging(is_main: bool) -> logging.Logger:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        level=logging.INFO if is_main else logging.WARNING, force=True)
+    # No-op when the host program (or pytest) already configured logging.
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    logging.getLogger("codeparrot").setLevel(logging.INFO if is_main else logging.WARNING)
     for chatty in ("accelerate.accelerator", "accelerate.checkpointing"):  # a line per saved file
         logging.getLogger(chatty).setLevel(logging.WARNING)
     return logging.getLogger("codeparrot.pretrain")
@@ -375,7 +376,7 @@ def run(args: PretrainArguments) -> int:
                    "nonfinite_skipped": skipped, "elapsed_s": round(time.perf_counter() - start, 2)}
             metrics.write(row)
             accelerator.log({k: v for k, v in row.items() if k != "step" and v is not None}, step=step)
-            bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tps:.0f}")
+            bar.set_postfix(loss=f"{row['loss']:.3f}" if window_steps else "-", tok_s=f"{tps:.0f}")
             window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
         if args.eval_steps and (step % args.eval_steps == 0 or step == args.max_steps or bool(flags[1] > 0)):
             eval_start = time.perf_counter()
@@ -387,7 +388,9 @@ def run(args: PretrainArguments) -> int:
             window_start += time.perf_counter() - eval_start  # evaluation time is not training throughput
         if args.fault_kill_at_step == step:
             ckpt_kill()
-        if step % args.save_steps == 0:
+        if step % args.save_steps == 0 and in_a_row:
+            log.warning("step %d: no checkpoint while steps are non-finite", step)
+        elif step % args.save_steps == 0:
             save_start = time.perf_counter()
             save()
             last_saved = step
@@ -424,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return run(args)
-    except UsageError as exc:
+    except (UsageError, FileNotFoundError) as exc:
         print(f"pretrain: {exc}", file=sys.stderr)
         return 2
 
