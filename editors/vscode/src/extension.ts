@@ -31,13 +31,13 @@ export const COMPLETION_KEYS = [
 
 type StatusState = "starting" | "loading" | "ready" | "error" | "stopped" | "disabled";
 
-/** The server's `$/codeparrot/status` payload; unknown fields are ignored. */
+/** The server's `$/codeparrot/status` payload (codeparrot_ls/status.py ModelStatus.as_params). */
 interface StatusParams {
-  state?: string;
-  status?: string;
+  state?: string; // loading | ready | error | none
   message?: string;
   model?: string;
   engine?: string;
+  loadMs?: number;
 }
 
 let client: LanguageClient | undefined;
@@ -197,8 +197,9 @@ async function pushSettings(): Promise<void> {
 }
 
 function onStatus(params: StatusParams): void {
-  const state = (params.state ?? params.status ?? "").toLowerCase();
-  const detail = [params.message, params.model, params.engine].filter((part) => part).join(" · ");
+  const state = (params.state ?? "").toLowerCase();
+  const loaded = params.loadMs !== undefined ? `loaded in ${Math.round(params.loadMs)} ms` : undefined;
+  const detail = [params.message, params.model, loaded].filter((part) => part).join(" · ");
   if (state === "loading" || state === "ready" || state === "error") {
     const enabled = vscode.workspace.getConfiguration(SECTION).get<boolean>("enabled", true);
     setStatus(state === "ready" && !enabled ? "disabled" : state, detail || state);
@@ -207,6 +208,8 @@ function onStatus(params: StatusParams): void {
         (choice) => choice && output.show(true),
       );
     }
+  } else if (state === "none") {
+    setStatus("starting", detail || "no model loaded yet");
   } else {
     output.warn(`unknown $/codeparrot/status: ${JSON.stringify(params)}`);
   }
