@@ -1,0 +1,178 @@
+"""Generation speed: transformers `generate` (KV cache, greedy) vs the ONNX engine fp32 vs int8.
+
+Same model, same prompts, same run. The model is the "tiny" preset (4 layers x 256,
+4 heads) with n_positions enlarged to 1088 and RANDOM weights (timing does not depend
+on what the weights are; greedy decoding of a random model still runs every step).
+The tokenizer is a byte-level BPE trained here on the standard library; prompts are
+real standard-library files cut to 256 / 512 / 1024 tokens; 32 new tokens each.
+
+Reported per engine and prompt length: prompt time, per-token decode time, total, and
+the memory-bandwidth floor per decode step (weight bytes / read bandwidth measured with
+numpy). Ratios: generate total / engine total, engine step / floor.
+
+    python bench/bench_generate.py [--threads 2] [--repeats 5] [--optimize]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+TRAIN_FILES = sorted(p for p in STDLIB.glob("*.py"))[:120]          # tokenizer training text
+PROMPT_FILES = ["pprint.py", "calendar.py", "difflib.py", "ftplib.py"]  # prompts (not all in training)
+LENGTHS = (256, 512, 1024)
+NEW_TOKENS = 32
+
+
+def read_bandwidth_gbs(mb: int = 256, repeats: int = 7) -> float:
+    """Single-pass read bandwidth: the best time of a vectorised max over a buffer far larger than cache."""
+    a = np.ones(mb * 2**20 // 4, np.float32)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a.max()
+        best = min(best, time.perf_counter() - t0)
+    return a.nbytes / best / 1e9
+
+
+def build_model_folder(root: Path, threads: int, optimize: bool) -> tuple[Path, Path]:
+    import torch
+    from tokenizers import Tokenizer
+
+    from trainer.export import ExportArgs, run as export_run
+    from trainer.model import build_model
+    from trainer.tokenizer import save_tokenizer, train_tokenizer
+
+    ckpt, onnx_dir = root / "checkpoint", root / "onnx"
+    texts = [p.read_text(encoding="utf-8", errors="replace") for p in TRAIN_FILES]
+    save_tokenizer(train_tokenizer(texts, vocab_size=8192), ckpt)
+    torch.manual_seed(0)
+    model = build_model("tiny", Tokenizer.from_file(str(ckpt / "tokenizer.json")), n_positions=1088)
+    model.save_pretrained(ckpt)
+    export_run(ExportArgs(checkpoint=str(ckpt), output=str(onnx_dir), quantize="int8", optimize=optimize,
+                          threads=threads))
+    return ckpt, onnx_dir
+
+
+def prompts(tokenizer) -> dict[int, list[int]]:
+    ids: list[int] = []
+    for name in PROMPT_FILES:
+        ids += tokenizer.encode((STDLIB / name).read_text(encoding="utf-8")).ids
+    return {n: ids[:n] for n in LENGTHS}
+
+
+def time_hf_generate(model, ids: list[int], repeats: int) -> dict:
+    import torch
+
+    x = torch.tensor([ids])
+    kw = dict(do_sample=False, use_cache=True, pad_token_id=0)
+
+    def best(n_new: int) -> float:
+        b = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                out = model.generate(x, max_new_tokens=n_new, min_new_tokens=n_new, **kw)
+            b = min(b, time.perf_counter() - t0)
+            assert out.shape[1] == len(ids) + n_new
+        return b
+
+    prompt_s, total_s = best(1), best(NEW_TOKENS)
+    return {"prompt_ms": prompt_s * 1e3, "step_ms": (total_s - prompt_s) / (NEW_TOKENS - 1) * 1e3,
+            "total_ms": total_s * 1e3, "tokens": NEW_TOKENS}
+
+
+def time_engine(engine, ids: list[int], repeats: int) -> dict:
+    from codeparrot_ls.engine import GenerationRequest
+
+    runs = []
+    for _ in range(repeats):
+        engine._prefix_cache = None  # cold: no KV prefix reuse between repeats
+        t0 = time.perf_counter()
+        g = engine.generate(GenerationRequest(ids, max_new_tokens=NEW_TOKENS))[0]
+        runs.append((time.perf_counter() - t0, g))
+    total_s, g = min(runs, key=lambda r: r[0])
+    n = len(g.token_ids) + (g.finish_reason == "eos")
+    return {"prompt_ms": g.prefill_ms, "step_ms": g.decode_ms / max(n, 1), "total_ms": total_s * 1e3, "tokens": n}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--optimize", action="store_true", help="export with --optimize (kept only if faster)")
+    ap.add_argument("--json", default="", help="also write the results here")
+    ap.add_argument("--workdir", default="", help="keep the built model here and reuse it on the next run")
+    args = ap.parse_args(argv)
+
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    from codeparrot_ls.engine import load_engine
+
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(args.workdir or tmp)
+        if (root / "onnx" / "export.json").is_file():
+            ckpt, onnx_dir = root / "checkpoint", root / "onnx"
+        else:
+            ckpt, onnx_dir = build_model_folder(root, args.threads, args.optimize)
+        hf = GPT2LMHeadModel.from_pretrained(ckpt).eval()
+        engines = {"onnx fp32": load_engine(onnx_dir, precision="fp32", threads=args.threads),
+                   "onnx int8": load_engine(onnx_dir, precision="int8", threads=args.threads)}
+        export_info = json.loads((onnx_dir / "export.json").read_text())
+        sizes = {"onnx fp32": (onnx_dir / "model.onnx").stat().st_size,
+                 "onnx int8": (onnx_dir / "model.int8.onnx").stat().st_size}
+        sizes["generate"] = sum(p.numel() * p.element_size() for p in hf.parameters())
+        bw = read_bandwidth_gbs()
+        cfg = hf.config
+        n_params = sum(p.numel() for p in hf.parameters())
+        print(f"model: tiny preset, {cfg.n_layer} layers x {cfg.n_embd}, {cfg.n_head} heads, vocab {cfg.vocab_size}, "
+              f"n_positions {cfg.n_positions}, {n_params / 1e6:.2f} M params (random weights)")
+        print(f"threads {args.threads}, best of {args.repeats}; read bandwidth {bw:.1f} GB/s; "
+              f"optimizer: {export_info.get('optimize', {}).get('verdict', 'not tried')}")
+        q = export_info["int8"]
+        print(f"int8 vs fp32 on held-out text: top-1 agreement {q['top1_agreement']:.3f}, "
+              f"loss {q['loss_int8']:.4f} vs {q['loss_fp32']:.4f}")
+        results = {}
+        tok = engines["onnx fp32"].tokenizer
+        for n, ids in prompts(tok).items():
+            kv_bytes = 2 * cfg.n_layer * (n + NEW_TOKENS // 2) * cfg.n_embd * 4
+            row = {"generate": time_hf_generate(hf, ids, args.repeats)}
+            for name, eng in engines.items():
+                row[name] = time_engine(eng, ids, args.repeats)
+            for name, r in row.items():
+                r["floor_ms"] = sizes[name] / (bw * 1e9) * 1e3
+                r["floor_kv_ms"] = (sizes[name] + kv_bytes) / (bw * 1e9) * 1e3
+            results[n] = row
+            print(f"\nprompt {n} tokens, {NEW_TOKENS} new tokens")
+            print(f"  {'engine':<10} {'prompt ms':>10} {'step ms':>8} {'total ms':>9} {'floor ms':>9} "
+                  f"{'step/floor':>10} {'floor+KV':>9} {'speedup':>8}")
+            base = row["generate"]["total_ms"]
+            for name, r in row.items():
+                print(f"  {name:<10} {r['prompt_ms']:>10.1f} {r['step_ms']:>8.2f} {r['total_ms']:>9.1f} "
+                      f"{r['floor_ms']:>9.2f} {r['step_ms'] / r['floor_ms']:>9.2f}x {r['floor_kv_ms']:>9.2f} "
+                      f"{base / r['total_ms']:>7.2f}x")
+        at = results[1024]
+        speed = at["generate"]["total_ms"] / at["onnx int8"]["total_ms"]
+        step = at["onnx int8"]["step_ms"] / at["onnx int8"]["floor_ms"]
+        print(f"\nat 1024 prompt tokens: onnx int8 is {speed:.2f}x faster than generate end to end "
+              f"(target >= 4x: {'met' if speed >= 4 else 'NOT met'}); int8 decode step = {step:.2f}x the weights "
+              f"floor (target <= 1.5x: {'met' if step <= 1.5 else 'NOT met'})")
+        if args.json:
+            Path(args.json).write_text(json.dumps({"bandwidth_gbs": bw, "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
