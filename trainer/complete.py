@@ -18,7 +18,7 @@ from pathlib import Path
 
 from codeparrot_ls.engine import GenerationRequest
 from codeparrot_ls.prompt import PYTHON_STOP_SEQUENCES, fim_prompt_ids
-from trainer.eval_common import ENGINES, ModelFolderError, document_start, encode, open_engine
+from trainer.eval_common import ENGINES, ModelFolderError, encode, open_engine, prompt_start
 
 
 @dataclass
@@ -64,8 +64,9 @@ def build_request(engine, prefix: str, suffix: str, args: CompleteArgs) -> Gener
         raise ValueError(f"--max_new_tokens leaves no room for a prompt (n_positions {engine.info.n_positions})")
     if use_fim:
         suffix_ids = encode(tok, suffix)[: budget // 4]
-        prefix_ids = prefix_ids[max(0, len(prefix_ids) - (budget - 4 - len(suffix_ids))):]
-        ids = document_start(engine) + fim_prompt_ids(prefix_ids, suffix_ids, engine.info.special_ids,
+        start = prompt_start(engine)
+        prefix_ids = prefix_ids[max(0, len(prefix_ids) - (budget - 3 - len(start) - len(suffix_ids))):]
+        ids = start + fim_prompt_ids(prefix_ids, suffix_ids, engine.info.special_ids,
                                                        args.fim_layout)
     else:
         if args.token_healing and prefix_ids:
@@ -73,7 +74,7 @@ def build_request(engine, prefix: str, suffix: str, args: CompleteArgs) -> Gener
 
             healed = heal(tok, prefix, prefix_ids)
             prefix_ids, required = healed.prefix_ids, healed.removed_text
-        ids = (document_start(engine) + prefix_ids)[-budget:]
+        ids = (prompt_start(engine) + prefix_ids)[-budget:]
     temperature = args.temperature if args.temperature is not None else (0.4 if args.num_samples > 1 else 0.0)
     if temperature < 0 or not 0 < args.top_p <= 1 or args.num_samples < 1:
         raise ValueError("need --temperature >= 0, --top_p in (0, 1] and --num_samples >= 1")

@@ -22,7 +22,7 @@ import numpy as np
 
 from codeparrot_ls.engine import GenerationRequest
 from codeparrot_ls.prompt import HUMANEVAL_STOP_SEQUENCES
-from trainer.eval_common import document_start, encode
+from trainer.eval_common import encode, prompt_start
 from trainer.sandbox import SandboxLimits, isolation, run_python
 
 PASS_AT_K = (1, 10, 100)
@@ -56,7 +56,7 @@ def healed_prompt(engine, prompt: str, healing: bool) -> tuple[list[int], str]:
 
         healed = heal(engine.tokenizer, prompt, ids)
         ids, required = healed.prefix_ids, healed.removed_text
-    return document_start(engine) + ids, required
+    return prompt_start(engine) + ids, required
 
 
 def evaluate_humaneval(engine, num_samples: int = 1, temperatures: Sequence[float] = (0.0,), top_p: float = 0.95,

@@ -42,7 +42,7 @@ from rapidfuzz import fuzz
 
 from codeparrot_ls.engine import GenerationRequest
 from codeparrot_ls.prompt import fim_prompt_ids
-from trainer.eval_common import document_start, encode
+from trainer.eval_common import encode, prompt_start
 from trainer.eval_data import DataStats, iter_documents
 
 MIN_TARGET_CHARS = 4
@@ -105,18 +105,19 @@ def left_to_right_prompt(engine, pos: Position, budget: int, healing: bool) -> t
         if "\n" in required:  # keep the newline in the prompt; re-type only the rest
             cut = required.rindex("\n") + 1
             ids, required = ids + encode(tok, required[:cut]), required[cut:]
-    ids = document_start(engine) + ids
+    ids = prompt_start(engine) + ids
     return ids[-budget:], required
 
 
 def fim_prompt(engine, pos: Position, budget: int, layout: str, suffix_share: float) -> list[int]:
     tok = engine.tokenizer
     prefix_ids, suffix_ids = encode(tok, pos.prefix), encode(tok, pos.suffix)
-    room = budget - 4  # END_OF_TEXT and the three FIM tokens
+    start = prompt_start(engine)
+    room = budget - 3 - len(start)  # the three FIM tokens
     take_suffix = min(len(suffix_ids), max(int(room * suffix_share), room - len(prefix_ids)))
     take_prefix = min(len(prefix_ids), room - take_suffix)
     prefix_ids = prefix_ids[len(prefix_ids) - take_prefix:]
-    return document_start(engine) + fim_prompt_ids(prefix_ids, suffix_ids[:take_suffix],
+    return start + fim_prompt_ids(prefix_ids, suffix_ids[:take_suffix],
                                                    engine.info.special_ids, layout)
 
 
@@ -134,8 +135,12 @@ def run_mode(engine, positions: list[Position], mode: str, max_new_tokens: int, 
             ids, required = fim_prompt(engine, pos, budget, mode, suffix_share), ""
         requests.append(GenerationRequest(prompt_ids=ids, max_new_tokens=max_new_tokens, temperature=0.0,
                                           stop=("\n",), required_prefix=required))
-    # Similar lengths together: less padding. The order is a pure function of the prompts.
-    order = sorted(range(len(requests)), key=lambda i: (len(requests[i].prompt_ids), i))
+    # Batches: similar lengths together (less padding). One at a time: file order, so the
+    # engine's KV prefix cache serves the part a prompt shares with the previous one.
+    # Either way the order is a pure function of the prompts: results are reproducible.
+    order = list(range(len(requests)))
+    if batch_size > 1:
+        order.sort(key=lambda i: (len(requests[i].prompt_ids), i))
     generations = [None] * len(requests)
     start = time.monotonic()
     for b in range(0, len(order), batch_size):
