@@ -391,6 +391,18 @@ class ContextBuilder:
                    for c in chosen):
                 continue  # overlapping window of a chosen one
             n = self.counter.counts([format_snippet(snip)])[0]
+            if used + n > budget:  # keep the window's first lines that fit (at least two)
+                lines = snip.text.split("\n")
+                room = budget - used - self.counter.counts([format_snippet(Snippet(snip.uri, 0, "", 0))])[0]
+                keep, total = 0, 0
+                for c in self.counter.counts([ln + "\n" for ln in lines]):
+                    if total + c > room:
+                        break
+                    keep, total = keep + 1, total + c
+                if keep < 2:
+                    continue
+                snip = Snippet(snip.uri, snip.start_line, "\n".join(lines[:keep]), snip.score)
+                n = self.counter.counts([format_snippet(snip)])[0]
             if used + n <= budget:
                 chosen.append(snip)
                 used += n

@@ -180,7 +180,7 @@ def drop_suffix_duplicate_lines(text: str, ctx: CursorContext) -> str:
 def drop_trailing_repetition(text: str, ctx: CursorContext | None = None) -> str:
     """Drop a loop at the end: lines repeating the lines before them, and a last line
     ending in a repeated fragment (`a = a = a = a = `)."""
-    lines = text.split("\n")
+    lines = text.rstrip().split("\n")
     for period in range(1, len(lines) // 2 + 1):
         i = len(lines) - 1
         while i - period >= 0 and lines[i] == lines[i - period]:
@@ -268,14 +268,19 @@ def is_worth_showing(text: str, min_chars: int = 1) -> bool:
 
 
 def postprocess(text: str, ctx: CursorContext, single_line: bool = False, min_chars: int = 1) -> str | None:
-    """All rules in order; None when nothing worth showing is left."""
-    text = keep_single_line(text, ctx, single_line)
-    text = stop_at_block_end(text, ctx)
-    text = drop_suffix_duplicate_lines(text, ctx)
-    text = drop_trailing_repetition(text, ctx)
-    text = drop_trailing_whitespace(text, ctx)
-    text = drop_closing_duplicate(text, ctx)
-    text = fix_leading_whitespace(text, ctx)
-    text = fix_indent_style(text, ctx)
-    text = drop_trailing_whitespace(text, ctx)
+    """All rules in order (repeated until nothing changes: one rule's cut can expose
+    work for another); None when nothing worth showing is left."""
+    for _ in range(4):
+        before = text
+        text = keep_single_line(text, ctx, single_line)
+        text = stop_at_block_end(text, ctx)
+        text = drop_suffix_duplicate_lines(text, ctx)
+        text = drop_trailing_repetition(text, ctx)
+        text = drop_trailing_whitespace(text, ctx)
+        text = drop_closing_duplicate(text, ctx)
+        text = fix_leading_whitespace(text, ctx)
+        text = fix_indent_style(text, ctx)
+        text = drop_trailing_whitespace(text, ctx)
+        if text == before:
+            break
     return text if is_worth_showing(text, min_chars) else None

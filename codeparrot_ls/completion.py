@@ -1,0 +1,169 @@
+"""The completion pipeline: cache -> context -> token healing -> engine -> post-processing.
+
+`Completer.complete` is what the language server calls for every inline completion
+request. Decoding policy:
+
+* automatic trigger: greedy, one candidate;
+* explicit invocation: sampling (`temperature`, `top_p`), `num_candidates` candidates,
+  identical ones merged (greedy and one candidate when temperature is 0);
+* stop on end-of-text, `prompt.PYTHON_STOP_SEQUENCES` + `settings.stop`, at
+  `max_new_tokens` and at the wall-clock budget `time_budget_ms`; a "\\n" stop too when
+  only one line can be used (single-line mode, or text after the cursor on its line);
+* `is_cancelled` goes to the engine, which checks it before every token; a cancelled
+  request returns no suggestion.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import astuple, dataclass
+
+from tokenizers import Tokenizer
+
+from codeparrot_ls import prompt as P
+from codeparrot_ls.cache import CachedSuggestion, SuggestionCache
+from codeparrot_ls.context import ContextBuilder, line_bounds, utf16_to_index
+from codeparrot_ls.engine.base import Engine, GenerationRequest
+from codeparrot_ls.healing import heal
+from codeparrot_ls.postprocess import CursorContext, postprocess
+from codeparrot_ls.settings import CompletionSettings
+
+
+@dataclass
+class Suggestion:
+    insert_text: str
+    range_start_character: int   # UTF-16 code units on the cursor's line: [start, end) is replaced
+    range_end_character: int
+    from_cache: bool
+    finish_reason: str
+
+
+@dataclass
+class CompletionStats:
+    requests: int = 0
+    cache_hits: int = 0
+    model_runs: int = 0
+    cancelled: int = 0
+    dropped: int = 0             # generations that post-processing left empty
+    last_healed: str = ""        # text token healing removed from the last prompt
+    last_prompt_tokens: int = 0
+    last_reused_tokens: int = 0
+    last_ms: float = 0.0
+
+
+def stops_for(required_prefix: str, stops: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Split stop strings into those the engine may match and those that could match
+    inside (or right at the end of) the healed text the model must re-type first; the
+    engine matches stops on all generated text, so those are applied after the fact to the
+    suggestion alone."""
+    engine_side, after = [], []
+    for s in dict.fromkeys(stops):
+        if not s:
+            continue
+        overlaps = s in required_prefix or any(required_prefix.endswith(s[:k]) for k in range(1, len(s)))
+        (after if overlaps else engine_side).append(s)
+    return engine_side, after
+
+
+def cut_at_stops(text: str, stops: Sequence[str]) -> tuple[str, bool]:
+    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return (text[:min(hits)], True) if hits else (text, False)
+
+
+class Completer:
+    def __init__(self, engine: Engine, layout: str = "spm"):
+        self.engine = engine
+        info = engine.info
+        # A private copy of the tokenizer that encodes text spelling a special token
+        # ("<|endoftext|>" in a docstring) as plain text, never as the special token.
+        self.tokenizer = Tokenizer.from_str(engine.tokenizer.to_str())
+        self.tokenizer.encode_special_tokens = True
+        quality = bool(info.extra.get("quality_conditioning")) and P.BEST_QUALITY_TOKEN in info.special_ids
+        self.builder = ContextBuilder(self.tokenizer, dict(info.special_ids), info.n_positions,
+                                      info.supports_fim, quality, layout)
+        self.cache = SuggestionCache()
+        self.stats = CompletionStats()
+        self._engine_lock = threading.Lock()  # the engine serves one generation at a time
+
+    def complete(self, uri: str, text: str, line: int, character: int,
+                 settings: CompletionSettings, invoked: bool,
+                 other_documents: Sequence[tuple[str, str]] = (),
+                 is_cancelled: Callable[[], bool] | None = None) -> list[Suggestion]:
+        t0 = time.perf_counter()
+        start, end = line_bounds(text, line)                    # ValueError outside the document
+        offset = start + utf16_to_index(text[start:end], character)
+        self.stats.requests += 1
+        if not settings.enabled:
+            return []
+        key = self._settings_key(settings)
+        cached = self.cache.lookup(uri, text, offset, key, invoked)
+        if cached is not None:
+            self.stats.cache_hits += 1
+            self.stats.last_ms = (time.perf_counter() - t0) * 1e3
+            return [Suggestion(c.text, character, character, True, c.finish_reason) for c in cached]
+        if is_cancelled is not None and is_cancelled():
+            self.stats.cancelled += 1
+            return []
+
+        cursor = CursorContext.from_document(text, offset)
+        one_line = settings.single_line or cursor.mid_line
+        others = [(u, t) for u, t in other_documents if u != uri]
+        ctx = self.builder.build(text, offset, line, settings, others, uri=uri)
+        prefix_ids, required = ctx.prefix_ids, ""
+        if settings.token_healing:
+            healed = heal(self.tokenizer, ctx.prefix, ctx.prefix_ids)
+            if healed.removed_text and not (one_line and "\n" in healed.removed_text):
+                prefix_ids, required = healed.prefix_ids, healed.removed_text
+        prompt_ids = ctx.prompt_ids(prefix_ids)
+        self.stats.last_healed = required
+
+        stops = [*P.PYTHON_STOP_SEQUENCES, *settings.stop, *(["\n"] if one_line else [])]
+        engine_stops, later_stops = stops_for(required, stops)
+        sampling = invoked and settings.temperature > 0 and settings.num_candidates > 1
+        n_healed = len(ctx.prefix_ids) - len(prefix_ids)
+        request = GenerationRequest(
+            prompt_ids=prompt_ids,
+            max_new_tokens=min(settings.max_new_tokens + n_healed, self.builder.n_positions - len(prompt_ids)),
+            temperature=settings.temperature if sampling else 0.0,
+            top_p=settings.top_p if sampling else 1.0,
+            num_samples=settings.num_candidates if sampling else 1,
+            stop=engine_stops,
+            deadline=time.monotonic() + settings.time_budget_ms / 1000.0,
+            is_cancelled=is_cancelled,
+            required_prefix=required,
+        )
+        with self._engine_lock:
+            generations = self.engine.generate(request)
+        self.stats.model_runs += 1
+        if generations:
+            self.stats.last_prompt_tokens = generations[0].prompt_tokens
+            self.stats.last_reused_tokens = generations[0].reused_tokens
+        if any(g.finish_reason == "cancelled" for g in generations) or (is_cancelled and is_cancelled()):
+            self.stats.cancelled += 1
+            return []
+
+        min_chars = 1 if invoked else settings.min_chars
+        shown: dict[str, CachedSuggestion] = {}
+        for g in generations:
+            if not g.text.startswith(required):
+                self.stats.dropped += 1     # the budget ran out while re-typing the healed text
+                continue
+            body, stopped = cut_at_stops(g.text[len(required):], later_stops)
+            finish = "stop" if stopped else g.finish_reason
+            final = postprocess(body, cursor, single_line=one_line, min_chars=min_chars)
+            if final is None:
+                self.stats.dropped += 1
+            elif final not in shown:
+                shown[final] = CachedSuggestion(final, finish)
+        self.cache.store(uri, text, offset, shown.values(), key, invoked)
+        self.stats.last_ms = (time.perf_counter() - t0) * 1e3
+        return [Suggestion(s.text, character, character, False, s.finish_reason) for s in shown.values()]
+
+    @staticmethod
+    def _settings_key(settings: CompletionSettings) -> tuple:
+        return astuple(settings)
+
+    def close(self) -> None:
+        self.engine.close()
