@@ -8,12 +8,15 @@ Scenarios, each in a fresh child process (so peak RSS is its own):
   corpus x10   the stage with `--source STDLIB` x10: copies must fall to exact dedup, and
                RSS must stay flat (only the dedup indexes may grow, and copies add nothing)
 
+  corpus synthetic  N distinct generated modules (jsonl): every one is kept, so the RSS
+               growth over N is the dedup indexes' cost per kept file
+
 Reported: files/s of the loop (imports and start-up excluded for both sides), the ratio
 corpus / read, peak RSS of the process, and the RSS growth during the loop (sampled
 every 20 ms from /proc/self/statm). Each scenario runs `--repeats` times; the best
 files/s is kept because the machine is shared and slow outliers are other people's work.
 
-    python bench/bench_corpus.py [--repeats 3] [--with-tests]
+    python bench/bench_corpus.py [--repeats 3] [--with-tests] [--synthetic 5000]
 """
 
 from __future__ import annotations
@@ -51,6 +54,19 @@ class RssSampler(threading.Thread):
             time.sleep(self.interval)
 
 
+def synthetic_module(i: int) -> str:
+    """A distinct module that passes every filter (its own identifiers, numbered by i)."""
+    names = [f"{w}_{i}" for w in ("load", "parse", "merge", "render", "store", "fetch")]
+    lines = ["import os", ""]
+    for k, name in enumerate(names):
+        lines += [f"def {name}(path_{i}_{k}, size_{i}_{k}=0):",
+                  f"    total_{i}_{k} = size_{i}_{k}",
+                  f"    for entry_{i}_{k} in os.listdir(path_{i}_{k}):",
+                  f"        total_{i}_{k} += len(entry_{i}_{k})",
+                  f"    return total_{i}_{k}", ""]
+    return "\n".join(lines)
+
+
 def child(kind: str, copies: int, with_tests: bool) -> dict:
     """Runs one scenario in this process and returns its measurements."""
     from trainer.corpus import main
@@ -58,7 +74,7 @@ def child(kind: str, copies: int, with_tests: bool) -> dict:
 
     stdlib = default_source()
     skip = STDLIB_SKIP_DIRS - {"test", "tests", "idle_test"} if with_tests else STDLIB_SKIP_DIRS
-    if kind == "corpus":  # imports and one-off set-up before the baseline RSS is taken
+    if kind != "read":  # imports and one-off set-up before the baseline RSS is taken
         import tqdm  # noqa: F401
         from datasketch import MinHashLSH
         from transformers import HfArgumentParser  # noqa: F401
@@ -80,6 +96,13 @@ def child(kind: str, copies: int, with_tests: bool) -> dict:
         sources.STDLIB_SKIP_DIRS = skip
         with tempfile.TemporaryDirectory() as out:
             argv = [a for _ in range(copies) for a in ("--source", stdlib)]
+            if kind == "synthetic":
+                data = Path(out) / "synthetic.jsonl"
+                with open(data, "w") as f:
+                    f.writelines(json.dumps({"content": synthetic_module(i)}) + "\n" for i in range(copies))
+                argv = ["--source", str(data)]
+                out = str(Path(out) / "out")
+                sampler.peak = rss_before = sampler.rss()
             assert main(argv + ["--output", out, "--no_progress"]) == 0
             stats = json.loads((Path(out) / "stats.json").read_text())
         result = {"files": stats["seen"], "bytes": stats["bytes_in"], "wall_s": stats["wall_s"],
@@ -107,7 +130,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--with-tests", action="store_true", help="include the stdlib's test suites")
-    parser.add_argument("--child", choices=["read", "corpus"], help=argparse.SUPPRESS)
+    parser.add_argument("--synthetic", type=int, default=5000, help="distinct files for the index-cost run")
+    parser.add_argument("--child", choices=["read", "corpus", "synthetic"], help=argparse.SUPPRESS)
     parser.add_argument("--copies", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -144,6 +168,10 @@ def main() -> None:
     print(f"the 9 extra copies hold {9 * one['files']:,} files: {extra:,} fell to exact dedup, "
           f"{ten['dropped_total'] - one['dropped_total'] - extra:,} to earlier checks (the same verdict "
           f"their first copy got), {ten['kept'] - one['kept']} were kept")
+    syn = run_child("synthetic", args.synthetic, False)
+    print(f"synthetic : {syn['files']:,} distinct files, kept {syn['kept']:,} at {syn['files'] / syn['wall_s']:,.0f} "
+          f"files/s ({syn['files'] / syn['cpu_s']:,.0f} per CPU-s); RSS growth {syn['rss_growth_mb']:.1f} MB = "
+          f"{syn['rss_growth_mb'] * 1024 / max(syn['kept'], 1):.1f} KiB per kept file (dedup indexes)")
     print(f"peak RSS x10 / x1: {ten['peak_rss_mb'] / one['peak_rss_mb']:.2f}; "
           f"corpus overhead over raw reading: {rows[('read', 1)]['files_per_s'] / one['files_per_s']:.1f}x (x1), "
           f"{rows[('read', 10)]['files_per_s'] / ten['files_per_s']:.1f}x (x10)")

@@ -316,7 +316,7 @@ def test_shards_load_with_datasets_streaming(tmp_path):
 
     for i in range(7):
         write(tmp_path / "src" / f"m{i}.py", good_source(i))
-    stats = run_corpus(tmp_path, "--shard_records", "2")
+    stats = run_corpus(tmp_path, "--shard-records", "2")  # dashed spellings work too
     out = tmp_path / "out"
     assert stats["splits"]["valid"]["records"] >= 1  # held back for small corpora
     assert stats["splits"]["train"]["records"] + stats["splits"]["valid"]["records"] == 7
