@@ -141,9 +141,9 @@ def test_max_minutes_stops_and_saves(toy_corpus, tiny_tokenizer_dir, tmp_path):
     assert state["step"] == 1 and state["final"]
 
 
-def run_cli(args: list[str], launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+def run_cli(args: list[str], launcher: list[str] | None = None, env: dict | None = None):
     cmd = (launcher or [sys.executable, "-m", "trainer.cli", "pretrain"]) + args
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -189,12 +189,18 @@ def without_timing(rows: list[dict]) -> list[dict]:
 
 @pytest.mark.slow
 def test_accelerate_launch_two_cpu_processes(tiny_corpus_dir, tiny_tokenizer_dir, tmp_path):
+    """Two DDP processes (gloo) on the CPU.
+
+    `accelerate launch --cpu --num_processes 2` starts ONE process unless MPI is set up
+    (`--mpirun_hostfile`); the torchrun-based launcher with ACCELERATE_USE_CPU starts two.
+    """
     out = tmp_path / "ddp"
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                "trainer/pretrain.py"]
+                "--main_process_port", "0", "trainer/pretrain.py"]
     result = run_cli(base_args(tiny_corpus_dir, tiny_tokenizer_dir, out, **{
-        "max-steps": 4, "gradient-accumulation-steps": 2, "eval-steps": 4, "save-steps": 4}), launcher)
+        "max-steps": 4, "gradient-accumulation-steps": 2, "eval-steps": 4, "save-steps": 4}), launcher,
+        {"ACCELERATE_USE_CPU": "true"})
     assert result.returncode == 0, result.stderr[-3000:]
     state = ckpt.read_state(out / "final")
     assert state["world_size"] == 2 and state["step"] == 4
