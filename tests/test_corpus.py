@@ -386,6 +386,7 @@ def test_missing_source_is_a_usage_error_before_any_work(tmp_path, capsys):
     assert main(["--source", str(tmp_path / "src"), "--output", str(out), "--valid_fraction", "1.5"]) == 2
     assert main(["--source", str(tmp_path / "src"), "--output", str(out), "--near_threshold", "0.999"]) == 2
     assert main(["--source", str(tmp_path / "src")]) == 2  # --output is required
+    assert main(["--source", str(tmp_path / "src"), "--output", str(tmp_path / "src" / "good.py")]) == 2
     assert not out.exists()
 
 

@@ -239,6 +239,8 @@ def check_args(args: CorpusArgs) -> None:
             MinHashLSH(threshold=args.near_threshold, num_perm=args.num_perm)
         except ValueError as err:
             raise SourceError(f"--near_threshold {args.near_threshold} with --num_perm {args.num_perm}: {err}") from err
+    if Path(args.output).exists() and not Path(args.output).is_dir():
+        raise SourceError(f"--output {args.output!r} exists and is not a folder")
     if existing_outputs(Path(args.output)) and not args.overwrite:
         raise SourceError(f"--output {args.output!r} already holds corpus shards; pass --overwrite to replace them")
 
