@@ -127,3 +127,12 @@ def test_bad_checkpoint_exits_2(tiny_checkpoint_dir, tmp_path, capsys, case, exp
 def test_usage_error_exits_2(capsys):
     assert export_main(["--output", "x"]) == 2
     assert "checkpoint" in capsys.readouterr().err
+
+
+def test_reexport_without_quantize_removes_stale_int8(tiny_onnx_dir, tiny_checkpoint_dir, tmp_path):
+    out = tmp_path / "again"
+    shutil.copytree(tiny_onnx_dir, out)
+    assert (out / mf.ONNX_INT8_FILE).is_file()
+    assert export_main(["--checkpoint", str(tiny_checkpoint_dir), "--output", str(out)]) == 0
+    assert not (out / mf.ONNX_INT8_FILE).exists()
+    assert "int8" not in json.loads((out / mf.EXPORT_INFO_FILE).read_text())

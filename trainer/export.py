@@ -152,6 +152,12 @@ def run(args: ExportArgs) -> dict:
         raise ParityError(f"exported graph differs from PyTorch: max |diff| {worst:.3e} "
                           f"(tolerance {args.tolerance:g}), greedy tokens equal: {parity['greedy_equal']}")
     tmp_path.replace(fp32_path)
+    stale = out / mf.ONNX_INT8_FILE
+    if args.quantize != "int8" and stale.is_file():
+        # An int8 graph from an earlier export would be served in preference to this one.
+        stale.unlink()
+        print(f"removed the stale {stale.name} of an earlier export")
+    (out / mf.EXPORT_INFO_FILE).unlink(missing_ok=True)  # rewritten last: its presence marks a finished export
 
     info: dict = {
         "format": "codeparrot-onnx-kv",

@@ -14,6 +14,7 @@ import numpy as np
 
 from codeparrot_ls import modelfiles as mf
 from codeparrot_ls.engine.base import Engine
+from codeparrot_ls.engine.decoding import token_table
 from codeparrot_ls.engine.loading import ModelLoadError, load_tokenizer, model_info
 
 PRECISIONS = ("auto", "int8", "fp32")
@@ -69,6 +70,9 @@ class OnnxEngine(Engine):
         self.info = model_info(model_dir, "onnx", self._tokenizer, file=path.name,
                                precision="int8" if path.name == mf.ONNX_INT8_FILE else "fp32",
                                threads=threads or 0)
+        # Pay the one-off costs (token table, first-run allocations) now, not on the first request.
+        token_table(self)
+        self.forward(np.array([[self.info.eos_id]], np.int64), None)
 
     @property
     def tokenizer(self):

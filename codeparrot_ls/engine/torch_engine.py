@@ -14,6 +14,7 @@ import numpy as np
 
 from codeparrot_ls import modelfiles as mf
 from codeparrot_ls.engine.base import Engine
+from codeparrot_ls.engine.decoding import token_table
 from codeparrot_ls.engine.loading import ModelLoadError, load_tokenizer, model_info, read_json
 
 
@@ -40,6 +41,7 @@ class TorchEngine(Engine):
             raise ModelLoadError(f"transformers cannot load {model_dir}: {e}") from e
         self._torch = torch
         self.info = model_info(model_dir, "torch", self._tokenizer, precision="fp32", threads=threads or 0)
+        token_table(self)  # built once here rather than on the first request
 
     @property
     def tokenizer(self):
