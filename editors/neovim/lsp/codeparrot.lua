@@ -19,7 +19,8 @@ return {
     -- loading / ready / error: kept for statuslines, errors shown to the user.
     ['$/codeparrot/status'] = function(_, params)
       params = params or {}
-      vim.g.codeparrot_status = params.state or params.status
+      vim.g.codeparrot_status = params.state
+      vim.cmd.redrawstatus({ bang = true })
       if vim.g.codeparrot_status == 'error' then
         vim.notify('codeparrot-ls: ' .. tostring(params.message or 'error'), vim.log.levels.ERROR)
       end
