@@ -1,0 +1,133 @@
+"""Evaluation speed: line completion batched vs one prompt at a time, and the
+HumanEval sandbox vs a bare subprocess.
+
+Line completion (the same positions, greedy, on the same model, in one run):
+  batch 1      one prompt at a time through `Engine.generate` (the server's path, with
+               its KV prefix reuse between consecutive prompts of a file): the baseline
+  batch B      B prompts per left-padded batch through `generate_batch`
+for the torch engine (checkpoint) and the ONNX engine (fp32 export). Reported: ms per
+position and speed-up over batch 1 of the same engine; and whether the predictions
+are equal to batch 1's (padding may change the last float bits, so a few may differ).
+
+Sandbox: programs/s of the sandbox (`trainer.sandbox.run_python`, with namespaces when
+this machine allows them) vs `python -I -c` in a plain subprocess (the floor: an
+interpreter start), with 1 and 2 workers.
+
+The model is a randomly initialised "tiny" preset (4 layers x 256, 512 positions)
+with a BPE trained on the standard library, so it rarely writes a newline: most
+positions decode all `--max-new-tokens`, the worst case for a trained model.
+
+    python bench/bench_eval.py [--positions 64] [--max-new-tokens 24] [--batches 4 8 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+TRAIN = ["argparse.py", "textwrap.py", "json/encoder.py", "shlex.py", "string.py", "dataclasses.py", "heapq.py"]
+HELD_OUT = ["bisect.py", "fnmatch.py", "glob.py", "colorsys.py", "keyword.py", "queue.py", "sched.py"]
+
+
+def build_model(folder: Path) -> tuple[Path, Path]:
+    import torch
+    from tokenizers import Tokenizer
+
+    from trainer.export import main as export_main
+    from trainer.model import build_model as build
+    from trainer.tokenizer import save_tokenizer, train_tokenizer
+
+    ckpt, onnx = folder / "ckpt", folder / "onnx"
+    tok = train_tokenizer([(STDLIB / m).read_text() for m in TRAIN], vocab_size=4096)
+    save_tokenizer(tok, ckpt)
+    torch.manual_seed(0)
+    build("tiny", Tokenizer.from_file(str(ckpt / "tokenizer.json"))).save_pretrained(ckpt)
+    if export_main(["--checkpoint", str(ckpt), "--output", str(onnx)]) != 0:
+        raise SystemExit("export failed")
+    return ckpt, onnx
+
+
+def bench_line_completion(model: Path, engine_kind: str, data: Path, args) -> None:
+    from trainer.eval_common import open_engine
+    from trainer.eval_data import DataStats
+    from trainer.eval_line_completion import run_mode, sample_positions
+
+    engine = open_engine(model, engine_kind, "fp32", threads=args.threads)
+    positions = sample_positions(str(data), args.positions, 0, "indent", DataStats())
+    base_ms, base_pred = None, None
+    for batch in [1, *args.batches]:
+        best, preds = None, None
+        for _ in range(args.repeats):
+            engine._prefix_cache = None  # every repeat starts cold
+            summary, samples = run_mode(engine, positions, "off", args.max_new_tokens, batch, True, 0.25)
+            best = summary["ms_per_position"] if best is None else min(best, summary["ms_per_position"])
+            preds = [s["prediction"] for s in samples]
+        if base_ms is None:
+            base_ms, base_pred = best, preds
+        same = sum(a == b for a, b in zip(preds, base_pred))
+        print(f"  {engine_kind:<5} batch {batch:>2}: {best:7.1f} ms/position   x{base_ms / best:4.2f} vs batch 1   "
+              f"predictions equal to batch 1: {same}/{len(preds)}")
+    engine.close()
+
+
+def bench_sandbox(n: int) -> None:
+    from trainer.sandbox import isolation, run_python
+
+    program = "def f(n):\n    return sum(range(n))\nassert f(10) == 45\n"
+
+    def bare(_):
+        subprocess.run([sys.executable, "-I", "-c", program], check=True, capture_output=True)
+
+    def boxed(_):
+        assert run_python(program).passed
+
+    iso = isolation()
+    print(f"  isolation: {iso.describe()['filesystem']}; {iso.describe()['network']}")
+    for workers in (1, 2):
+        rates = {}
+        for name, fn in (("bare subprocess", bare), ("sandbox", boxed)):
+            t = time.perf_counter()
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(fn, range(n)))
+            rates[name] = n / (time.perf_counter() - t)
+        print(f"  {workers} worker(s): bare {rates['bare subprocess']:6.1f} programs/s, sandbox "
+              f"{rates['sandbox']:6.1f} programs/s  (x{rates['sandbox'] / rates['bare subprocess']:.2f})")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--positions", type=int, default=64)
+    ap.add_argument("--max-new-tokens", type=int, default=24)
+    ap.add_argument("--batches", type=int, nargs="+", default=[4, 8, 16])
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--programs", type=int, default=40)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        data = folder / "data"
+        data.mkdir()
+        for m in HELD_OUT:
+            (data / m.replace("/", "_")).write_text((STDLIB / m).read_text())
+        ckpt, onnx = build_model(folder)
+        print(f"line completion: {args.positions} positions, greedy, max {args.max_new_tokens} new tokens, "
+              f"left-to-right, tiny random model, {args.threads} threads")
+        bench_line_completion(ckpt, "torch", data, args)
+        bench_line_completion(onnx, "onnx", data, args)
+    print(f"sandbox: {args.programs} programs")
+    bench_sandbox(args.programs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
