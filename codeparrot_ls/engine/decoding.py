@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -296,7 +296,7 @@ def generate(engine: Engine, request: GenerationRequest) -> list[Generation]:
     timing = dict(reused_tokens=reused, prefill_ms=(t1 - t0) * 1e3, decode_ms=(t2 - t1) * 1e3, truncated_tokens=dropped)
     results = [r.result(**timing) for r in rows]
     if request.num_samples > 1 and n == 1:  # greedy: every sample is the same
-        results = [results[0]] + [Generation(**vars(results[0])) for _ in range(request.num_samples - 1)]
+        results += [replace(results[0], token_ids=list(results[0].token_ids)) for _ in range(request.num_samples - 1)]
     return results
 
 
