@@ -250,13 +250,15 @@ def test_bad_files_are_skipped_and_counted(tmp_path, monkeypatch):
     (src / "pong.py").symlink_to(src / "ping.py")
     write(src / "pkg" / "mod.py", good_source(5))
     (src / "pkg" / "loop").symlink_to(src)  # directory loop back to the root
+    (src / "spin").symlink_to(src / "spin")  # a looping link that might have been a folder
+    (src / "gone").symlink_to(src / "missing")  # broken, not *.py: not a candidate
     os.mkfifo(src / "fifo.py")
     try:
         stats = run_corpus(tmp_path, "--max_bytes", "20000")
     finally:
         locked.chmod(0o644)
     assert only_drops(stats) == {"binary": 1, "invalid_utf8": 1, "too_large": 1, "unreadable": 1,
-                                 "broken_symlink": 1, "symlink_loop": 4, "not_a_file": 1}
+                                 "broken_symlink": 1, "symlink_loop": 5, "not_a_file": 1}
     assert stats["kept_paths"] == ["good.py", os.path.join("pkg", "mod.py")]
 
 

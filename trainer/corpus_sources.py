@@ -93,8 +93,8 @@ def _walk(root: str, folder: str, max_bytes: int, skip_dirs, ancestors: set) -> 
         rel = os.path.relpath(entry.path, root)
         try:
             is_dir = entry.is_dir()  # follows symlinks; False when the link is broken
-        except OSError as err:
-            if entry.name.endswith(".py"):
+        except OSError as err:  # a looping link may have been meant as a folder: count it too
+            if entry.name.endswith(".py") or err.errno == errno.ELOOP:
                 yield _stat_failure(entry.path, rel, err)
             continue
         if is_dir:
