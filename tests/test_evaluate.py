@@ -248,3 +248,28 @@ def test_complete_prints_samples_and_rejects_bad_input(tiny_checkpoint_dir, tmp_
     assert main(["--model", str(tmp_path), "--prompt", "x"]) == 2
     assert main(["--model", str(tiny_checkpoint_dir), "--prompt", "x", "--file", str(src)]) == 2
     assert "exactly one" in capsys.readouterr().err
+
+
+def test_humaneval_resumes_a_killed_run_from_its_journal(tiny_checkpoint_dir, tmp_path, capsys):
+    out = tmp_path / "he.json"
+    argv = ["--model", str(tiny_checkpoint_dir), "--task", "humaneval", "--engine", "torch", "--limit", "2",
+            "--num_samples", "3", "--batch_size", "2", "--temperatures", "0.8", "--max_new_tokens", "8",
+            "--output", str(out)]
+    rc, res = _run(argv, capsys)
+    assert rc == 0, res.err
+    full = json.loads(out.read_text())
+    journal = tmp_path / "he.json.samples.jsonl"
+    lines = journal.read_text().splitlines()
+    assert len(lines) == 1 + 6 and full["resumed_samples"] == 0
+    # A run killed after 3 samples, one of them half written.
+    journal.write_text("\n".join(lines[:4]) + "\n" + lines[4][:10])
+    rc, res = _run(argv, capsys)
+    assert rc == 0, res.err
+    resumed = json.loads(out.read_text())
+    assert resumed["resumed_samples"] == 3
+    key = lambda r: (r["task_id"], r["index"])  # noqa: E731
+    assert sorted(map(key, resumed["samples"])) == sorted(map(key, full["samples"]))
+    by_key = {key(r): r["completion"] for r in full["samples"]}
+    assert all(by_key[key(r)] == r["completion"] for r in resumed["samples"])  # same seeds, same samples
+    rc, res = _run(argv[:-2] + ["--top_p", "0.5", "--output", str(out)], capsys)
+    assert rc == 2 and "other settings" in res.err

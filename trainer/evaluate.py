@@ -89,9 +89,12 @@ def run_task(engine, args: EvaluateArgs) -> dict:
 
     if any(t < 0 for t in args.temperatures) or not 0 < args.top_p <= 1:
         raise ValueError("temperatures must be >= 0 and --top_p in (0, 1]")
+    journal = f"{args.output}.samples.jsonl" if args.output else None
+    identity = {"model": str(Path(args.model).resolve()), "engine": engine.info.engine,
+                "precision": engine.info.extra.get("precision", args.precision)}
     return evaluate_humaneval(engine, args.num_samples, args.temperatures, args.top_p, args.max_new_tokens or 256,
                               args.batch_size, args.seed, args.limit, args.workers, args.timeout, args.memory_mb,
-                              args.token_healing)
+                              args.token_healing, journal, identity)
 
 
 def _fmt(value) -> str:
