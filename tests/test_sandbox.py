@@ -82,3 +82,13 @@ def test_fallback_without_namespaces_still_guards(tmp_path):
     target = tmp_path / "x.txt"
     res = run_python(f"open({str(target)!r}, 'w')\n", QUICK, isolation_=Isolation())
     assert res.status == "failed" and not target.exists()
+
+
+def test_files_written_inside_are_capped():
+    big = "open('big.bin', 'wb').write(b'x' * (3 << 20))\n"
+    res = run_python(big, SandboxLimits(timeout_s=5, file_size_mb=2))
+    assert res.status == "failed"  # RLIMIT_FSIZE: SIGXFSZ or EFBIG
+    if isolation().mount:  # and all files together fit a tmpfs of 4 x the file-size limit
+        many = "for i in range(6):\n    open(f'f{i}.bin', 'wb').write(b'x' * (3 << 19))\n"
+        res = run_python(many, SandboxLimits(timeout_s=5, file_size_mb=2))
+        assert res.status == "failed" and "No space left" in res.stderr

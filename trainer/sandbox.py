@@ -16,8 +16,9 @@ environment) in a fresh temporary directory, and the following layers apply:
   below do not depend on it.
 * when Linux namespaces are usable (`unshare`, probed and verified once):
   a network namespace (no interface but a downed loopback), and a mount
-  namespace in which every mount is remounted read-only except the working
-  directory, so no write outside it can succeed whatever the code does.
+  namespace in which every mount is remounted read-only and the working
+  directory is a fresh tmpfs of 4 x the file-size limit, so no write outside it
+  can succeed whatever the code does, and nothing written can fill the disk.
 
 `isolation()` reports which layers are in force on this machine; evaluation
 results record it.
@@ -45,6 +46,8 @@ import json, os, sys, resource
 cfg = json.loads(sys.argv.pop(1))
 token = sys.stdin.readline().strip()
 os.close(0)
+with open(cfg["program"]) as f:
+    source = f.read()
 work = os.path.realpath(os.getcwd())
 import ctypes
 libc = ctypes.CDLL(None, use_errno=True)
@@ -69,10 +72,11 @@ if cfg["mount"]:
             if not (point.startswith("/proc") or point.startswith("/sys")):
                 sys.stderr.write("sandbox: cannot make %s read-only: %s\n" % (point, os.strerror(err)))
                 os._exit(97)
-    # A bind mount inherits the read-only flag of its source: bind, then remount writable.
-    if (libc.mount(work.encode(), work.encode(), None, MS_BIND, None) != 0 or
-            libc.mount(None, work.encode(), None, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV, None) != 0):
-        sys.stderr.write("sandbox: cannot bind the work directory: %s\n" % os.strerror(ctypes.get_errno()))
+    # The work directory becomes a fresh size-capped tmpfs: the only writable place, and
+    # whatever the program writes can neither fill the disk nor outlive it.
+    size = ("size=%dm,mode=0700" % cfg["tmpfs_mb"]).encode()
+    if libc.mount(b"tmpfs", work.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, size) != 0:
+        sys.stderr.write("sandbox: cannot mount a tmpfs on the work directory: %s\n" % os.strerror(ctypes.get_errno()))
         os._exit(97)
     os.chdir(work)  # the old cwd still points into the read-only mount underneath
 # Drop every capability (also those held inside a user namespace) and never gain any.
@@ -133,8 +137,6 @@ if cfg["guard"]:
     sys.addaudithook(_guard())
     del _guard
 
-with open(cfg["program"]) as f:
-    source = f.read()
 del cfg, f
 exec(compile(source, "program.py", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
 sys.stdout.write("\n" + token + "\n")
@@ -202,7 +204,7 @@ def run_python(source: str, limits: SandboxLimits | None = None, isolation_: Iso
     with open(program, "w", encoding="utf-8") as f:
         f.write(source)
     cfg = {
-        "program": program, "mount": iso.mount, "guard": guard,
+        "program": program, "mount": iso.mount, "guard": guard, "tmpfs_mb": limits.file_size_mb * 4,
         "rlimits": {
             "RLIMIT_CPU": int(math.ceil(limits.timeout_s)) + 1,
             "RLIMIT_AS": limits.memory_mb << 20,
@@ -281,7 +283,7 @@ def isolation() -> Isolation:
             continue
         iso.network = "network namespace (no interfaces but a downed loopback) + audit hook"
         if mount:
-            iso.filesystem = ("mount namespace: every mount read-only except the work directory "
-                              "+ audit hook")
+            iso.filesystem = ("mount namespace: every mount read-only, the work directory a "
+                              "size-capped tmpfs + audit hook")
         return iso
     return Isolation()
