@@ -273,3 +273,12 @@ def test_humaneval_resumes_a_killed_run_from_its_journal(tiny_checkpoint_dir, tm
     assert all(by_key[key(r)] == r["completion"] for r in resumed["samples"])  # same seeds, same samples
     rc, res = _run(argv[:-2] + ["--top_p", "0.5", "--output", str(out)], capsys)
     assert rc == 2 and "other settings" in res.err
+
+
+def test_a_corpus_folder_gives_its_validation_shards_only(tiny_corpus_dir):
+    from trainer.eval_data import data_files, iter_documents
+
+    files = data_files(tiny_corpus_dir)
+    assert [f.name for f in files] == ["valid-00000.jsonl.gz"]
+    stats = DataStats()
+    assert len(list(iter_documents(tiny_corpus_dir, stats))) == 2 and stats.skipped == 0

@@ -37,12 +37,19 @@ def _is_shard(path: Path) -> bool:
 
 
 def data_files(path: str | Path) -> list[Path]:
-    """The .py files and shards under `path` (recursively, in name order), or `path` itself."""
+    """The .py files and shards under `path` (recursively, in name order), or `path` itself.
+
+    A corpus folder (with `valid-*.jsonl.gz` shards) gives only its validation shards.
+    """
     p = Path(path)
     if p.is_file():
         return [p]
     if not p.is_dir():
         raise FileNotFoundError(f"no such file or folder: {p}")
+    valid = sorted(f for f in p.glob("valid-*") if f.is_file() and _is_shard(f))
+    if valid:  # a corpus folder (codeparrot corpus): its held-out split only, never train-*
+        logger.info("%s is a corpus folder: evaluating its %d valid-* shards", p, len(valid))
+        return valid
     files = sorted(f for f in p.rglob("*") if f.is_file() and (f.suffix == ".py" or _is_shard(f)))
     if not files:
         raise FileNotFoundError(f"no .py files or *.jsonl(.gz) shards under {p}")
