@@ -111,10 +111,8 @@ def format_table(report: dict) -> str:
     """Rows of (metric, value); one column per result group (FIM modes, temperatures)."""
     res = report["results"]
     groups = res if all(isinstance(v, dict) for v in res.values()) else {report["task"]: res}
-    metrics: list[str] = []
-    for g in groups.values():
-        metrics += [k for k, v in g.items() if k not in metrics and not isinstance(v, dict) or k == "finish_reasons"]
-    metrics = [m for m in dict.fromkeys(metrics) if m != "per_problem_correct"]
+    metrics = list(dict.fromkeys(k for g in groups.values() for k, v in g.items()
+                                 if not isinstance(v, dict) or k == "finish_reasons"))
     header = ["metric", *groups]
     rows = [[m, *(_fmt(g.get(m, "")) for g in groups.values())] for m in metrics]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
