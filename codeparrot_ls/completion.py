@@ -114,8 +114,13 @@ class Completer:
         prefix_ids, required = ctx.prefix_ids, ""
         if settings.token_healing:
             healed = heal(self.tokenizer, ctx.prefix, ctx.prefix_ids)
-            if healed.removed_text and not (one_line and "\n" in healed.removed_text):
-                prefix_ids, required = healed.prefix_ids, healed.removed_text
+            prefix_ids, required = healed.prefix_ids, healed.removed_text
+            if one_line and "\n" in required:
+                # A "\n" stop would match inside the re-typed text: keep the line break
+                # in the prompt and re-type only what follows it.
+                cut = required.rindex("\n") + 1
+                prefix_ids = prefix_ids + self.builder.counter.encode(required[:cut])
+                required = required[cut:]
         prompt_ids = ctx.prompt_ids(prefix_ids)
         self.stats.last_healed = required
 

@@ -126,6 +126,16 @@ def test_token_healing_backs_up_over_the_half_typed_word(completer):
     assert completer.stats.last_healed == ""
 
 
+def test_single_line_healing_keeps_the_line_break_in_the_prompt(completer):
+    doc = "def scale(values, factor):\n    "
+    s = CompletionSettings(max_new_tokens=6, time_budget_ms=60_000, single_line=True)
+    out = completer.complete("file:///sl.py", doc, 1, 4, s, invoked=False)
+    assert completer.stats.last_healed == "    "   # re-typed: the indentation, not the "\n"
+    check(doc, len(doc), 4, out, s, False)
+    completer.complete("file:///ml.py", doc, 1, 4, SETTINGS, invoked=False)
+    assert completer.stats.last_healed.endswith("\n    ")  # multi-line: the whole last pre-token
+
+
 def test_stops_that_could_match_in_the_healed_text_are_applied_afterwards():
     engine_side, after = stops_for("\n", ["\ndef ", "\n\n\n", "foo", "\n"])
     assert engine_side == ["foo"] and after == ["\ndef ", "\n\n\n", "\n"]

@@ -1,0 +1,106 @@
+"""Token healing's effect on line completion, through the server's completion pipeline.
+
+The same model, the same held-out positions, the same greedy decoding; the only change
+is `token_healing` in the completion settings (baseline: off). For each position the
+document given to `Completer.complete` is the held-out file with the rest of the
+cursor's line removed (the lines after it stay: the FIM suffix), and the prediction is
+the first line of the suggestion the pipeline returns (post-processing included; no
+suggestion counts as an empty prediction). Positions come from the evaluator's sampler
+(trainer/eval_line_completion.py), so the scores are comparable with
+`codeparrot evaluate line-completion`:
+
+  indent   the cursor right after the line's indentation (the prompt ends in spaces)
+  random   the cursor at a random character of the line (often inside an identifier)
+
+Both prompt layouts are measured: FIM (SPM, the server's default) and left-to-right.
+Scores: exact match (whitespace-split tokens) and edit similarity (rapidfuzz ratio).
+
+    python bench/bench_token_healing.py --model MODEL_DIR --data HELD_OUT [--positions 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from codeparrot_ls.completion import Completer  # noqa: E402
+from codeparrot_ls.context import index_to_utf16  # noqa: E402
+from codeparrot_ls.engine import load_engine  # noqa: E402
+from codeparrot_ls.settings import CompletionSettings  # noqa: E402
+from trainer.eval_data import DataStats  # noqa: E402
+from trainer.eval_line_completion import edit_similarity, exact_match, sample_positions  # noqa: E402
+
+
+def run(completer: Completer, positions, settings: CompletionSettings) -> dict:
+    em = es = empty = healed = 0
+    t0 = time.perf_counter()
+    for i, pos in enumerate(positions):
+        text = pos.prefix + pos.suffix
+        line = pos.prefix.count("\n")
+        line_start = pos.prefix.rfind("\n") + 1
+        character = index_to_utf16(pos.prefix[line_start:], len(pos.prefix) - line_start)
+        out = completer.complete(f"file:///held-out/{i}.py", text, line, character, settings, invoked=False)
+        healed += bool(completer.stats.last_healed)
+        prediction = out[0].insert_text.split("\n", 1)[0].rstrip() if out else ""
+        empty += not prediction
+        em += exact_match(prediction, pos.target)
+        es += edit_similarity(prediction, pos.target)
+    n = max(len(positions), 1)
+    return {"exact_match": 100 * em / n, "edit_similarity": es / n, "empty": empty, "healed": healed,
+            "ms_per_position": 1e3 * (time.perf_counter() - t0) / n}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="model folder (ONNX export or checkpoint)")
+    ap.add_argument("--data", required=True, help="held-out data: valid-*.jsonl.gz shards or .py files")
+    ap.add_argument("--engine", default="auto", choices=["auto", "onnx", "torch"])
+    ap.add_argument("--positions", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-new-tokens", type=int, default=24)
+    ap.add_argument("--context-tokens", type=int, default=1024)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--json", default=None, help="also write the results here")
+    args = ap.parse_args(argv)
+    if not Path(args.model).is_dir():
+        ap.error(f"--model {args.model}: not a folder")
+
+    engine = load_engine(args.model, args.engine, threads=args.threads)
+    print(f"model {args.model} ({engine.info.engine}, {engine.info.n_positions} positions, "
+          f"FIM {'yes' if engine.info.supports_fim else 'no'})")
+    results = []
+    for cursor in ("indent", "random"):
+        stats = DataStats()
+        positions = sample_positions(args.data, args.positions, args.seed, cursor, stats)
+        for fim in ([True, False] if engine.info.supports_fim else [False]):
+            row = {}
+            for healing in (False, True):  # off first: the baseline
+                settings = CompletionSettings(max_new_tokens=args.max_new_tokens, context_tokens=args.context_tokens,
+                                              fim=fim, token_healing=healing, min_chars=1, time_budget_ms=60_000)
+                row[healing] = run(Completer(engine), positions, settings)
+            results.append({"cursor": cursor, "layout": "fim-spm" if fim else "left-to-right",
+                            "positions": len(positions), "off": row[False], "on": row[True]})
+
+    print(f"\n{'cursor':<7} {'layout':<14} {'n':>4} | {'EM off':>7} {'EM on':>7} | {'ES off':>7} {'ES on':>7} "
+          f"{'ratio':>6} | {'empty off/on':>12} | {'healed':>6} | ms off/on")
+    for r in results:
+        off, on = r["off"], r["on"]
+        ratio = on["edit_similarity"] / off["edit_similarity"] if off["edit_similarity"] else float("nan")
+        print(f"{r['cursor']:<7} {r['layout']:<14} {r['positions']:>4} | {off['exact_match']:7.1f} "
+              f"{on['exact_match']:7.1f} | {off['edit_similarity']:7.1f} {on['edit_similarity']:7.1f} "
+              f"{ratio:6.2f} | {off['empty']:>5}/{on['empty']:<6} | {on['healed']:>6} | "
+              f"{off['ms_per_position']:.0f}/{on['ms_per_position']:.0f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    engine.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
