@@ -98,7 +98,19 @@ vim.opt.runtimepath:prepend(cfg.editor_dir)
 vim.opt.swapfile = false
 -- What editors/neovim/README.md recommends for the menu: always show it, select nothing first.
 vim.o.completeopt = 'menuone,noselect,popup'
-require('codeparrot').setup(cfg.setup)
+if cfg.plain then
+  -- The README's "without setup()" recipe: lsp/codeparrot.lua + vim.lsp.enable.
+  vim.lsp.config('codeparrot', { cmd = cfg.setup.cmd, init_options = cfg.setup.settings })
+  vim.lsp.enable('codeparrot')
+  vim.lsp.inline_completion.enable()
+  vim.keymap.set('i', '<Tab>', function()
+    if not vim.lsp.inline_completion.get() then
+      return '<Tab>'
+    end
+  end, { expr = true })
+else
+  require('codeparrot').setup(cfg.setup)
+end
 
 -- Keep the raw responses the client gets, to compare with the buffer after accepting.
 vim.api.nvim_create_autocmd('LspAttach', {
@@ -215,7 +227,7 @@ local function try_inline(index)
         result.ghost_after = ghost_text()
         poll('the accept command', cfg.timeout_ms, function()
           return #result.commands > 0
-        end, disable_and_ask_again)
+        end, cfg.plain and function() finish(nil) end or disable_and_ask_again)
       end)
     end)
   end)
@@ -283,7 +295,7 @@ end)
 """
 
 
-def run_neovim(tmp_path: Path, server_cmd: list[str], mode: str, setup: dict,
+def run_neovim(tmp_path: Path, server_cmd: list[str], mode: str, setup: dict, plain: bool = False,
                text: str = EDITED, lines: list[int] = CANDIDATE_LINES) -> dict:
     """Run the driver in a headless Neovim and return what it recorded."""
     source = tmp_path / "sample.py"
@@ -292,7 +304,7 @@ def run_neovim(tmp_path: Path, server_cmd: list[str], mode: str, setup: dict,
     result_file = tmp_path / "result.json"
     config = {
         "editor_dir": str(NEOVIM_DIR), "file": str(source), "result": str(result_file),
-        "mode": mode, "lines": lines, "timeout_ms": 20_000, "start_timeout_ms": 60_000,
+        "mode": mode, "plain": plain, "lines": lines, "timeout_ms": 20_000, "start_timeout_ms": 60_000,
         "setup": {"cmd": server_cmd, **setup},
     }
     config_file = tmp_path / "config.json"
@@ -437,5 +449,16 @@ def test_completion_menu_fallback_applies_the_item(tmp_path, memorized_model_dir
         pos = response["position"]
         expected = apply_edit(result["original"], pos, pos, item.get("insertText") or item["label"])
     assert result["lines"] == expected
+    assert result["lines"] == SAMPLE.splitlines()
+    assert result["commands"] == ["codeparrot.acceptCompletion"]
+
+
+@pytest.mark.slow
+def test_plain_vim_lsp_enable_with_the_runtime_config(tmp_path, memorized_model_dir):
+    """lsp/codeparrot.lua on the runtimepath is enough for vim.lsp.enable('codeparrot')."""
+    result = run_neovim(tmp_path, server_cmd(memorized_model_dir), "inline", {"settings": TEST_SETTINGS},
+                        plain=True)
+
+    assert [s.get("state") for s in result["statuses"]][-1] == "ready"
     assert result["lines"] == SAMPLE.splitlines()
     assert result["commands"] == ["codeparrot.acceptCompletion"]

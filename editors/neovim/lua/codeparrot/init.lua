@@ -194,6 +194,10 @@ end
 
 ---@param opts? codeparrot.Options|table
 function M.setup(opts)
+  if vim.fn.has('nvim-0.10') == 0 then
+    vim.notify('codeparrot: Neovim 0.10 or newer is needed', vim.log.levels.ERROR)
+    return
+  end
   opts = vim.tbl_deep_extend('force', vim.deepcopy(defaults), opts or {})
   if opts.inline == nil then
     opts.inline = has_inline()
