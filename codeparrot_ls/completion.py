@@ -5,7 +5,8 @@ request. Decoding policy:
 
 * automatic trigger: greedy, one candidate;
 * explicit invocation: sampling (`temperature`, `top_p`), `num_candidates` candidates,
-  identical ones merged (greedy and one candidate when temperature is 0);
+  identical ones merged (greedy and one candidate when temperature is 0 or
+  num_candidates is 1);
 * stop on end-of-text, `prompt.PYTHON_STOP_SEQUENCES` + `settings.stop`, at
   `max_new_tokens` and at the wall-clock budget `time_budget_ms`; a "\\n" stop too when
   only one line can be used (single-line mode, or text after the cursor on its line);
@@ -145,7 +146,7 @@ class Completer:
         if generations:
             self.stats.last_prompt_tokens = generations[0].prompt_tokens
             self.stats.last_reused_tokens = generations[0].reused_tokens
-        if any(g.finish_reason == "cancelled" for g in generations) or (is_cancelled and is_cancelled()):
+        if any(g.finish_reason == "cancelled" for g in generations):
             self.stats.cancelled += 1
             return []
 
@@ -162,8 +163,13 @@ class Completer:
                 self.stats.dropped += 1
             elif final not in shown:
                 shown[final] = CachedSuggestion(final, finish)
+        # Kept even when the request was cancelled after decoding finished: the user
+        # typing on along it is the next request, and the cache answers that one.
         self.cache.store(uri, text, offset, shown.values(), key, invoked)
         self.stats.last_ms = (time.perf_counter() - t0) * 1e3
+        if is_cancelled is not None and is_cancelled():
+            self.stats.cancelled += 1
+            return []
         return [Suggestion(s.text, character, character, False, s.finish_reason) for s in shown.values()]
 
     @staticmethod
