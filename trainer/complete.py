@@ -1,7 +1,7 @@
 """`codeparrot complete`: print what the model writes after a prompt or at a place in a file.
 
     codeparrot complete --model runs/tiny --prompt "def fibonacci(n):"
-    codeparrot complete --model export/ --file app.py --line 42 --num_samples 3 --temperature 0.4
+    codeparrot complete --model export/ --file app.py --line 42 --num-samples 3 --temperature 0.4
 
 With `--file`, the cursor is at the end of line `--line` (1-based; default: the end
 of the file); with `--fim` (default when the model has FIM tokens and there is

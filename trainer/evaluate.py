@@ -8,7 +8,7 @@ engine, every setting and the timings.
 
     codeparrot evaluate --model runs/tiny --task perplexity --data corpus/valid-00000.jsonl.gz
     codeparrot evaluate --model export/ --task line-completion --data heldout/ --positions 1000
-    codeparrot evaluate --model export/ --task humaneval --num_samples 20 --temperatures 0.2 0.8
+    codeparrot evaluate --model export/ --task humaneval --num-samples 20 --temperatures 0.2 0.8
 """
 
 from __future__ import annotations
