@@ -208,3 +208,14 @@ def test_accelerate_launch_two_cpu_processes(tiny_corpus_dir, tiny_tokenizer_dir
     assert len(digests) == 2 and digests[0] != digests[1]  # each rank trained on its own data
     assert [r["step"] for r in metrics(out) if "eval_loss" in r] == [4]
     assert metrics(out)[0]["tokens"] == 2 * 2 * 4 * 64  # processes x accumulation x batch x length
+
+
+def test_shipped_configs_parse():
+    import yaml
+
+    from trainer.pretrain import PretrainArguments, read_config
+
+    for path in sorted((REPO / "configs" / "pretrain").glob("*.yaml")):
+        PretrainArguments(**read_config(str(path)))  # every key is an argument
+    for path in sorted((REPO / "configs" / "accelerate").glob("*.yaml")):
+        assert "distributed_type" in yaml.safe_load(path.read_text())

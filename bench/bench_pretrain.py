@@ -1,0 +1,222 @@
+"""Training throughput: `codeparrot pretrain` vs a plain PyTorch loop, same model, data and batch.
+
+Reference: the textbook loop: fp32 `GPT2LMHeadModel` (the "tiny" preset), `torch.optim.AdamW`
+with default settings, batches already in memory, torch's default threads.
+Candidate: `trainer.pretrain.main` itself (Accelerate, bf16 autocast, fused AdamW, packing
+in a DataLoader worker, thread setting), timed from its own metrics.jsonl windows, which
+include waiting for data but exclude evaluation and checkpoint saves.
+
+Both run in this process, alternately, `--rounds` times each; the best tokens/s of each side
+is compared (the machine is shared; slow outliers are other people's work). MFU is
+6N-style model FLOPs per token (trainer.model.training_flops_per_token) x tokens/s over the
+peak: the bf16 (candidate) or fp32 (reference) matmul throughput measured in this run with
+2048^2 matmuls, so it reads "share of what this machine's matmul kernel reaches".
+
+Data: corpus shards from `--corpus DIR`, else `codeparrot corpus` over the standard library
+(or, failing that, the stdlib files written as shards directly); a vocab-8192 tokenizer is
+trained on the train split.
+
+    python bench/bench_pretrain.py [--steps 20] [--rounds 2] [--batch-size 8] [--seq-length 512]
+    python bench/bench_pretrain.py --device cuda --mixed-precision bf16   # on a GPU machine
+    python bench/bench_pretrain.py --curve-minutes 10 --curve-png docs/img/pretrain_loss_tiny.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import statistics
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+
+def build_corpus(folder: Path) -> Path:
+    try:
+        from trainer.corpus import main as corpus_main
+
+        if corpus_main(["--output", str(folder), "--no_progress"]) == 0:
+            return folder
+    except Exception as exc:  # the corpus stage is optional for this benchmark
+        print(f"codeparrot corpus failed ({exc}); writing stdlib shards directly", file=sys.stderr)
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(p for p in stdlib.rglob("*.py") if "site-packages" not in p.parts and "test" not in p.parts)
+    records = [{"content": p.read_text(encoding="utf-8", errors="replace"), "quality": 0.5} for p in files]
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, part in (("train", records[20:]), ("valid", records[:20])):
+        with gzip.open(folder / f"{split}-00000.jsonl.gz", "wt", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(r) + "\n" for r in part)
+    return folder
+
+
+def build_tokenizer(corpus: Path, folder: Path) -> Path:
+    from trainer.data import read_documents, shard_files, StreamStats
+    from trainer.tokenizer import save_tokenizer, train_tokenizer
+
+    docs = (r["content"] for r in read_documents(shard_files(corpus, "train"), StreamStats()))
+    save_tokenizer(train_tokenizer(docs, vocab_size=8192), folder)
+    return folder
+
+
+def matmul_peak(dtype: torch.dtype, device: str, n: int = 2048, seconds: float = 2.0) -> float:
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    best = 0.0
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = max(best, 4 * 2 * n ** 3 / (time.perf_counter() - t))
+    return best
+
+
+def reference_run(args, corpus: Path, tokenizer: Path, device: str) -> float:
+    """Plain loop, fp32, default AdamW; returns tokens/s over the timed steps."""
+    from tokenizers import Tokenizer
+
+    from trainer.data import PackedDataset, shard_files
+    from trainer.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(args.model_size, Tokenizer.from_file(str(tokenizer / "tokenizer.json"))).to(device)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.1)
+    data = PackedDataset(shard_files(corpus, "train"), tokenizer / "tokenizer.json", args.seq_length,
+                         args.batch_size, infinite=True, fim_rate=0.5)
+    batches = [b for _, b in zip(range(args.steps + args.warmup), data)]
+    start = None
+    for i, batch in enumerate(batches):
+        if i == args.warmup:
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+        batch = batch.to(device)
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+    loss.item()
+    return args.steps * args.batch_size * args.seq_length / (time.perf_counter() - start)
+
+
+def candidate_args(args, corpus: Path, tokenizer: Path, output: Path, steps: int, extra=()) -> list[str]:
+    return ["--corpus", str(corpus), "--tokenizer", str(tokenizer), "--output", str(output),
+            "--model-size", args.model_size, "--seq-length", str(args.seq_length),
+            "--batch-size", str(args.batch_size), "--max-steps", str(steps), "--warmup-steps", "10",
+            "--mixed-precision", args.mixed_precision, "--report-to", "none", "--save-steps", "100000",
+            "--dataloader-workers", str(args.workers), *extra]
+
+
+def candidate_run(args, corpus: Path, tokenizer: Path, output: Path) -> float:
+    from trainer.pretrain import main as pretrain_main
+
+    # Windows of `warmup` steps: the first (start-up, worker spawn) is not timed.
+    window = args.warmup
+    windows = max(1, -(-args.steps // window))
+    rc = pretrain_main(candidate_args(args, corpus, tokenizer, output, window * (windows + 1),
+                                      ["--eval-steps", "0", "--logging-steps", str(window)]))
+    assert rc == 0, f"pretrain exited {rc}"
+    rows = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    rates = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r and r["step"] > window]
+    return len(rates) / sum(1 / r for r in rates)  # equal-token windows: the harmonic mean
+
+
+def loss_curve(args, corpus: Path, tokenizer: Path, output: Path) -> None:
+    """A `--curve-minutes` tiny run (evaluating every 100 steps) and its loss-vs-tokens PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from trainer.pretrain import main as pretrain_main
+
+    steps = 100000
+    rc = pretrain_main(candidate_args(args, corpus, tokenizer, output, steps, [
+        "--max-minutes", str(args.curve_minutes), "--eval-steps", "100", "--eval-batches", "10",
+        "--logging-steps", "10", "--warmup-steps", "100", "--learning-rate", "1e-3", "--save-steps", "500"]))
+    assert rc == 0
+    rows = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    train = [(r["tokens"], r["loss"]) for r in rows if r.get("loss") is not None]
+    evals = [(r["tokens"], r["eval_loss"]) for r in rows if "eval_loss" in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(*zip(*train), label="train loss (10-step mean)", lw=1)
+    ax.plot(*zip(*evals), "o-", label="valid loss", ms=3)
+    ax.set_xlabel("tokens")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_title(f"tiny GPT-2 on the stdlib, {args.curve_minutes:g} min, {args.mixed_precision}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    Path(args.curve_png).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.curve_png, dpi=120, bbox_inches="tight")
+    last = evals[-1]
+    print(f"curve: {train[-1][0]:,} tokens, final valid loss {last[1]:.3f} "
+          f"(perplexity {2.718281828 ** last[1]:.1f}); plot in {args.curve_png}")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--corpus", type=Path, help="corpus shards (default: build from the stdlib)")
+    p.add_argument("--model-size", default="tiny")
+    p.add_argument("--seq-length", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--steps", type=int, default=20, help="timed steps per run")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (also the timing window)")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--workers", type=int, default=1, help="candidate DataLoader workers")
+    p.add_argument("--mixed-precision", default="bf16")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--curve-minutes", type=float, default=0, help="also make the loss curve (minutes)")
+    p.add_argument("--curve-png", default="docs/img/pretrain_loss_tiny.png")
+    args = p.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        corpus = args.corpus or build_corpus(tmp / "corpus")
+        tokenizer = build_tokenizer(corpus, tmp / "tokenizer")
+        if args.curve_minutes:
+            loss_curve(args, corpus, tokenizer, tmp / "curve")
+            return 0
+        ref, cand = [], []
+        for r in range(args.rounds):
+            ref.append(reference_run(args, corpus, tokenizer, args.device))
+            cand.append(candidate_run(args, corpus, tokenizer, tmp / f"run{r}"))
+            print(f"round {r + 1}: reference {ref[-1]:,.0f} tokens/s, codeparrot pretrain {cand[-1]:,.0f} tokens/s")
+        from tokenizers import Tokenizer
+
+        from trainer.model import build_model, parameter_counts, training_flops_per_token
+
+        model = build_model(args.model_size, Tokenizer.from_file(str(tokenizer / "tokenizer.json")))
+        flops = training_flops_per_token(model.config, args.seq_length)
+        peak32 = matmul_peak(torch.float32, args.device)
+        peak16 = matmul_peak(torch.bfloat16 if args.mixed_precision == "bf16" else torch.float16, args.device)
+        best_ref, best_cand = max(ref), max(cand)
+        print(f"\nmodel {args.model_size}: {parameter_counts(model)['total'] / 1e6:.2f} M parameters, "
+              f"{flops / 1e6:.1f} MFLOP per token; batch {args.batch_size}x{args.seq_length}; "
+              f"device {args.device}, {torch.get_num_threads()} threads")
+        print(f"matmul peak measured: fp32 {peak32 / 1e12:.2f} TFLOP/s, {args.mixed_precision} {peak16 / 1e12:.2f} TFLOP/s")
+        print(f"| loop | tokens/s (best of {args.rounds}) | TFLOP/s | MFU |")
+        print("|---|---|---|---|")
+        for name, tps, peak in (("reference: fp32, torch AdamW, plain loop", best_ref, peak32),
+                                (f"codeparrot pretrain ({args.mixed_precision})", best_cand, peak16)):
+            print(f"| {name} | {tps:,.0f} | {tps * flops / 1e12:.3f} | {100 * tps * flops / peak:.1f} % |")
+        print(f"\nspeed-up: {best_cand / best_ref:.2f}x (median of rounds "
+              f"{statistics.median(cand) / statistics.median(ref):.2f}x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
