@@ -23,6 +23,7 @@ positions decode all `--max-new-tokens`, the worst case for a trained model.
 from __future__ import annotations
 
 import argparse
+import functools
 import subprocess
 import sys
 import sysconfig
@@ -31,6 +32,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+print = functools.partial(print, flush=True)  # noqa: A001 - progress shows when piped to a file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 

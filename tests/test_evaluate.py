@@ -250,6 +250,7 @@ def test_complete_prints_samples_and_rejects_bad_input(tiny_checkpoint_dir, tmp_
     assert "exactly one" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_humaneval_resumes_a_killed_run_from_its_journal(tiny_checkpoint_dir, tmp_path, capsys):
     out = tmp_path / "he.json"
     argv = ["--model", str(tiny_checkpoint_dir), "--task", "humaneval", "--engine", "torch", "--limit", "2",
