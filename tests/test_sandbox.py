@@ -92,3 +92,18 @@ def test_files_written_inside_are_capped():
         many = "for i in range(6):\n    open(f'f{i}.bin', 'wb').write(b'x' * (3 << 19))\n"
         res = run_python(many, SandboxLimits(timeout_s=5, file_size_mb=2))
         assert res.status == "failed" and "No space left" in res.stderr
+
+
+@pytest.mark.slow
+def test_every_humaneval_canonical_solution_passes_in_the_sandbox():
+    """The guard must not break legitimate programs: all 164 reference solutions pass."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from trainer.eval_humaneval import load_problems, program
+
+    problems = load_problems()
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda p: run_python(program(p, p["prompt"], p["canonical_solution"]),
+                                                     SandboxLimits(timeout_s=10)), problems))
+    failed = [(p["task_id"], r.stderr[-200:]) for p, r in zip(problems, results) if not r.passed]
+    assert not failed
