@@ -192,7 +192,16 @@ local function disable_and_ask_again()
       return #result.responses > before and result.responses[#result.responses]
     end, function(response)
       result.disabled_response = response
-      finish(nil)
+      -- Nothing shown: <Tab> falls through and inserts a tab.
+      local row = vim.api.nvim_win_get_cursor(0)[1]
+      result.line_before_tab = vim.api.nvim_get_current_line()
+      vim.api.nvim_feedkeys(vim.keycode('<Tab>'), 'm', false)
+      poll('<Tab> to insert a tab', cfg.timeout_ms, function()
+        return vim.api.nvim_buf_get_lines(0, row - 1, row, false)[1] ~= result.line_before_tab
+      end, function()
+        result.line_after_tab = vim.api.nvim_buf_get_lines(0, row - 1, row, false)[1]
+        finish(nil)
+      end)
     end)
   end)
 end
@@ -224,6 +233,7 @@ local function try_inline(index)
       poll('the buffer to change', cfg.timeout_ms, function()
         return not vim.deep_equal(vim.api.nvim_buf_get_lines(0, 0, -1, false), result.original)
       end, function()
+        result.accepted_lines = vim.api.nvim_buf_get_lines(0, 0, -1, false)
         result.ghost_after = ghost_text()
         poll('the accept command', cfg.timeout_ms, function()
           return #result.commands > 0
@@ -416,9 +426,9 @@ def test_ghost_text_is_shown_and_tab_inserts_the_suggestion(tmp_path, memorized_
         start = end = response["position"]
     expected = apply_edit(result["original"], start, end, text)
 
-    assert result["lines"] == expected
+    assert result["accepted_lines"] == expected
     # The model knows the file: its suggestion was the missing line, now back in place.
-    assert result["lines"] == SAMPLE.splitlines()
+    assert result["accepted_lines"] == SAMPLE.splitlines()
     # The ghost text showed the suggestion (the part not typed yet), and it is gone after <Tab>.
     assert result["ghost"] and result["ghost"] in text
     assert result.get("ghost_after") is None
@@ -427,6 +437,8 @@ def test_ghost_text_is_shown_and_tab_inserts_the_suggestion(tmp_path, memorized_
     disabled = result["disabled_response"]
     assert disabled["method"] == "textDocument/inlineCompletion" and not disabled.get("error")
     assert disabled["result"]["items"] == []
+    before, after = result["line_before_tab"], result["line_after_tab"]
+    assert after.startswith(before) and after[len(before):].isspace()
 
 
 @pytest.mark.slow
@@ -460,5 +472,5 @@ def test_plain_vim_lsp_enable_with_the_runtime_config(tmp_path, memorized_model_
                         plain=True)
 
     assert [s.get("state") for s in result["statuses"]][-1] == "ready"
-    assert result["lines"] == SAMPLE.splitlines()
+    assert result["accepted_lines"] == SAMPLE.splitlines()
     assert result["commands"] == ["codeparrot.acceptCompletion"]
