@@ -262,3 +262,25 @@ def test_export_info_matches_engine_info(tiny_onnx_dir, onnx_int8):
     assert info["n_positions"] == onnx_int8.info.n_positions
     assert info["eos_token_id"] == onnx_int8.info.eos_id
     assert info["special_token_ids"] == onnx_int8.info.special_ids
+
+
+@pytest.mark.parametrize("keep", [1, 5, 130, 200])
+def test_chunked_prefill_matches_one_pass(onnx_fp32, keep):
+    ids = np.array([prompt_ids(onnx_fp32, 200)] * 2, np.int64)
+    mask = np.ones((2, 200), np.int64)
+    mask[0, :30] = 0  # a left-padded row too
+    pos = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
+    chunk = onnx_fp32.prefill_chunk
+    try:
+        onnx_fp32.prefill_chunk = 0
+        one, past_one = onnx_fp32.forward(ids, None, keep, attention_mask=mask, position_ids=pos)
+        onnx_fp32.prefill_chunk = 64
+        chunked, past_chunked = onnx_fp32.forward(ids, None, keep, attention_mask=mask, position_ids=pos)
+    finally:
+        onnx_fp32.prefill_chunk = chunk
+    assert chunked.shape == one.shape == (2, keep, onnx_fp32.info.vocab_size)
+    assert np.abs(chunked - one)[1].max() < 1e-4
+    assert np.abs(chunked[0, -min(keep, 170):] - one[0, -min(keep, 170):]).max() < 1e-4  # real positions of row 0
+    # Padding positions hold don't-care values; every real position's cache must agree.
+    assert all(np.abs(a - b)[1].max() < 1e-4 and np.abs(a - b)[0, :, 30:].max() < 1e-4
+               for a, b in zip(past_one, past_chunked))
