@@ -356,8 +356,7 @@ def apply_edit(lines: list[str], start: dict, end: dict, new_text: str) -> list[
     return (text[:index(start)] + new_text + text[index(end):]).split("\n")
 
 
-def server_cmd(model_dir: Path) -> list[str]:
-    return [str(BIN / "codeparrot-ls"), "--stdio", "--model", str(model_dir)]
+SERVER_CMD = [str(BIN / "codeparrot-ls"), "--stdio"]
 
 
 # Generous time budget: the 2-core CI machine may be busy; a cut-off suggestion would be flaky.
@@ -410,7 +409,8 @@ def memorized_model_dir(tmp_path_factory, tiny_checkpoint_dir) -> Path:
 
 @pytest.mark.slow
 def test_ghost_text_is_shown_and_tab_inserts_the_suggestion(tmp_path, memorized_model_dir):
-    result = run_neovim(tmp_path, server_cmd(memorized_model_dir), "inline", {"settings": TEST_SETTINGS})
+    result = run_neovim(tmp_path, SERVER_CMD, "inline",
+                        {"model": str(memorized_model_dir), "settings": TEST_SETTINGS})
 
     assert result["capabilities"]["inline"]
     assert [s.get("state") for s in result["statuses"]][-1] == "ready"
@@ -443,8 +443,8 @@ def test_ghost_text_is_shown_and_tab_inserts_the_suggestion(tmp_path, memorized_
 
 @pytest.mark.slow
 def test_completion_menu_fallback_applies_the_item(tmp_path, memorized_model_dir):
-    result = run_neovim(tmp_path, server_cmd(memorized_model_dir), "completion",
-                        {"inline": False, "settings": TEST_SETTINGS})
+    result = run_neovim(tmp_path, SERVER_CMD, "completion",
+                        {"model": str(memorized_model_dir), "inline": False, "settings": TEST_SETTINGS})
 
     assert result["capabilities"]["completion"]
     response = result["responses"][result["accepted_response"] - 1]
@@ -468,8 +468,8 @@ def test_completion_menu_fallback_applies_the_item(tmp_path, memorized_model_dir
 @pytest.mark.slow
 def test_plain_vim_lsp_enable_with_the_runtime_config(tmp_path, memorized_model_dir):
     """lsp/codeparrot.lua on the runtimepath is enough for vim.lsp.enable('codeparrot')."""
-    result = run_neovim(tmp_path, server_cmd(memorized_model_dir), "inline", {"settings": TEST_SETTINGS},
-                        plain=True)
+    result = run_neovim(tmp_path, [*SERVER_CMD, "--model", str(memorized_model_dir)], "inline",
+                        {"settings": TEST_SETTINGS}, plain=True)
 
     assert [s.get("state") for s in result["statuses"]][-1] == "ready"
     assert result["accepted_lines"] == SAMPLE.splitlines()

@@ -52,7 +52,8 @@ local function client_config(opts)
   end
   local init_options = vim.deepcopy(opts.settings)
   if opts.model then
-    local model = vim.fs.normalize(opts.model)
+    -- Absolute: the server's working directory is the project root, not Neovim's.
+    local model = vim.fn.fnamemodify(vim.fs.normalize(opts.model), ':p'):gsub('/$', '')
     vim.list_extend(cmd, { '--model', model })
     init_options.model = model
   end
@@ -108,7 +109,12 @@ function M.set(settings)
   M.options.settings = vim.tbl_extend('force', M.options.settings, settings)
   for _, client in ipairs(codeparrot_clients()) do
     client.settings = { codeparrot = vim.deepcopy(M.options.settings) }
-    client:notify('workspace/didChangeConfiguration', { settings = client.settings })
+    local params = { settings = client.settings }
+    if vim.fn.has('nvim-0.11') == 1 then
+      client:notify('workspace/didChangeConfiguration', params)
+    else
+      client.notify('workspace/didChangeConfiguration', params)
+    end
   end
 end
 
