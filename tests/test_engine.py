@@ -284,3 +284,11 @@ def test_chunked_prefill_matches_one_pass(onnx_fp32, keep):
     # Padding positions hold don't-care values; every real position's cache must agree.
     assert all(np.abs(a - b)[1].max() < 1e-4 and np.abs(a - b)[0, :, 30:].max() < 1e-4
                for a, b in zip(past_one, past_chunked))
+
+
+def test_stop_inside_required_prefix_does_not_stop(onnx_fp32):
+    ids = prompt_ids(onnx_fp32, 40)
+    gen = onnx_fp32.generate(GenerationRequest(ids, max_new_tokens=12, required_prefix="\n    x",
+                                               stop=["\n"]))[0]
+    assert gen.text.startswith("\n    x")
+    assert gen.finish_reason in ("stop", "length") and "\n" not in gen.text[1:]

@@ -40,7 +40,7 @@ class GenerationRequest:
     top_p: float = 1.0
     num_samples: int = 1                 # > 1 only with temperature > 0
     seed: int | None = None
-    stop: Sequence[str] = ()             # stop strings on the generated text (excluded from it)
+    stop: Sequence[str] = ()             # stop strings on the generated text (excluded from it; must end after required_prefix)
     deadline: float | None = None        # time.monotonic() after which decoding stops
     is_cancelled: Callable[[], bool] | None = None   # checked before every token
     required_prefix: str = ""            # token healing: the generated text must start with this
