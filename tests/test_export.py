@@ -136,3 +136,16 @@ def test_reexport_without_quantize_removes_stale_int8(tiny_onnx_dir, tiny_checkp
     assert export_main(["--checkpoint", str(tiny_checkpoint_dir), "--output", str(out)]) == 0
     assert not (out / mf.ONNX_INT8_FILE).exists()
     assert "int8" not in json.loads((out / mf.EXPORT_INFO_FILE).read_text())
+
+
+def test_int8_only_folder_and_missing_eval_file(tiny_checkpoint_dir, tmp_path, capsys):
+    out = tmp_path / "int8only"
+    assert export_main(["--checkpoint", str(tiny_checkpoint_dir), "--output", str(out), "--quantize", "int8",
+                        "--no_keep_fp32"]) == 0
+    assert (out / mf.ONNX_INT8_FILE).is_file() and not (out / mf.ONNX_FP32_FILE).exists()
+    from codeparrot_ls.engine import load_engine
+
+    assert load_engine(out).info.extra["precision"] == "int8"
+    rc = export_main(["--checkpoint", str(tiny_checkpoint_dir), "--output", str(tmp_path / "x"),
+                      "--eval_file", str(tmp_path / "missing.py")])
+    assert rc == 2 and "eval_file" in capsys.readouterr().err

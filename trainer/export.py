@@ -118,6 +118,8 @@ def run(args: ExportArgs) -> dict:
 
     ckpt, out = Path(args.checkpoint), Path(args.output)
     config = check_checkpoint(ckpt)
+    if args.eval_file and not Path(args.eval_file).is_file():
+        raise ExportError(f"--eval_file {args.eval_file} is not a file")
     if args.opset < 14:
         raise ExportError(f"--opset {args.opset}: at least 14 is needed")
     if out.resolve() == ckpt.resolve():
@@ -137,7 +139,10 @@ def run(args: ExportArgs) -> dict:
     onnx.checker.check_model(str(tmp_path))
     print(f"exported {tmp_path.name} in {secs:.1f} s; onnx.checker ok")
 
-    text = Path(args.eval_file).read_text(encoding="utf-8") if args.eval_file else default_eval_text()
+    try:
+        text = Path(args.eval_file).read_text(encoding="utf-8") if args.eval_file else default_eval_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ExportError(f"cannot read --eval_file {args.eval_file}: {e}") from e
     n_eval = args.eval_tokens or min(256, model.config.n_positions)
     ids = tok.encode(text).ids[:n_eval]
     if len(ids) < 8:
