@@ -32,7 +32,8 @@ import torch
 from tokenizers import Tokenizer
 from torch.utils.data import IterableDataset, get_worker_info
 
-from codeparrot_ls.prompt import END_OF_TEXT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, fim_document_ids, quality_token
+from codeparrot_ls.prompt import (
+    END_OF_TEXT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, QUALITY_TOKENS, fim_document_ids, quality_token)
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +119,8 @@ class PackedDataset(IterableDataset):
             missing = [t for t in (END_OF_TEXT, FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX) if t not in vocab]
             if missing and (self.fim_rate > 0 or END_OF_TEXT in missing):
                 raise ValueError(f"tokenizer {self.tokenizer_file} lacks special tokens {missing}")
+            if self.quality_tokens and not all(t in vocab for t in QUALITY_TOKENS):
+                raise ValueError(f"tokenizer {self.tokenizer_file} lacks the quality tokens {QUALITY_TOKENS}")
             self.token_ids = {t: vocab[t] for t in (END_OF_TEXT, FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX) if t in vocab}
             self.vocab = vocab
             self._tokenizer = tok

@@ -119,6 +119,11 @@ def check_args(args: PretrainArguments) -> None:
         raise UsageError(f"--mixed-precision must be one of {MIXED_PRECISION}")
     if args.report_to not in REPORT_TO:
         raise UsageError(f"--report-to must be one of {REPORT_TO}")
+    if args.report_to in ("wandb", "all"):
+        import importlib.util
+
+        if args.report_to == "wandb" and importlib.util.find_spec("wandb") is None:
+            raise UsageError("--report-to wandb: the wandb package is not installed (pip install wandb)")
     for name in ("batch_size", "gradient_accumulation_steps", "max_steps", "logging_steps", "save_steps",
                  "max_nonfinite"):
         if getattr(args, name) < 1:
@@ -276,6 +281,10 @@ def run(args: PretrainArguments) -> int:
                    rank=accelerator.process_index, world_size=accelerator.num_processes)
     train_data = PackedDataset(files, tokenizer_file, infinite=True, shuffle_buffer=args.shuffle_buffer,
                                skip_batches=state.get("batches_consumed", 0), **data_kw)
+    try:
+        train_data.load_tokenizer()  # fail here, not in a worker, if special tokens are missing
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
     valid_files = shard_files(args.corpus, "valid") if args.eval_steps else []
     if resume_dir and state.get("dataloader_workers") != args.dataloader_workers:
         raise UsageError(f"{resume_dir} was written with --dataloader-workers {state.get('dataloader_workers')}")
