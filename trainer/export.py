@@ -117,7 +117,7 @@ def run(args: ExportArgs) -> dict:
     from trainer import export_graph as eg
 
     ckpt, out = Path(args.checkpoint), Path(args.output)
-    config = check_checkpoint(ckpt)
+    check_checkpoint(ckpt)
     if args.eval_file and not Path(args.eval_file).is_file():
         raise ExportError(f"--eval_file {args.eval_file} is not a file")
     if args.opset < 14:
@@ -136,8 +136,12 @@ def run(args: ExportArgs) -> dict:
     fp32_path = out / mf.ONNX_FP32_FILE
     tmp_path = out / (mf.ONNX_FP32_FILE + ".tmp")
     secs = export_onnx(model, tmp_path, args.opset)
-    onnx.checker.check_model(str(tmp_path))
-    print(f"exported {tmp_path.name} in {secs:.1f} s; onnx.checker ok")
+    try:
+        onnx.checker.check_model(str(tmp_path))
+    except onnx.checker.ValidationError as e:
+        tmp_path.unlink(missing_ok=True)
+        raise ParityError(f"onnx.checker rejected the exported graph: {e}") from e
+    print(f"exported {fp32_path.name} in {secs:.1f} s; onnx.checker ok")
 
     try:
         text = Path(args.eval_file).read_text(encoding="utf-8") if args.eval_file else default_eval_text()
