@@ -10,7 +10,7 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, pre_tokenizers
 
 from codeparrot_ls.prompt import END_OF_TEXT, FIM_MIDDLE, FIM_PREFIX, SPECIAL_TOKENS
 from trainer import tokenizer as tk
@@ -100,10 +100,13 @@ def test_special_tokens_come_first_in_prompt_order(trained):
 
 
 def test_base_alphabet_has_all_256_bytes(trained):
+    for tok in trained.values():
+        assert set(pre_tokenizers.ByteLevel.alphabet()) <= set(tok.get_vocab())
+        assert len(pre_tokenizers.ByteLevel.alphabet()) == 256
+        assert tok.get_vocab_size() == 768
     tok = trained[tk.DEFAULT_VARIANT]
-    every_byte = bytes(range(256)).decode("latin-1")  # 256 code points -> 384 UTF-8 bytes
-    assert tok.decode(tok.encode(every_byte).ids) == every_byte
-    assert tok.get_vocab_size() == 768
+    every_code_point = "".join(map(chr, range(256)))  # UTF-8 bytes 0x00-0xbf, 0xc2, 0xc3
+    assert tok.decode(tok.encode(every_code_point).ids) == every_code_point
 
 
 def piece_texts(tok: Tokenizer, text: str) -> list[str]:

@@ -20,6 +20,7 @@ line) into one piece, and lets one punctuation character lead an identifier (`.a
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import keyword
 import os
@@ -293,8 +294,7 @@ def run(args: TokenizerArguments) -> dict:
     texts = corpus_texts(args.corpus, stats, "train", args.max_files)
     first = next(texts)  # raises CorpusError before any training starts
     start = time.perf_counter()
-    tok = train_tokenizer((t for part in ([first], texts) for t in part), args.vocab_size, args.variant,
-                          args.min_frequency)
+    tok = train_tokenizer(itertools.chain([first], texts), args.vocab_size, args.variant, args.min_frequency)
     seconds = time.perf_counter() - start
     out = save_tokenizer(tok, args.output, args.model_max_length)
 
