@@ -92,6 +92,7 @@ class Scheduler:
         self._latest: dict[str, Ticket] = {}
         self._live: set[Ticket] = set()
         self._seq = 0
+        self._running: Ticket | None = None
         self.stats = Stats()
 
     async def run(self, key: str, job: Callable[[Callable[[], bool]], Any]) -> tuple[bool, Any]:
@@ -112,7 +113,9 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._executor, self._work, ticket, job, time.monotonic())
         try:
-            finished, result = await future
+            # Shielded: a cancelled request's job still reaches the worker, which sees the flag
+            # and skips it (or stops it within one token), so every request is accounted for.
+            finished, result = await asyncio.shield(future)
             # Superseded after the decoder's last check: the result is stale all the same.
             return finished and not ticket.cancelled, result
         except asyncio.CancelledError:
@@ -122,6 +125,11 @@ class Scheduler:
             self._live.discard(ticket)
             if self._latest.get(key) is ticket:
                 del self._latest[key]
+
+    def running(self) -> dict[str, Any] | None:
+        """The job on the worker now (seq, key, cancellation checks so far), if any."""
+        t = self._running
+        return None if t is None else {"seq": t.seq, "key": t.key, "checks": t.checks, "cancelled": t.cancelled}
 
     def cancel(self, key: str, reason: str) -> None:
         ticket = self._latest.get(key)
@@ -141,11 +149,14 @@ class Scheduler:
         if ticket.cancelled:
             self._record(ticket, "skipped", queued_at, started, started)
             return False, None
+        self._running = ticket
         try:
             result = job(ticket.is_cancelled)
         except BaseException:
             self._record(ticket, "error", queued_at, started, time.monotonic())
             raise
+        finally:
+            self._running = None
         ended = time.monotonic()
         finished = not ticket.saw_cancel
         self._record(ticket, "done" if finished else "cancelled", queued_at, started, ended)

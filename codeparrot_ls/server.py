@@ -150,11 +150,9 @@ class CodeparrotServer(LanguageServer):
             return []
         line_text = lines[position.line]
         column16 = units(line_text[:index], UTF16)
-        if not text.isascii() and _SURROGATE.search(text):
-            # Lone surrogates (binary-ish input) cannot be tokenized; U+FFFD keeps every offset.
-            text = _SURROGATE.sub("\ufffd", text)
+        text = _tokenizable(text)
         settings = self.settings
-        others = [(u, d.source) for u, d in self.workspace.text_documents.items()
+        others = [(u, _tokenizable(d.source)) for u, d in self.workspace.text_documents.items()
                   if u != key and _is_python(d)]
         line = position.line
 
@@ -183,7 +181,9 @@ class CodeparrotServer(LanguageServer):
 
     def stats(self) -> dict[str, Any]:
         return {"status": self.model.status.as_params(), "accepted": self.accepted,
-                "scheduler": self.scheduler.stats.as_dict(), "torchImported": "torch" in sys.modules,
+                "scheduler": self.scheduler.stats.as_dict(), "running": self.scheduler.running(),
+                "completer": vars(self.model.completer.stats).copy() if self.model.completer else None,
+                "torchImported": "torch" in sys.modules,
                 "positionEncoding": encoding_name(self.workspace.position_encoding),
                 "settings": vars(self.settings).copy()}
 
@@ -194,6 +194,21 @@ def _section(options: Any) -> dict[str, Any]:
         return {}
     inner = options.get(SETTINGS_SECTION)
     return inner if isinstance(inner, dict) else options
+
+
+def _code_block(ls: CodeparrotServer, code: str) -> types.MarkupContent | str:
+    caps = ls.client_capabilities.text_document
+    item = caps and caps.completion and caps.completion.completion_item
+    if item and item.documentation_format and types.MarkupKind.Markdown in item.documentation_format:
+        return types.MarkupContent(types.MarkupKind.Markdown, f"```python\n{code}\n```")
+    return code
+
+
+def _tokenizable(text: str) -> str:
+    """Lone surrogates (binary-ish input) cannot be tokenized; U+FFFD keeps every offset."""
+    if text.isascii() or not _SURROGATE.search(text):
+        return text
+    return _SURROGATE.sub("\ufffd", text)
 
 
 def _is_python(doc) -> bool:
@@ -268,7 +283,7 @@ async def completion(ls: CodeparrotServer, params: types.CompletionParams) -> ty
             label_details=types.CompletionItemLabelDetails(description=COMPLETION_LABEL),
             kind=types.CompletionItemKind.Text,
             detail="codeparrot-ls (local model)",
-            documentation=types.MarkupContent(types.MarkupKind.Markdown, f"```python\n{s.insert_text}\n```"),
+            documentation=_code_block(ls, s.insert_text),
             sort_text=f"~{COMPLETION_LABEL}{rank:02d}",   # after every other source's items
             filter_text=s.insert_text,
             insert_text_format=types.InsertTextFormat.PlainText,
