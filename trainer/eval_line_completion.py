@@ -22,8 +22,8 @@ Left-to-right prompts are token-healed (codeparrot_ls.healing): the last
 pre-token before the cursor is removed from the prompt and the model must
 re-type it, because a prompt ending inside what training saw as one token
 (indentation after a newline, half an identifier) is a split the model never
-saw. The newline itself always stays in the prompt (a newline in the text the
-model must re-type would count as the end of the line). FIM prompts need no
+saw. That text often is the newline and the indentation; the engine only stops
+at a "\n" that ends after it. FIM prompts need no
 healing: training cut FIM pieces at random characters and tokenized them apart.
 
 Scores: exact match = the whitespace-split tokens of prediction and target are
@@ -102,9 +102,6 @@ def left_to_right_prompt(engine, pos: Position, budget: int, healing: bool) -> t
 
         healed = heal(tok, pos.prefix, ids)
         ids, required = healed.prefix_ids, healed.removed_text
-        if "\n" in required:  # keep the newline in the prompt; re-type only the rest
-            cut = required.rindex("\n") + 1
-            ids, required = ids + encode(tok, required[:cut]), required[cut:]
     ids = prompt_start(engine) + ids
     return ids[-budget:], required
 
