@@ -15,6 +15,12 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from codeparrot_ls.prompt import END_OF_TEXT
 
+# Fields every preset shares. No dropout: pretraining sees its data about once (nanoGPT,
+# Pythia and LLaMA train without it), and dropout in attention keeps PyTorch's fused
+# attention kernel off on CPU, where bf16 then gains little (docs/benchmarks.md,
+# Pretraining). gelu_pytorch_tanh is GPT-2's gelu_new formula in one kernel.
+COMMON = dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, activation_function="gelu_pytorch_tanh")
+
 # name -> GPT2Config fields. "small" and "xl" are the seed's 111M and 1.5B models.
 PRESETS = {
     "test": dict(n_layer=2, n_embd=64, n_head=2, n_positions=256),
@@ -61,7 +67,7 @@ def read_config_file(path: str | Path) -> dict:
 def build_config(preset: str, vocab_size: int, eos_id: int, **overrides) -> GPT2Config:
     if preset not in PRESETS:
         raise ValueError(f"unknown model size {preset!r}; expected one of {sorted(PRESETS)}")
-    fields = {**PRESETS[preset], **overrides}
+    fields = {**COMMON, **PRESETS[preset], **overrides}
     return GPT2Config(
         vocab_size=padded_vocab_size(vocab_size),
         bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id,
