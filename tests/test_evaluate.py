@@ -284,3 +284,11 @@ def test_a_corpus_folder_gives_its_validation_shards_only(tiny_corpus_dir):
     assert [f.name for f in files] == ["valid-00000.jsonl.gz"]
     stats = DataStats()
     assert len(list(iter_documents(tiny_corpus_dir, stats))) == 2 and stats.skipped == 0
+
+
+def test_out_of_range_options_exit_2(tiny_checkpoint_dir, tmp_path, capsys):
+    (tmp_path / "m.py").write_text(SOURCE)
+    for bad in (["--batch-size", "0"], ["--limit", "-1"], ["--stride", "0"]):
+        rc, out = _run(["--model", str(tiny_checkpoint_dir), "--engine", "torch", "--task", "line-completion",
+                        "--data", str(tmp_path), *bad], capsys)
+        assert rc == 2 and "must be >= 1" in out.err

@@ -56,8 +56,9 @@ class EvaluateArgs:
     suffix_share: float = field(default=0.25, metadata={"help": "line-completion FIM: budget share of the suffix"})
     max_new_tokens: int | None = field(default=None, metadata={
         "help": "tokens per completion (default 64 for line-completion, 256 for humaneval)"})
-    batch_size: int = field(default=8, metadata={
-        "help": "line-completion: prompts per batch; humaneval: samples decoded together"})
+    batch_size: int | None = field(default=None, metadata={
+        "help": "line-completion: prompts per batch (default: 8 with torch, 1 with ONNX: the faster one "
+                "in bench/bench_eval.py); humaneval: samples of a prompt decoded together (default 10)"})
     token_healing: bool = field(default=True, metadata={"help": "re-type the prompt's last pre-token (as the server)"})
     # humaneval
     num_samples: int = field(default=1, metadata={"help": "humaneval: samples per problem and temperature"})
@@ -72,6 +73,10 @@ class EvaluateArgs:
 def run_task(engine, args: EvaluateArgs) -> dict:
     if args.task in ("perplexity", "line-completion") and not args.data:
         raise ValueError(f"--data is required for --task {args.task}")
+    for name in ("batch_size", "limit", "positions", "num_samples", "workers", "max_new_tokens", "context", "stride"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
     if args.task == "perplexity":
         from trainer.eval_perplexity import evaluate_perplexity
 
@@ -83,8 +88,9 @@ def run_task(engine, args: EvaluateArgs) -> dict:
         if max_new >= engine.info.n_positions:
             raise ValueError(f"--max_new_tokens must be below the model's n_positions ({engine.info.n_positions})")
         count = min(args.positions, args.limit) if args.limit is not None else args.positions
+        batch = args.batch_size or (8 if engine.info.engine == "torch" else 1)
         return evaluate_line_completion(engine, args.data, count, args.seed, args.cursor, args.fim, args.fim_layout,
-                                        max_new, args.batch_size, args.token_healing, args.suffix_share)
+                                        max_new, batch, args.token_healing, args.suffix_share)
     from trainer.eval_humaneval import evaluate_humaneval
 
     if any(t < 0 for t in args.temperatures) or not 0 < args.top_p <= 1:
@@ -93,7 +99,7 @@ def run_task(engine, args: EvaluateArgs) -> dict:
     identity = {"model": str(Path(args.model).resolve()), "engine": engine.info.engine,
                 "precision": engine.info.extra.get("precision", args.precision)}
     return evaluate_humaneval(engine, args.num_samples, args.temperatures, args.top_p, args.max_new_tokens or 256,
-                              args.batch_size, args.seed, args.limit, args.workers, args.timeout, args.memory_mb,
+                              args.batch_size or 10, args.seed, args.limit, args.workers, args.timeout, args.memory_mb,
                               args.token_healing, journal, identity)
 
 
