@@ -101,6 +101,10 @@ def test_config_file_and_usage_errors(toy_corpus, tiny_tokenizer_dir, tmp_path, 
     out = tmp_path / "from-config"
     assert main(["--config", str(config), "--output", str(out), "--max-steps", "2"]) == 0  # flags win
     assert ckpt.read_state(out / "final")["step"] == 2
+    assert main(["--config", str(config), "--output", str(out), "--max-steps", "3"]) == 2  # a run is there
+    assert ckpt.read_state(out / "final")["step"] == 2  # untouched
+    assert main(["--config", str(config), "--output", str(out), "--max-steps", "3", "--overwrite"]) == 0
+    assert ckpt.read_state(out / "final")["step"] == 3 and len(ckpt.list_checkpoints(out)) == 1
     assert main(["--config", str(config)]) == 2  # no --output
     assert main(base_args(toy_corpus, tiny_tokenizer_dir, tmp_path / "x", **{"mixed-precision": "fp8"})) == 2
     assert main(base_args(toy_corpus, tiny_tokenizer_dir, tmp_path / "x", **{"seq-length": 4096})) == 2
@@ -111,7 +115,7 @@ def test_config_file_and_usage_errors(toy_corpus, tiny_tokenizer_dir, tmp_path, 
     err = capsys.readouterr().err
     assert "--output is required" in err and "--mixed-precision must be one of" in err
     assert "exceeds the model's 256 positions" in err and "learning_rat" in err
-    assert "no complete checkpoint" in err
+    assert "no complete checkpoint" in err and "already holds a run" in err
 
 
 def test_nonfinite_loss_is_skipped_and_counted(toy_corpus, tiny_tokenizer_dir, tmp_path):

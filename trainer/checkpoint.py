@@ -94,6 +94,15 @@ def remove_partial_saves(output: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def remove_run(output: Path) -> None:
+    """Delete what a previous run left in OUTPUT (checkpoints, final model, pointer, metrics)."""
+    output = Path(output)
+    for name in (CHECKPOINTS, FINAL):
+        shutil.rmtree(output / name, ignore_errors=True)
+    for name in (LATEST, "metrics.jsonl"):
+        (output / name).unlink(missing_ok=True)
+
+
 def copy_tokenizer_files(tokenizer_dir: Path, dest: Path) -> None:
     for f in Path(tokenizer_dir).iterdir():
         if f.is_file():

@@ -132,7 +132,14 @@ def run(args: PretrainArguments) -> int:
             local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
     set_seed(args.seed)
+    if not args.resume and (ckpt.list_checkpoints(output) or (output / ckpt.FINAL).exists()):
+        if not args.overwrite:
+            raise UsageError(f"{output} already holds a run: pass --resume to continue it, "
+                             "or --overwrite to start again (its checkpoints are deleted)")
+    accelerator.wait_for_everyone()  # every rank has checked before the main process deletes anything
     if accelerator.is_main_process:
+        if args.overwrite and not args.resume:
+            ckpt.remove_run(output)
         output.mkdir(parents=True, exist_ok=True)
         ckpt.remove_partial_saves(output)
     accelerator.wait_for_everyone()

@@ -43,6 +43,7 @@ class PretrainArguments:
     fused_optimizer: bool = field(default=True, metadata={"help": "fused AdamW kernel where supported"})
     num_threads: int | None = field(default=None, metadata={"help": "torch CPU threads per process"})
     resume: str | None = field(default=None, metadata={"help": "`latest` (or no value) or a checkpoint path"})
+    overwrite: bool = field(default=False, metadata={"help": "start again in an OUTPUT that holds a run"})
     seed: int = 0
     report_to: str = field(default="tensorboard", metadata={"help": "tensorboard, wandb, all or none"})
     max_nonfinite: int = field(default=5, metadata={"help": "stop after this many non-finite steps in a row"})
