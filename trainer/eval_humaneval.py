@@ -19,6 +19,7 @@ training saw glued to the next line's indentation, so the model re-types it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -54,6 +55,12 @@ def load_problems(limit: int | None = None) -> list[dict]:
 
     problems = list(read_problems().values())
     return problems[:limit] if limit is not None else problems
+
+
+def chunk_seed(seed: int, temperature: float, task_id: str, first_index: int) -> int:
+    """A distinct, reproducible sampling seed for each chunk of samples of a problem."""
+    key = f"{seed}/{temperature!r}/{task_id}/{first_index}".encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") >> 1
 
 
 def _done_future(record: dict) -> Future:
@@ -137,7 +144,8 @@ def evaluate_humaneval(engine, num_samples: int = 1, temperatures: Sequence[floa
             journal.add(record)
         return record
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
         jobs = []  # (temperature index, problem index, future of the finished record)
         for ti, temperature in enumerate(temperatures):
             n = num_samples if temperature > 0 else 1
@@ -157,7 +165,7 @@ def evaluate_humaneval(engine, num_samples: int = 1, temperatures: Sequence[floa
                     take = min(batch_size, n - done)
                     request = GenerationRequest(
                         prompt_ids=ids, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                        num_samples=take, seed=seed * 1_000_003 + ti * 10_007 + pi * 101 + done,
+                        num_samples=take, seed=chunk_seed(seed, temperature, problem["task_id"], done),
                         stop=HUMANEVAL_STOP_SEQUENCES, required_prefix=required)
                     for k, gen in enumerate(engine.generate(request)[:take]):
                         if done + k in have:
@@ -171,6 +179,9 @@ def evaluate_humaneval(engine, num_samples: int = 1, temperatures: Sequence[floa
                     done += take
                 gen_seconds += time.monotonic() - t0
         finished = [(ti, pi, f.result()) for ti, pi, f in jobs]
+    finally:
+        # On an interrupt, drop the programs not started yet instead of running them all.
+        pool.shutdown(wait=True, cancel_futures=True)
     samples = [r for _, _, r in finished]
     seconds = time.monotonic() - start
     for ti, temperature in enumerate(temperatures):

@@ -180,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"codeparrot evaluate: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # e.g. the sandbox could not be set up
+        print(f"codeparrot evaluate: {e}", file=sys.stderr)
+        return 1
     print(format_table(report))
     if args.output:
         out = Path(args.output)
