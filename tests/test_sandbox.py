@@ -107,3 +107,10 @@ def test_every_humaneval_canonical_solution_passes_in_the_sandbox():
                                                      SandboxLimits(timeout_s=10)), problems))
     failed = [(p["task_id"], r.stderr[-200:]) for p, r in zip(problems, results) if not r.passed]
     assert not failed
+
+
+def test_the_kernel_refuses_new_processes_without_the_guard():
+    if os.geteuid() == 0:
+        pytest.skip("RLIMIT_NPROC does not bind a real root process")
+    res = run_python("import os\nos.fork()\n", QUICK, guard=False)
+    assert res.status == "failed" and "Resource temporarily unavailable" in res.stderr
