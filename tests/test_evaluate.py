@@ -292,3 +292,16 @@ def test_out_of_range_options_exit_2(tiny_checkpoint_dir, tmp_path, capsys):
         rc, out = _run(["--model", str(tiny_checkpoint_dir), "--engine", "torch", "--task", "line-completion",
                         "--data", str(tmp_path), *bad], capsys)
         assert rc == 2 and "must be >= 1" in out.err
+
+
+def test_onnx_export_scores_like_its_checkpoint(tiny_checkpoint_dir, tiny_onnx_dir, tmp_path):
+    from trainer.eval_common import open_engine
+    from trainer.eval_perplexity import evaluate_perplexity
+
+    (tmp_path / "m.py").write_text(SOURCE * 4)
+    torch_out = evaluate_perplexity(open_engine(tiny_checkpoint_dir, "torch"), str(tmp_path), 64, 32)["results"]
+    onnx_out = evaluate_perplexity(open_engine(tiny_onnx_dir, "onnx", "fp32"), str(tmp_path), 64, 32)["results"]
+    int8_out = evaluate_perplexity(open_engine(tiny_onnx_dir, "onnx", "int8"), str(tmp_path), 64, 32)["results"]
+    assert onnx_out["tokens"] == torch_out["tokens"]
+    assert onnx_out["loss"] == pytest.approx(torch_out["loss"], rel=1e-5)
+    assert int8_out["loss"] == pytest.approx(torch_out["loss"], rel=0.05)
