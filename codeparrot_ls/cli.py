@@ -81,7 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     SERVER.configure(model, source, args.engine, args.threads)
     if args.tcp:
         log.info("listening on %s:%d", args.host, args.port)
-        SERVER.start_tcp(args.host, args.port)
+        try:
+            SERVER.start_tcp(args.host, args.port)
+        except OSError as exc:
+            print(f"codeparrot-ls: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+            return 1
     else:
         # The protocol owns the real stdout; anything else printed by accident goes to stderr.
         stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
