@@ -186,10 +186,18 @@ local function disable_and_ask_again()
   vim.cmd('CodeparrotToggle')
   vim.cmd.stopinsert()
   poll('normal mode', cfg.timeout_ms, function() return vim.fn.mode() == 'n' end, function()
+    -- Another line than the one accepted into: a request sent before the toggle (the cursor
+    -- moved when accepting) can never be taken for the answer.
+    local line = cfg.lines[1] - 2
     local before = #result.responses
+    vim.api.nvim_win_set_cursor(0, { line + 1, 0 })
     vim.cmd('startinsert!')
     poll('a response after disabling', cfg.timeout_ms, function()
-      return #result.responses > before and result.responses[#result.responses]
+      for i = before + 1, #result.responses do
+        if result.responses[i].position.line == line then
+          return result.responses[i]
+        end
+      end
     end, function(response)
       result.disabled_response = response
       -- Nothing shown: <Tab> falls through and inserts a tab.
