@@ -151,16 +151,21 @@ async function startClient(): Promise<void> {
   } catch (error) {
     const command = serverOptionsCommand();
     setStatus("error", `could not start ${command}: ${String(error)}`);
-    const choice = await vscode.window.showErrorMessage(
-      `CodeParrot: could not start the language server (${command}). Set "codeparrot.serverPath" to your codeparrot-ls.`,
-      "Open Settings",
-      "Show Log",
-    );
-    if (choice === "Open Settings") {
-      await vscode.commands.executeCommand("workbench.action.openSettings", SECTION);
-    } else if (choice === "Show Log") {
-      output.show(true);
-    }
+    // Not awaited: a restart queued meanwhile must not wait for the user to close the message.
+    void vscode.window
+      .showErrorMessage(
+        `CodeParrot: could not start the language server (${command}). Check "codeparrot.serverPath" ` +
+          `and "codeparrot.model"; the log has the server's own message.`,
+        "Open Settings",
+        "Show Log",
+      )
+      .then((choice) => {
+        if (choice === "Open Settings") {
+          void vscode.commands.executeCommand("workbench.action.openSettings", SECTION);
+        } else if (choice === "Show Log") {
+          output.show(true);
+        }
+      });
   }
 }
 
