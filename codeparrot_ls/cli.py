@@ -76,9 +76,17 @@ def main(argv: list[str] | None = None) -> int:
     if not model:
         log.info("no model on the command line or in $%s: waiting for initializationOptions.model", ENV_MODEL)
 
+    holder = None
+    if model:
+        # Load while the LSP machinery is still importing: the model is ready sooner after `initialize`.
+        from codeparrot_ls.status import ModelHolder
+
+        holder = ModelHolder()
+        holder.start(model, args.engine, args.threads)
+
     from codeparrot_ls.server import SERVER
 
-    SERVER.configure(model, source, args.engine, args.threads)
+    SERVER.configure(model, source, args.engine, args.threads, holder)
     if args.tcp:
         log.info("listening on %s:%d", args.host, args.port)
         try:

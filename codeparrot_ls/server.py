@@ -95,9 +95,14 @@ class CodeparrotServer(LanguageServer):
         self.client_ready = False                 # `initialized` received: notifications may flow
         self.loop: asyncio.AbstractEventLoop | None = None
 
-    def configure(self, model: str | None, source: str, engine: str, threads: int | None) -> None:
+    def configure(self, model: str | None, source: str, engine: str, threads: int | None,
+                  holder: ModelHolder | None = None) -> None:
+        """The model given at start (already checked by the CLI), maybe already loading in `holder`."""
         self.startup_model, self.startup_source = model, source
         self.engine_choice, self.threads = engine, threads
+        if holder is not None:
+            holder.on_change = self._status_changed
+            self.model = holder
 
     # -- status ---------------------------------------------------------------------------------
     def _status_changed(self, status: ModelStatus) -> None:

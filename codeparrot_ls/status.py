@@ -106,7 +106,7 @@ class ModelHolder:
         self.status = ModelStatus("none", message="no model loaded yet")
         self.engine = None
         self.completer = None
-        self._on_change = on_change
+        self.on_change = on_change
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
 
@@ -163,5 +163,5 @@ class ModelHolder:
     def _set(self, status: ModelStatus) -> None:
         self.status = status
         log.info("model status: %s %s", status.state, status.message)
-        if self._on_change is not None:
-            self._on_change(status)
+        if self.on_change is not None:
+            self.on_change(status)

@@ -126,7 +126,8 @@ async def test_initialize_advertises_features_and_the_onnx_path_never_imports_to
         sync = caps.text_document_sync
         assert getattr(sync, "change", sync) == T.TextDocumentSyncKind.Incremental
         assert {"codeparrot.acceptCompletion", "codeparrot.stats"} <= set(caps.execute_command_provider.commands)
-        assert [st.state for st in s.statuses] == ["loading", "ready"]
+        # The model may be ready before the client says `initialized`: then only "ready" is sent.
+        assert [st.state for st in s.statuses] in (["loading", "ready"], ["ready"])
         assert s.statuses[-1].engine == "onnx" and s.statuses[-1].loadMs > 0
         loaded = [m.message for m in s.client.log_messages if "ready" in m.message]
         assert loaded and "engine onnx" in loaded[0] and "loaded in" in loaded[0]
