@@ -1,0 +1,44 @@
+"""The quickstart chain end to end on a small corpus, and a re-run that skips every stage."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import SAMPLE_MODULES, STDLIB
+
+
+@pytest.mark.slow
+def test_quickstart_runs_every_stage_then_skips_them(tmp_path):
+    source = tmp_path / "src"
+    source.mkdir()
+    for i, module in enumerate(SAMPLE_MODULES):
+        shutil.copy(STDLIB / module, source / f"m{i}.py")
+    out = tmp_path / "qs"
+    cmd = [sys.executable, "-m", "trainer.cli", "quickstart", "--output", str(out), "--source", str(source),
+           "--minutes", "0.1", "--vocab_size", "1024", "--model_size", "test", "--eval_positions", "8"]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    for stage in ("corpus/stats.json", "tokenizer/report.json", "train/final/config.json",
+                  "model/export.json", "model/model.int8.onnx", "eval/perplexity.json", "eval/line-completion.json"):
+        assert (out / stage).is_file(), stage
+    assert "the server suggested" in first.stdout or "with no suggestion" in first.stdout
+    assert f"codeparrot-ls --model {out / 'model'}" in first.stdout
+    ppl = json.loads((out / "eval" / "perplexity.json").read_text())
+    assert "onnx" in json.dumps(ppl)  # the exported model is what gets evaluated
+
+    second = subprocess.run(cmd + ["--demo", "false"], capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stdout.count("already done, skipped") == 5
+
+
+def test_quickstart_rejects_a_bad_duration(capsys):
+    from trainer.quickstart import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--minutes", "0"])
+    assert exc.value.code == 2

@@ -1,0 +1,218 @@
+"""`codeparrot quickstart`: the whole chain on this machine's standard library.
+
+corpus -> tokenizer -> pretrain (for --minutes) -> evaluate -> export (ONNX int8)
+-> a demonstration: the real language server, started as editors start it,
+answers an inline completion for a sample file.
+
+Every stage writes into its own folder under --output and is skipped when its
+result is already there, so running the command again is fast; a pretraining
+run that was interrupted resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shlex
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import HfArgumentParser
+
+log = logging.getLogger("codeparrot.quickstart")
+
+# The demonstration file: the cursor goes at the end of DEMO_PREFIX.
+DEMO_PREFIX = '''import os
+
+
+def list_python_files(root):
+    """Return the paths of the Python files under root."""
+    paths = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames:
+            if name.endswith(".py"):
+                '''
+DEMO_SUFFIX = '''
+    return paths
+'''
+
+
+@dataclass
+class QuickstartArguments:
+    output: str = field(default="runs/quickstart", metadata={"help": "folder for every stage's result"})
+    minutes: float = field(default=8.0, metadata={"help": "pretraining time (the whole run takes about 5 minutes more)"})
+    source: list[str] = field(default_factory=list, metadata={
+        "help": "corpus sources (folders, .jsonl[.gz], hf:NAME); default: this Python's standard library"})
+    vocab_size: int = field(default=16384, metadata={"help": "tokenizer vocabulary size"})
+    model_size: str = field(default="tiny", metadata={"help": "model size preset (see `codeparrot init-model`)"})
+    eval_positions: int = field(default=200, metadata={"help": "line-completion positions scored on the valid split"})
+    demo: bool = field(default=True, metadata={"help": "finish with a completion from the real server"})
+
+
+def _stage(number: int, name: str, done: bool) -> None:
+    state = "already done, skipped" if done else "running"
+    print(f"\n[{number}/6] {name}: {state}", flush=True)
+
+
+def _run(module_main, argv: list[str], what: str) -> None:
+    print("  $ codeparrot " + " ".join(shlex.quote(a) for a in argv), flush=True)
+    code = module_main(argv[1:])
+    if code:
+        raise SystemExit(f"quickstart: the {what} stage failed (exit code {code}); see the messages above")
+
+
+def run(args: QuickstartArguments) -> int:
+    out = Path(args.output).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    corpus, tokenizer, train = out / "corpus", out / "tokenizer", out / "train"
+    model, evaluation = out / "model", out / "eval"
+    started = time.monotonic()
+
+    done = (corpus / "stats.json").is_file()
+    _stage(1, "corpus", done)
+    if not done:
+        from trainer import corpus as stage
+        sources = [a for s in args.source for a in ("--source", s)]
+        _run(stage.main, ["corpus", "--output", str(corpus), "--overwrite", *sources], "corpus")
+
+    done = (tokenizer / "report.json").is_file()
+    _stage(2, "tokenizer", done)
+    if not done:
+        from trainer import tokenizer as stage
+        _run(stage.main, ["tokenizer", "--corpus", str(corpus), "--vocab-size", str(args.vocab_size),
+                          "--output", str(tokenizer)], "tokenizer")
+
+    final = train / "final"
+    done = (final / "config.json").is_file()
+    _stage(3, f"pretrain ({args.minutes:g} minutes)", done)
+    if not done:
+        from trainer import pretrain as stage
+        argv = ["pretrain", "--corpus", str(corpus), "--tokenizer", str(tokenizer), "--output", str(train),
+                "--model-size", args.model_size, "--max-minutes", str(args.minutes),
+                "--max-steps", str(_steps_for(args.minutes)), "--warmup-steps", "50",
+                "--learning-rate", "1e-3", "--eval-steps", "100", "--save-steps", "100"]
+        if (train / "latest").exists():
+            argv += ["--resume", "latest"]
+        _run(stage.main, argv, "pretrain")
+
+    done = (model / "export.json").is_file()
+    _stage(4, "export to ONNX (int8)", done)
+    if not done:
+        from trainer import export as stage
+        _run(stage.main, ["export", "--checkpoint", str(final), "--output", str(model), "--quantize", "int8"], "export")
+
+    results = evaluation / "line-completion.json"
+    done = results.is_file() and (evaluation / "perplexity.json").is_file()
+    _stage(5, "evaluate the exported model (perplexity and line completion on the valid split)", done)
+    if not done:
+        from trainer import evaluate as stage
+        evaluation.mkdir(exist_ok=True)
+        _run(stage.main, ["evaluate", "--model", str(model), "--task", "perplexity", "--data", str(corpus),
+                          "--output", str(evaluation / "perplexity.json")], "evaluate")
+        _run(stage.main, ["evaluate", "--model", str(model), "--task", "line-completion", "--data", str(corpus),
+                          "--positions", str(args.eval_positions), "--output", str(results)], "evaluate")
+
+    if args.demo:
+        _stage(6, "demonstration: the language server completes a sample file", False)
+        demo(model)
+    else:
+        print("\n[6/6] demonstration: off (--demo false)")
+
+    print(f"\nquickstart finished in {(time.monotonic() - started) / 60:.1f} minutes.")
+    print(f"\nYour model: {model}")
+    print(f"  serve it:   codeparrot-ls --model {shlex.quote(str(model))}")
+    print(f"  Neovim:     require('codeparrot').setup({{ model = {json.dumps(str(model))} }})")
+    print(f"  VS Code:    set \"codeparrot.model\": {json.dumps(str(model))} in settings.json")
+    print(f"  evaluation: {evaluation}")
+    return 0
+
+
+def _steps_for(minutes: float) -> int:
+    # An upper bound for the cosine schedule: the run stops at --max-minutes, and
+    # the tiny preset does about 1 step/s with batch 8 x 512 on a 2-core CPU.
+    return max(100, int(minutes * 60 * 1.2))
+
+
+def demo(model_dir: Path, timeout: float = 60.0) -> str:
+    """Start `codeparrot-ls --model MODEL` over stdio, open a file, ask for an inline completion."""
+    return asyncio.run(_demo(model_dir, timeout))
+
+
+async def _demo(model_dir: Path, timeout: float) -> str:
+    from lsprotocol import types
+    from pygls.lsp.client import LanguageClient
+
+    client = LanguageClient("codeparrot-quickstart", "1")
+    ready = asyncio.get_running_loop().create_future()
+
+    @client.feature("$/codeparrot/status")
+    def on_status(params):
+        state = getattr(params, "state", None) or (params.get("state") if isinstance(params, dict) else None)
+        if state in ("ready", "error") and not ready.done():
+            ready.set_result(params)
+
+    @client.feature(types.WINDOW_LOG_MESSAGE)
+    def on_log(params):
+        log.debug("server: %s", params.message)
+
+    server = shutil.which("codeparrot-ls")
+    cmd = [server] if server else [sys.executable, "-m", "codeparrot_ls.cli"]
+    await client.start_io(*cmd, "--model", str(model_dir))
+    try:
+        await client.initialize_async(types.InitializeParams(capabilities=types.ClientCapabilities(),
+                                                             process_id=None, root_uri=None))
+        client.initialized(types.InitializedParams())
+        status = await asyncio.wait_for(ready, timeout)
+        state = getattr(status, "state", None) or status.get("state")
+        if state != "ready":
+            message = getattr(status, "message", None) or status.get("message")
+            raise SystemExit(f"quickstart: the server could not load {model_dir}: {message}")
+        uri = "file:///quickstart/demo.py"
+        text = DEMO_PREFIX + DEMO_SUFFIX
+        client.text_document_did_open(types.DidOpenTextDocumentParams(
+            text_document=types.TextDocumentItem(uri=uri, language_id="python", version=1, text=text)))
+        lines = DEMO_PREFIX.split("\n")
+        position = types.Position(line=len(lines) - 1, character=len(lines[-1]))
+        started = time.perf_counter()
+        result = await asyncio.wait_for(client.text_document_inline_completion_async(types.InlineCompletionParams(
+            text_document=types.TextDocumentIdentifier(uri=uri), position=position,
+            context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked))), timeout)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        items = result.items if hasattr(result, "items") else (result or [])
+        suggestion = items[0].insert_text if items else ""
+        if not isinstance(suggestion, str):
+            suggestion = suggestion.value
+        print("  the prompt (cursor at ▌):\n")
+        print("\n".join("    " + line for line in DEMO_PREFIX.split("\n")[-6:]) + "▌")
+        if items:
+            print(f"\n  the server suggested ({len(items)} candidate(s), {elapsed_ms:.0f} ms):\n")
+            print("\n".join("    " + line for line in (lines[-1] + suggestion).split("\n")))
+        else:
+            print(f"\n  the server answered in {elapsed_ms:.0f} ms with no suggestion: every candidate was "
+                  "dropped by the post-processing rules (a model trained for longer suggests more)")
+        await client.shutdown_async(None)
+        client.exit(None)
+        return suggestion
+    finally:
+        await client.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    # The stages' own progress at INFO; libraries' chatter (quantization, LSP traffic) only when it matters.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("codeparrot", "trainer"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    parser = HfArgumentParser(QuickstartArguments, prog="codeparrot quickstart",
+                              description="the whole chain, from source files to a served model")
+    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    if args.minutes <= 0:
+        parser.error("--minutes must be positive")
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
