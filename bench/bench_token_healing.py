@@ -9,11 +9,16 @@ suggestion counts as an empty prediction). Positions come from the evaluator's s
 (trainer/eval_line_completion.py), so the scores are comparable with
 `codeparrot evaluate line-completion`:
 
-  indent   the cursor right after the line's indentation (the prompt ends in spaces)
+  indent   the cursor right after the line's indentation
+  start    the same lines with the cursor at column 0 (the model writes the indentation)
   random   the cursor at a random character of the line (often inside an identifier)
 
-Both prompt layouts are measured: FIM (SPM, the server's default) and left-to-right.
-Scores: exact match (whitespace-split tokens) and edit similarity (rapidfuzz ratio).
+Token healing is measured off (the baseline), "always" (every prompt backs up over its
+last pre-token) and "boundary" (the server's default: only when code continuing at the
+cursor would be pre-tokenized into that last piece, see codeparrot_ls/healing.py), for
+both prompt layouts: FIM (SPM, the server's default) and left-to-right. Multi-line mode
+(what the server does at the end of a line) unless --single-line. Scores: exact match
+(whitespace-split tokens) and edit similarity (rapidfuzz ratio).
 
     python bench/bench_token_healing.py --model MODEL_DIR --data HELD_OUT [--positions 200]
 """
@@ -34,7 +39,17 @@ from codeparrot_ls.context import index_to_utf16  # noqa: E402
 from codeparrot_ls.engine import load_engine  # noqa: E402
 from codeparrot_ls.settings import CompletionSettings  # noqa: E402
 from trainer.eval_data import DataStats  # noqa: E402
-from trainer.eval_line_completion import edit_similarity, exact_match, sample_positions  # noqa: E402
+from trainer.eval_line_completion import Position, edit_similarity, exact_match, sample_positions  # noqa: E402
+
+
+def line_start_positions(positions):
+    """The `indent` positions with the cursor moved back to column 0: the model must also
+    write the line's indentation."""
+    out = []
+    for p in positions:
+        start = p.prefix.rfind("\n") + 1
+        out.append(Position(p.document, p.line, p.prefix[:start], p.prefix[start:] + p.target, p.suffix))
+    return out
 
 
 def run(completer: Completer, positions, settings: CompletionSettings) -> dict:
@@ -66,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=24)
     ap.add_argument("--context-tokens", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--single-line", action="store_true", help="single-line mode (default: multi-line)")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args(argv)
     if not Path(args.model).is_dir():
@@ -75,27 +91,36 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model {args.model} ({engine.info.engine}, {engine.info.n_positions} positions, "
           f"FIM {'yes' if engine.info.supports_fim else 'no'})")
     results = []
-    for cursor in ("indent", "random"):
+    policies = {"off": None, "always": "always", "boundary": "boundary"}
+    for cursor in ("indent", "start", "random"):
         stats = DataStats()
-        positions = sample_positions(args.data, args.positions, args.seed, cursor, stats)
+        positions = sample_positions(args.data, args.positions, args.seed,
+                                     "indent" if cursor == "start" else cursor, stats)
+        if cursor == "start":
+            positions = line_start_positions(positions)
         for fim in ([True, False] if engine.info.supports_fim else [False]):
             row = {}
-            for healing in (False, True):  # off first: the baseline
-                settings = CompletionSettings(max_new_tokens=args.max_new_tokens, context_tokens=args.context_tokens,
-                                              fim=fim, token_healing=healing, min_chars=1, time_budget_ms=60_000)
-                row[healing] = run(Completer(engine), positions, settings)
+            for name, policy in policies.items():  # "off" first: the baseline
+                settings = CompletionSettings(
+                    max_new_tokens=args.max_new_tokens, context_tokens=args.context_tokens, fim=fim,
+                    single_line=args.single_line, token_healing=policy is not None, min_chars=1,
+                    time_budget_ms=60_000)
+                row[name] = run(Completer(engine, healing_policy=policy or "boundary"), positions, settings)
             results.append({"cursor": cursor, "layout": "fim-spm" if fim else "left-to-right",
-                            "positions": len(positions), "off": row[False], "on": row[True]})
+                            "positions": len(positions), **row})
 
-    print(f"\n{'cursor':<7} {'layout':<14} {'n':>4} | {'EM off':>7} {'EM on':>7} | {'ES off':>7} {'ES on':>7} "
-          f"{'ratio':>6} | {'empty off/on':>12} | {'healed':>6} | ms off/on")
+    print(f"\nmode: {'single-line' if args.single_line else 'multi-line'}; EM = exact match %, "
+          f"ES = edit similarity; ratio = ES / ES without healing; healed = positions healed")
+    print(f"{'cursor':<7} {'layout':<14} {'n':>4} | {'EM off':>6} {'always':>6} {'bound.':>6} | "
+          f"{'ES off':>6} {'always':>6} {'ratio':>5} {'bound.':>6} {'ratio':>5} | {'healed a/b':>10} | ms off/a/b")
     for r in results:
-        off, on = r["off"], r["on"]
-        ratio = on["edit_similarity"] / off["edit_similarity"] if off["edit_similarity"] else float("nan")
-        print(f"{r['cursor']:<7} {r['layout']:<14} {r['positions']:>4} | {off['exact_match']:7.1f} "
-              f"{on['exact_match']:7.1f} | {off['edit_similarity']:7.1f} {on['edit_similarity']:7.1f} "
-              f"{ratio:6.2f} | {off['empty']:>5}/{on['empty']:<6} | {on['healed']:>6} | "
-              f"{off['ms_per_position']:.0f}/{on['ms_per_position']:.0f}")
+        off, alw, bnd = r["off"], r["always"], r["boundary"]
+        base = off["edit_similarity"] or float("nan")
+        print(f"{r['cursor']:<7} {r['layout']:<14} {r['positions']:>4} | {off['exact_match']:6.1f} "
+              f"{alw['exact_match']:6.1f} {bnd['exact_match']:6.1f} | {off['edit_similarity']:6.1f} "
+              f"{alw['edit_similarity']:6.1f} {alw['edit_similarity'] / base:5.2f} {bnd['edit_similarity']:6.1f} "
+              f"{bnd['edit_similarity'] / base:5.2f} | {alw['healed']:>4}/{bnd['healed']:<5} | "
+              f"{off['ms_per_position']:.0f}/{alw['ms_per_position']:.0f}/{bnd['ms_per_position']:.0f}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     engine.close()

@@ -74,8 +74,9 @@ def cut_at_stops(text: str, stops: Sequence[str]) -> tuple[str, bool]:
 
 
 class Completer:
-    def __init__(self, engine: Engine, layout: str = "spm"):
+    def __init__(self, engine: Engine, layout: str = "spm", healing_policy: str = "boundary"):
         self.engine = engine
+        self.healing_policy = healing_policy   # see codeparrot_ls.healing.heal
         info = engine.info
         # A private copy of the tokenizer that encodes text spelling a special token
         # ("<|endoftext|>" in a docstring) as plain text, never as the special token.
@@ -114,7 +115,7 @@ class Completer:
         ctx = self.builder.build(text, offset, line, settings, others, uri=uri)
         prefix_ids, required = ctx.prefix_ids, ""
         if settings.token_healing:
-            healed = heal(self.tokenizer, ctx.prefix, ctx.prefix_ids)
+            healed = heal(self.tokenizer, ctx.prefix, ctx.prefix_ids, self.healing_policy)
             prefix_ids, required = healed.prefix_ids, healed.removed_text
             if one_line and "\n" in required:
                 # A "\n" stop would match inside the re-typed text: keep the line break

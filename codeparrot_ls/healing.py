@@ -40,15 +40,43 @@ def last_pretoken_start(tokenizer, prefix: str) -> int:
     return tail_start + pieces[-1][1][0]
 
 
-def heal(tokenizer, prefix: str, prefix_ids: Sequence[int]) -> Healing:
+POLICIES = ("boundary", "always")
+_PROBE = "a"  # what code after the cursor most often starts with: an identifier
+
+
+def should_heal(tokenizer, prefix: str) -> bool:
+    """The "boundary" policy: heal when the cursor splits a pre-token, or when it is at
+    the start of a line (in training the line break and the next line's indentation were
+    one piece: the model should write the indentation itself). After a line's full
+    indentation the code pre-tokenizer has a boundary, and healing measured worse there
+    (docs/benchmarks.md)."""
+    return prefix.endswith("\n") or cursor_splits_a_pretoken(tokenizer, prefix)
+
+
+def cursor_splits_a_pretoken(tokenizer, prefix: str) -> bool:
+    """Whether code continuing at the cursor (probed with an identifier character) would
+    be pre-tokenized into the prefix's last piece, i.e. the cursor is not a boundary the
+    model saw in training. With GPT-2's regex the indentation of a new line is such a
+    split (`"\n   " + " return"`); with the project's code pre-tokenizer it is not (the
+    newline and the whole indentation form one piece and the word starts a new one)."""
+    return last_pretoken_start(tokenizer, prefix + _PROBE) != len(prefix)
+
+
+def heal(tokenizer, prefix: str, prefix_ids: Sequence[int], policy: str = "boundary") -> Healing:
     """Back `prefix_ids` (the encoding of `prefix`) up over the prefix's last pre-token.
 
-    Returns the kept ids and the removed text, which is exactly `prefix`'s end. When the
-    last pre-token is too long, or its tokens cannot be matched to the text (a multi-byte
-    character cut in the middle), nothing is removed.
+    policy "boundary" heals only where it helps (`should_heal`); "always" heals at every
+    cursor. Returns the kept ids
+    and the removed text, which is exactly `prefix`'s end. When the last pre-token is too
+    long, or its tokens cannot be matched to the text (a multi-byte character cut in the
+    middle), nothing is removed.
     """
+    if policy not in POLICIES:
+        raise ValueError(f"unknown token healing policy {policy!r}; expected one of {POLICIES}")
     ids = list(prefix_ids)
     if not prefix or not ids:
+        return Healing(ids, "")
+    if policy == "boundary" and not should_heal(tokenizer, prefix):
         return Healing(ids, "")
     target = len(prefix) - last_pretoken_start(tokenizer, prefix)
     if target <= 0 or target > MAX_HEALED_CHARS:

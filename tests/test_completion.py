@@ -127,13 +127,20 @@ def test_token_healing_backs_up_over_the_half_typed_word(completer):
 
 
 def test_single_line_healing_keeps_the_line_break_in_the_prompt(completer):
+    always = Completer(completer.engine, healing_policy="always")
     doc = "def scale(values, factor):\n    "
     s = CompletionSettings(max_new_tokens=6, time_budget_ms=60_000, single_line=True)
-    out = completer.complete("file:///sl.py", doc, 1, 4, s, invoked=False)
-    assert completer.stats.last_healed == "    "   # re-typed: the indentation, not the "\n"
+    out = always.complete("file:///sl.py", doc, 1, 4, s, invoked=False)
+    assert always.stats.last_healed == "    "   # re-typed: the indentation, not the "\n"
     check(doc, len(doc), 4, out, s, False)
+    always.complete("file:///ml.py", doc, 1, 4, SETTINGS, invoked=False)
+    assert always.stats.last_healed.endswith("\n    ")  # multi-line: the whole last pre-token
+    # The default policy leaves a cursor after the full indentation alone (a boundary for
+    # the code pre-tokenizer) but heals at a line start.
     completer.complete("file:///ml.py", doc, 1, 4, SETTINGS, invoked=False)
-    assert completer.stats.last_healed.endswith("\n    ")  # multi-line: the whole last pre-token
+    assert completer.stats.last_healed == ""
+    completer.complete("file:///ls.py", doc[:-4], 1, 0, SETTINGS, invoked=False)
+    assert completer.stats.last_healed.endswith("\n")
 
 
 def test_stops_that_could_match_in_the_healed_text_are_applied_afterwards():

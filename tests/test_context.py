@@ -12,7 +12,7 @@ from tokenizers import Tokenizer
 from codeparrot_ls import prompt as P
 from codeparrot_ls.context import (ContextBuilder, index_to_utf16, position_to_offset,
                                    utf16_to_index)
-from codeparrot_ls.healing import heal, last_pretoken_start
+from codeparrot_ls.healing import heal, last_pretoken_start, should_heal
 from codeparrot_ls.settings import CompletionSettings
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
@@ -192,7 +192,7 @@ def test_no_snippets_without_shared_identifiers(builder):
 ])
 def test_heal_backs_up_over_the_last_pretoken(tok, prefix, ends_with):
     ids = tok.encode(prefix).ids
-    h = heal(tok, prefix, ids)
+    h = heal(tok, prefix, ids, policy="always")
     # Exactly the last piece of the tokenizer's own pre-tokenization is removed.
     assert h.removed_text == prefix[last_pretoken_start(tok, prefix):]
     assert h.removed_text.endswith(ends_with)
@@ -200,10 +200,35 @@ def test_heal_backs_up_over_the_last_pretoken(tok, prefix, ends_with):
     assert tok.decode(h.prefix_ids) + h.removed_text == prefix
 
 
+@pytest.mark.parametrize("variant, prefix, heals", [
+    ("code", "import os\nos.pa", True),         # half-typed identifier
+    ("code", "x = ", True),                     # the space belongs to the next word
+    ("code", "total = count + 1\n", True),      # line start: the model writes the indentation
+    ("code", "def f(x):\n    ", False),         # after the full indentation: a real boundary
+    ("gpt2", "def f(x):\n    ", True),          # GPT-2's regex: "\n   " + " return"
+    ("gpt2", "import os\nos.pa", True),
+    ("gpt2", "foo(", False),                    # "(" never merges with the next word there
+    ("code", "foo(", True),                     # the code pre-tokenizer glues "(" to it
+])
+def test_boundary_policy_heals_only_split_pretokens_and_line_starts(variant, prefix, heals):
+    from conftest import sample_texts
+    from trainer.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(sample_texts()[:3], vocab_size=512, variant=variant)
+    assert should_heal(tok, prefix) is heals
+    h = heal(tok, prefix, tok.encode(prefix).ids)  # the default policy is "boundary"
+    assert bool(h.removed_text) is heals
+
+
+def test_unknown_policy_is_an_error(tok):
+    with pytest.raises(ValueError, match="policy"):
+        heal(tok, "x", tok.encode("x").ids, policy="sometimes")
+
+
 def test_heal_never_splits_a_multibyte_character(tok):
     prefix = "name = 'Zoë 😀"
     ids = tok.encode(prefix).ids
-    h = heal(tok, prefix, ids)
+    h = heal(tok, prefix, ids, policy="always")
     assert prefix.endswith(h.removed_text) and h.removed_text.endswith("😀")
     assert tok.decode(h.prefix_ids) + h.removed_text == prefix
 
@@ -211,5 +236,5 @@ def test_heal_never_splits_a_multibyte_character(tok):
 def test_heal_leaves_long_pretokens_and_empty_prefixes_alone(tok):
     prefix = "x = " + "a" * 200
     ids = tok.encode(prefix).ids
-    assert heal(tok, prefix, ids).removed_text == ""
+    assert heal(tok, prefix, ids, policy="always").removed_text == ""
     assert heal(tok, "", []).removed_text == ""
