@@ -11,6 +11,12 @@ So we remove the last pre-token of the prefix from the prompt (the tokens that e
 it) and ask the engine to generate text that starts with the removed text
 (`GenerationRequest.required_prefix`): the model then writes those characters itself,
 with the tokens it prefers, and we strip them from the suggestion again.
+
+When: the default policy ("boundary", `should_heal`) heals only where the cursor splits
+a pre-token or sits at the start of a line; healing a prompt that already ends at a
+boundary (after a line's full indentation, with the code pre-tokenizer) measured worse,
+because the re-typed piece may then be split differently from training
+(bench/bench_token_healing.py, docs/benchmarks.md).
 """
 
 from __future__ import annotations
