@@ -140,7 +140,8 @@ def test_too_many_nonfinite_steps_stop_and_keep_the_last_good_checkpoint(toy_cor
 
 def test_max_minutes_stops_and_saves(toy_corpus, tiny_tokenizer_dir, tmp_path):
     out = tmp_path / "timed"
-    assert main(base_args(toy_corpus, tiny_tokenizer_dir, out, **{"max-steps": 1000, "max-minutes": 1e-6})) == 0
+    assert main(base_args(toy_corpus, tiny_tokenizer_dir, out, **{
+        "max-steps": 1000, "max-minutes": 1e-6, "gradient-checkpointing": "true"})) == 0
     state = ckpt.read_state(out / "final")
     assert state["step"] == 1 and state["final"]
 
@@ -164,7 +165,7 @@ def test_sigkill_and_resume_matches_an_uninterrupted_run(tiny_corpus_dir, tiny_t
     kw = {"max-steps": 10, "save-steps": 4, "eval-steps": 5, "gradient-accumulation-steps": 2,
           "fim-rate": 0.5, "dataloader-workers": 1, "shuffle-buffer": 8, "mixed-precision": "bf16"}
     ref, run = tmp_path / "ref", tmp_path / "killed"
-    assert run_cli(base_args(tiny_corpus_dir, tiny_tokenizer_dir, ref, **kw)).returncode == 0
+    assert main(base_args(tiny_corpus_dir, tiny_tokenizer_dir, ref, **kw)) == 0  # in-process: same kernels
 
     killed = run_cli(base_args(tiny_corpus_dir, tiny_tokenizer_dir, run, **kw, **{"fault-kill-at-step": 6}))
     assert killed.returncode == -9

@@ -160,8 +160,10 @@ def run(args: PretrainArguments) -> int:
     seq_length = args.seq_length or model.config.n_positions
     if seq_length > model.config.n_positions:
         raise UsageError(f"--seq-length {seq_length} exceeds the model's {model.config.n_positions} positions")
-    if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+    if args.gradient_checkpointing:  # transformers 5 renamed it; keep older versions working
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable()
+        log.info("activation checkpointing on")
     model.config.use_cache = False
 
     fused = args.fused_optimizer and accelerator.device.type in ("cpu", "cuda")
