@@ -11,7 +11,8 @@ Measured, all in one run:
    round-trip latency, p50 / p95;
 2. baseline: `GPT2LMHeadModel.generate` (KV cache, greedy) on the same checkpoint and the very
    same prompt ids, generating as many tokens as the server's engine did at that position
-   (prompts and counts are captured by running the server's own `Completer` in this process);
+   (prompts and counts are captured by running the server's own `Completer` in this process),
+   timed right after the server's answer at each position so both see the same machine load;
 3. typing along a shown suggestion (one character per didChange, then a request): p50;
 4. cold start: process spawn -> initialize -> model ready -> first completion answered;
 5. 1,000 rapid requests (each after a didChange; every 4th cancelled with $/cancelRequest)
@@ -41,6 +42,7 @@ STDLIB = Path(sysconfig.get_paths()["stdlib"])
 ALL_FILES = sorted(STDLIB.glob("*.py"))
 TRAIN_FILES = ALL_FILES[:120]
 HELD_OUT = [p for p in ALL_FILES[120:] if p.stat().st_size > 20_000]
+OPEN_TABS = 5
 SETTINGS = {"maxNewTokens": 48, "contextTokens": 1024}
 CLIENT_CAPS = T.ClientCapabilities(
     text_document=T.TextDocumentClientCapabilities(inline_completion=T.InlineCompletionClientCapabilities()))
@@ -107,6 +109,9 @@ class Client:
     def open(self, uri: str, text: str) -> None:
         self.lsp.text_document_did_open(T.DidOpenTextDocumentParams(T.TextDocumentItem(uri, "python", 1, text)))
 
+    def close_doc(self, uri: str) -> None:
+        self.lsp.text_document_did_close(T.DidCloseTextDocumentParams(T.TextDocumentIdentifier(uri)))
+
     def request(self, uri: str, line: int, col: int, msg_id: str | None = None):
         params = T.InlineCompletionParams(
             context=T.InlineCompletionContext(trigger_kind=T.InlineCompletionTriggerKind.Automatic),
@@ -135,23 +140,31 @@ def server_rss_kb(client: Client) -> int:
     return -1
 
 
-async def measure_server(onnx_dir: Path, positions, threads: int) -> dict:
+async def measure_server(onnx_dir: Path, positions, threads: int, baseline: Generate) -> dict:
     c = Client()
     await c.start(onnx_dir, threads)
     await c.ready()
-    for i, (text, _, _) in enumerate(positions):
+    # As in an editor with a few tabs: each document is opened before its request and the
+    # last OPEN_TABS stay open (their snippets go into the prompt as other-file context).
+    latencies, suggestions, generate_ms = [], [], []
+    for i, (text, line, col) in enumerate(positions):
         c.open(f"file:///held-out/{i}.py", text)
-    latencies, suggestions = [], []
-    for i, (_, line, col) in enumerate(positions):
+        if i >= OPEN_TABS:
+            c.close_doc(f"file:///held-out/{i - OPEN_TABS}.py")
         t0 = time.perf_counter()
         result = await c.request(f"file:///held-out/{i}.py", line, col)
         latencies.append((time.perf_counter() - t0) * 1e3)
+        # The baseline right after, at the same position, so both see the same machine load.
+        generate_ms.append(baseline.time(i))
         suggestions.append(result.items[0].insert_text if result.items else "")
 
     # Typing along: each shown suggestion's first characters, one didChange + request per character.
     typing, from_cache = [], 0
-    for i, (_, line, col) in enumerate(positions):
+    for i in range(max(0, len(positions) - OPEN_TABS), len(positions)):
+        c.close_doc(f"file:///held-out/{i}.py")
+    for i, (text, line, col) in enumerate(positions):
         uri, typed = f"file:///held-out/{i}.py", suggestions[i][:6]
+        c.open(uri, text)
         for k, char in enumerate(typed):
             if char == "\n":
                 break
@@ -160,6 +173,7 @@ async def measure_server(onnx_dir: Path, positions, threads: int) -> dict:
             result = await c.request(uri, line, col + k + 1)
             typing.append((time.perf_counter() - t0) * 1e3)
             from_cache += bool(result.items and result.items[0].command.arguments[0]["fromCache"])
+        c.close_doc(uri)
 
     # 1,000 rapid requests, twice (the first warms up buffers): type into a fresh copy of one
     # document, never wait for answers, cancel every 4th request.
@@ -189,7 +203,7 @@ async def measure_server(onnx_dir: Path, positions, threads: int) -> dict:
                        "rss_after_kb": server_rss_kb(c),
                        "cancelled_answers": sum(isinstance(r, Exception) for r in results), **delta})
     await c.close()
-    return {"latency_ms": latencies, "typing_ms": typing, "from_cache": from_cache, "suggestions": suggestions,
+    return {"latency_ms": latencies, "generate_ms": generate_ms, "typing_ms": typing, "from_cache": from_cache, "suggestions": suggestions,
             "bursts": bursts}
 
 
@@ -236,25 +250,33 @@ def capture_prompts(onnx_dir: Path, positions, threads: int) -> list[tuple[list[
     return out
 
 
-def measure_generate(ckpt: Path, prompts, threads: int) -> dict:
-    import torch
-    from transformers import GPT2LMHeadModel
+class Generate:
+    """The baseline: `GPT2LMHeadModel.generate` (KV cache, greedy) on the same checkpoint and prompts."""
 
-    model = GPT2LMHeadModel.from_pretrained(ckpt).eval()
-    best = None
-    for n in sorted({1, threads}):      # the baseline at its better thread count on this machine
-        torch.set_num_threads(n)
-        times = []
-        for ids, n_new, _ in prompts:
-            x = torch.tensor([ids])
-            t0 = time.perf_counter()
-            with torch.inference_mode():
-                model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n_new, min_new_tokens=n_new,
-                               do_sample=False, use_cache=True, pad_token_id=0)
-            times.append((time.perf_counter() - t0) * 1e3)
-        if best is None or statistics.median(times) < statistics.median(best[1]):
-            best = (n, times)
-    return {"threads": best[0], "ms": best[1]}
+    def __init__(self, ckpt: Path, prompts, threads: int):
+        import torch
+        from transformers import GPT2LMHeadModel
+
+        self.torch, self.prompts = torch, prompts
+        self.model = GPT2LMHeadModel.from_pretrained(ckpt).eval()
+        # Its better thread count on this machine (2 threads can lose to 1 on a busy machine).
+        best = None
+        for n in sorted({1, threads}):
+            torch.set_num_threads(n)
+            t = statistics.median(self.time(i) for i in range(min(5, len(prompts))))
+            if best is None or t < best[1]:
+                best = (n, t)
+        self.threads = best[0]
+        torch.set_num_threads(self.threads)
+
+    def time(self, i: int) -> float:
+        ids, n_new, _ = self.prompts[i]
+        x = self.torch.tensor([ids])
+        t0 = time.perf_counter()
+        with self.torch.inference_mode():
+            self.model.generate(x, attention_mask=self.torch.ones_like(x), max_new_tokens=n_new,
+                                min_new_tokens=n_new, do_sample=False, use_cache=True, pad_token_id=0)
+        return (time.perf_counter() - t0) * 1e3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -271,10 +293,10 @@ def main(argv: list[str] | None = None) -> int:
         positions = sample_positions(args.positions, args.seed)
         prompts = capture_prompts(onnx_dir, positions, args.threads)
         cold = [asyncio.run(measure_cold_start(onnx_dir, positions[i], args.threads)) for i in range(3)]
-        server = asyncio.run(measure_server(onnx_dir, positions, args.threads))
-        baseline = measure_generate(ckpt, prompts, args.threads)
+        baseline = Generate(ckpt, prompts, args.threads)
+        server = asyncio.run(measure_server(onnx_dir, positions, args.threads, baseline))
 
-    lat, gen = server["latency_ms"], baseline["ms"]
+    lat, gen = server["latency_ms"], server["generate_ms"]
     prompt_tokens = [len(ids) for ids, _, _ in prompts]
     new_tokens = [n for _, n, _ in prompts]
     inproc = [ms for _, _, ms in prompts]
@@ -285,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'':34}{'p50 ms':>9}{'p95 ms':>9}")
     print(f"{'LSP inline completion (ONNX int8)':34}{pct(lat, .5):9.1f}{pct(lat, .95):9.1f}")
     print(f"{'same pipeline in-process (no LSP)':34}{pct(inproc, .5):9.1f}{pct(inproc, .95):9.1f}")
-    print(f"{'transformers generate':34}{pct(gen, .5):9.1f}{pct(gen, .95):9.1f}   ({baseline['threads']} threads)")
+    print(f"{'transformers generate':34}{pct(gen, .5):9.1f}{pct(gen, .95):9.1f}   ({baseline.threads} threads)")
     ratios = [g / s for g, s in zip(gen, lat)]
     print(f"speed-up (generate / LSP) per position: median {statistics.median(ratios):.1f}x; "
           f"p50/p50 {pct(gen, .5) / pct(lat, .5):.1f}x")

@@ -141,8 +141,9 @@ class Scheduler:
             ticket.cancel(reason)
 
     def shutdown(self) -> None:
+        # Every flag is set first, so waiting for the worker costs at most one decoded token.
         self.cancel_all()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._executor.shutdown(wait=True, cancel_futures=True)
 
     def _work(self, ticket: Ticket, job, queued_at: float) -> tuple[bool, Any]:
         started = time.monotonic()

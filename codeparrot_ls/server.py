@@ -8,7 +8,7 @@
 | textDocument/completion                  | the same suggestions as list items, only for clients |
 |                                          | without inline completion                            |
 | textDocument/didOpen, didChange, didClose| incremental sync (pygls' workspace); a change cancels|
-|                                          | the document's pending suggestion                    |
+|                                          | the document's pending suggestion; recency of use    |
 | workspace/didChangeConfiguration         | new settings (bad values are reported and ignored)  |
 | workspace/executeCommand                 | `codeparrot.acceptCompletion`, `codeparrot.stats`     |
 | shutdown                                 | stops decoding, releases the model                    |
@@ -46,6 +46,8 @@ ACCEPT_COMMAND = "codeparrot.acceptCompletion"
 STATS_COMMAND = "codeparrot.stats"
 SETTINGS_SECTION = "codeparrot"
 COMPLETION_LABEL = "codeparrot"         # shown beside each list item so it is never mistaken for another source
+MAX_OTHER_DOCUMENTS = 8                 # other open files offered to the context builder
+MAX_OTHER_CHARS = 1_000_000
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -92,6 +94,7 @@ class CodeparrotServer(LanguageServer):
         self.engine_choice = "auto"
         self.threads: int | None = None
         self.accepted = 0
+        self.touched: dict[str, None] = {}        # document URIs, least recently used first
         self.client_ready = False                 # `initialized` received: notifications may flow
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -157,8 +160,7 @@ class CodeparrotServer(LanguageServer):
         column16 = units(line_text[:index], UTF16)
         text = _tokenizable(text)
         settings = self.settings
-        others = [(u, _tokenizable(d.source)) for u, d in self.workspace.text_documents.items()
-                  if u != key and _is_python(d)]
+        others = self.other_documents(key)
         line = position.line
 
         def job(is_cancelled):
@@ -173,6 +175,27 @@ class CodeparrotServer(LanguageServer):
             start = convert_column(line_text, s.range_start_character, UTF16, encoding)
             end = convert_column(line_text, s.range_end_character, UTF16, encoding)
             out.append((s, types.Range(types.Position(line, start), types.Position(line, end))))
+        return out
+
+    def touch(self, key: str) -> None:
+        self.touched.pop(key, None)
+        self.touched[key] = None          # insertion order = recency
+
+    def other_documents(self, key: str) -> list[tuple[str, str]]:
+        """The most recently used other open Python documents, for snippets of related code.
+
+        Bounded in number and size: ranking snippets costs time in every request, before the
+        first token, where a cancellation cannot stop it.
+        """
+        self.touch(key)
+        out = []
+        for uri in reversed(self.touched):
+            doc = self.workspace.text_documents.get(uri)
+            if uri == key or doc is None or not _is_python(doc) or len(doc.source) > MAX_OTHER_CHARS:
+                continue
+            out.append((uri, _tokenizable(doc.source)))
+            if len(out) == MAX_OTHER_DOCUMENTS:
+                break
         return out
 
     def accept_command(self, uri: str, suggestion) -> types.Command:
@@ -297,14 +320,23 @@ async def completion(ls: CodeparrotServer, params: types.CompletionParams) -> ty
     return types.CompletionList(is_incomplete=True, items=items)
 
 
+@SERVER.feature(types.TEXT_DOCUMENT_DID_OPEN)
+def did_open(ls: CodeparrotServer, params: types.DidOpenTextDocumentParams) -> None:
+    ls.touch(unquote(params.text_document.uri))
+
+
 @SERVER.feature(types.TEXT_DOCUMENT_DID_CHANGE)
 def did_change(ls: CodeparrotServer, params: types.DidChangeTextDocumentParams) -> None:
-    ls.scheduler.cancel(unquote(params.text_document.uri), "changed")
+    key = unquote(params.text_document.uri)
+    ls.touch(key)
+    ls.scheduler.cancel(key, "changed")
 
 
 @SERVER.feature(types.TEXT_DOCUMENT_DID_CLOSE)
 def did_close(ls: CodeparrotServer, params: types.DidCloseTextDocumentParams) -> None:
-    ls.scheduler.cancel(unquote(params.text_document.uri), "closed")
+    key = unquote(params.text_document.uri)
+    ls.touched.pop(key, None)
+    ls.scheduler.cancel(key, "closed")
 
 
 @SERVER.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
