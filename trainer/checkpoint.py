@@ -11,7 +11,7 @@ Layout of a run's output folder:
       latest                        the name of the newest complete checkpoint
       final/                        the model of the last finished run (HF files only):
                                     what `evaluate`, `export` and the server consume
-      metrics.jsonl  runs/          metrics (one JSON object per line) and TensorBoard logs
+      metrics.jsonl  pretrain/      metrics (one JSON object per line) and TensorBoard logs
 
 A checkpoint is written into a temporary folder and renamed into place, so a
 kill in the middle of a save never leaves a folder that looks complete.

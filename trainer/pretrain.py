@@ -23,6 +23,11 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+if __name__ == "__main__" and sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    # Run as a script (`accelerate launch trainer/pretrain.py`): import the package from the
+    # repository root rather than letting trainer/*.py shadow top-level modules (evaluate, ...).
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 from trainer.pretrain_args import PretrainArguments, UsageError, check_args, parse_args, read_config  # noqa: F401
 
 
