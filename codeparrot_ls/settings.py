@@ -61,6 +61,8 @@ class CompletionSettings:
             raise ValueError("topP must be in (0, 1]")
         if self.time_budget_ms < 1:
             raise ValueError("timeBudgetMs must be >= 1")
+        if self.min_chars < 0:
+            raise ValueError("minChars must be >= 0")
 
 
 def _snake(key: str) -> str:
