@@ -86,6 +86,7 @@ def test_loss_goes_down_and_checkpoint_loads(toy_corpus, tiny_tokenizer_dir, tmp
     from transformers import AutoModelForCausalLM, pipeline
 
     model = AutoModelForCausalLM.from_pretrained(out / "final")
+    assert model.config.use_cache  # the served model generates with its KV cache
     saved = AutoModelForCausalLM.from_pretrained(out / "checkpoints" / "step-00000030")
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), saved.state_dict().values()))
     generate = pipeline("text-generation", model=str(out / "final"), tokenizer=str(out / "final"))

@@ -31,6 +31,11 @@ if __name__ == "__main__" and sys.path and Path(sys.path[0]).resolve() == Path(_
 from trainer.pretrain_args import PretrainArguments, UsageError, check_args, parse_args, read_config  # noqa: F401
 
 
+# Arguments that shape the data stream: changing one on --resume changes the data that follows.
+DATA_ARGS = ("corpus", "seq_length", "batch_size", "gradient_accumulation_steps", "seed", "fim_rate",
+             "fim_spm_rate", "quality_tokens", "shuffle_buffer")
+
+
 def parameter_groups(model, weight_decay: float) -> list[dict]:
     """Weight decay on weight matrices only: not on biases, not on LayerNorm weights.
 
@@ -102,7 +107,7 @@ def evaluate(accelerator, model, dataset, max_batches: int) -> tuple[float, floa
             if max_batches and i >= max_batches:
                 break
             batch = batch.to(accelerator.device)
-            loss = unwrapped(input_ids=batch, labels=batch).loss.double()
+            loss = unwrapped(input_ids=batch, labels=batch, use_cache=False).loss.double()
             n = batch.numel() - batch.shape[0]  # predicted tokens
             total += torch.stack([loss * n, torch.tensor(float(n), dtype=torch.float64, device=batch.device)])
     unwrapped.train()
@@ -169,7 +174,6 @@ def run(args: PretrainArguments) -> int:
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         enable()
         log.info("activation checkpointing on")
-    model.config.use_cache = False
 
     fused = args.fused_optimizer and accelerator.device.type in ("cpu", "cuda")
     optimizer = torch.optim.AdamW(parameter_groups(model, args.weight_decay), lr=args.learning_rate,
@@ -194,6 +198,11 @@ def run(args: PretrainArguments) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     valid_files = shard_files(args.corpus, "valid") if args.eval_steps else []
+    changed = {k: (v, getattr(args, k)) for k, v in state.get("args", {}).items()
+               if k in DATA_ARGS and v != getattr(args, k)}
+    if changed:
+        log.warning("resuming with other data settings than %s, so the data stream is not the same: %s",
+                    resume_dir, changed)
     if resume_dir and state.get("dataloader_workers") != args.dataloader_workers:
         raise UsageError(f"{resume_dir} was written with --dataloader-workers {state.get('dataloader_workers')}")
     batches = iter(make_loader(train_data, args.dataloader_workers))
@@ -245,7 +254,7 @@ def run(args: PretrainArguments) -> int:
             digest = chain_digest(digest, batch)
             batch = batch.to(accelerator.device, non_blocking=True)
             with accelerator.accumulate(model):
-                loss = model(input_ids=batch, labels=batch).loss
+                loss = model(input_ids=batch, labels=batch, use_cache=False).loss
                 if step + 1 in poisoned:
                     loss = loss * math.nan  # fault injection
                 loss_sum += loss.detach().float()
