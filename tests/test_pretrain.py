@@ -111,12 +111,13 @@ def test_config_file_and_usage_errors(toy_corpus, tiny_tokenizer_dir, tmp_path, 
     assert main(base_args(toy_corpus, tiny_tokenizer_dir, tmp_path / "x", **{"seq-length": 4096})) == 2
     assert main(base_args(tmp_path / "nope", tiny_tokenizer_dir, tmp_path / "x")) == 2
     assert main(base_args(toy_corpus, tiny_tokenizer_dir, tmp_path / "x", resume="latest")) == 2
+    assert main(["--config", str(config), "--bogus", "1"]) == 2
     (tmp_path / "bad.yaml").write_text("learning_rat: 1\n")
     assert main(["--config", str(tmp_path / "bad.yaml")]) == 2
     err = capsys.readouterr().err
     assert "--output is required" in err and "--mixed-precision must be one of" in err
     assert "exceeds the model's 256 positions" in err and "learning_rat" in err
-    assert "no complete checkpoint" in err and "already holds a run" in err
+    assert "no complete checkpoint" in err and "already holds a run" in err and "--bogus" in err
 
 
 def test_nonfinite_loss_is_skipped_and_counted(toy_corpus, tiny_tokenizer_dir, tmp_path):

@@ -128,7 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     from tokenizers import Tokenizer
     from transformers import HfArgumentParser
 
-    (args,) = HfArgumentParser(InitModelArguments).parse_args_into_dataclasses(args=argv)
+    try:
+        (args,) = HfArgumentParser(InitModelArguments).parse_args_into_dataclasses(args=argv)
+    except ValueError as exc:  # unknown flags
+        print(f"init-model: {exc}", file=sys.stderr)
+        return 2
     tok_file = Path(args.tokenizer) / "tokenizer.json"
     if not tok_file.is_file():
         print(f"init-model: no tokenizer.json in {args.tokenizer}", file=sys.stderr)

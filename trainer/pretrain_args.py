@@ -70,7 +70,10 @@ def parse_args(argv: list[str]) -> PretrainArguments:
     known, _ = parser.parse_known_args(argv)
     if known.config:
         parser.set_defaults(**read_config(known.config))
-    (args,) = parser.parse_args_into_dataclasses(args=argv)[:1]
+    try:
+        (args,) = parser.parse_args_into_dataclasses(args=argv)[:1]
+    except ValueError as exc:  # unknown flags
+        raise UsageError(str(exc)) from exc
     return args
 
 
