@@ -140,7 +140,7 @@ def server_rss_kb(client: Client) -> int:
     return -1
 
 
-async def measure_server(onnx_dir: Path, positions, threads: int, baseline: Generate) -> dict:
+async def measure_server(onnx_dir: Path, positions, threads: int, baseline: Generate, n_bursts: int = 2) -> dict:
     c = Client()
     await c.start(onnx_dir, threads)
     await c.ready()
@@ -175,11 +175,11 @@ async def measure_server(onnx_dir: Path, positions, threads: int, baseline: Gene
             from_cache += bool(result.items and result.items[0].command.arguments[0]["fromCache"])
         c.close_doc(uri)
 
-    # 1,000 rapid requests, twice (the first warms up buffers): type into a fresh copy of one
+    # 1,000 rapid requests, `n_bursts` times (the first warms up buffers): type into a fresh copy of one
     # document, never wait for answers, cancel every 4th request.
     text, line, col = positions[0]
     bursts = []
-    for b in range(2):
+    for b in range(n_bursts):
         uri = f"file:///held-out/burst-{b}.py"
         c.open(uri, text)
         await c.request(uri, line, col)
@@ -191,6 +191,7 @@ async def measure_server(onnx_dir: Path, positions, threads: int, baseline: Gene
             c.type_char(uri, 2 + k, line, col + k, "x")
             pending.append(c.request(uri, line, col + k + 1, msg_id=f"burst-{b}-{k}"))
             if k % 4 == 3:
+                await asyncio.sleep(0)       # the request task sends it before its cancellation goes out
                 c.lsp.protocol.notify(T.CANCEL_REQUEST, T.CancelParams(id=f"burst-{b}-{k}"))
             if k % 50 == 49:
                 await asyncio.sleep(0)       # let the client's writer flush, as an editor would
@@ -284,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--positions", type=int, default=60)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--bursts", type=int, default=2, help="bursts of 1,000 rapid requests (RSS after each)")
     args = ap.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -294,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         prompts = capture_prompts(onnx_dir, positions, args.threads)
         cold = [asyncio.run(measure_cold_start(onnx_dir, positions[i], args.threads)) for i in range(3)]
         baseline = Generate(ckpt, prompts, args.threads)
-        server = asyncio.run(measure_server(onnx_dir, positions, args.threads, baseline))
+        server = asyncio.run(measure_server(onnx_dir, positions, args.threads, baseline, args.bursts))
 
     lat, gen = server["latency_ms"], server["generate_ms"]
     prompt_tokens = [len(ids) for ids, _, _ in prompts]
