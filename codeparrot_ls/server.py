@@ -21,6 +21,7 @@ stay on this machine.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import sys
@@ -32,6 +33,7 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
+from pygls.workspace import TextDocument
 
 from codeparrot_ls import __version__
 from codeparrot_ls.positions import UTF16, PositionError, check_position, convert_column, encoding_name, split_lines, units
@@ -48,6 +50,7 @@ SETTINGS_SECTION = "codeparrot"
 COMPLETION_LABEL = "codeparrot"         # shown beside each list item so it is never mistaken for another source
 MAX_OTHER_DOCUMENTS = 8                 # other open files offered to the context builder
 MAX_OTHER_CHARS = 1_000_000
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -80,6 +83,24 @@ class _BadRequest:
 
     def __init__(self, id_, method: str, error: Exception):
         self.id, self.method, self.error = id_, method, error
+
+
+class LspTextDocument(TextDocument):
+    """pygls' document with LSP's line breaks (\n, \r\n, \r) only.
+
+    pygls splits lines with str.splitlines, which also breaks at form feeds, \x0b, \x1c-\x1e,
+    \x85, U+2028 and U+2029: an incremental edit below such a character lands on the wrong
+    line. Python files do contain form feeds.
+    """
+
+    @property
+    def lines(self):
+        return tuple(_LINE.findall(self.source))
+
+
+def _lsp_text_document(workspace, doc_uri, source=None, version=None, language_id=None):
+    return LspTextDocument(doc_uri, source=source, version=version, language_id=language_id,
+                           sync_kind=workspace._sync_kind, position_codec=workspace.position_codec)
 
 
 class CodeparrotServer(LanguageServer):
@@ -249,6 +270,8 @@ SERVER = CodeparrotServer()
 @SERVER.feature(types.INITIALIZE)
 def initialize(ls: CodeparrotServer, params: types.InitializeParams) -> None:
     ls.loop = asyncio.get_running_loop()
+    # pygls made the workspace just before this handler; no document is open yet.
+    ls.workspace._create_text_document = functools.partial(_lsp_text_document, ls.workspace)
     options = _section(params.initialization_options)
     ls.apply_settings(options, "initializationOptions")
     engine = options.get("engine", ls.engine_choice)

@@ -191,8 +191,9 @@ async def test_utf8_position_encoding_when_the_client_asks_for_it(tiny_onnx_dir)
 
 
 async def test_incremental_changes_give_the_same_suggestion_as_a_fresh_document(tiny_onnx_dir):
-    before = "import os\n\n\ndef path_of(name):\n    return name\n"
-    after = "import os\n\n\ndef path_of(name):\n    base = os.getcwd()\n    return os.path.join(base, name)\n"
+    # A form feed ends line 0: LSP does not break lines there (str.splitlines does).
+    before = "import os\x0c\n\n\ndef path_of(name):\n    return name\n"
+    after = "import os\x0c\n\n\ndef path_of(name):\n    base = os.getcwd()\n    return os.path.join(base, name)\n"
     async with serve("--model", str(tiny_onnx_dir), init={"minChars": 1}) as s:
         s.open("file:///edited.py", before)
         # Two incremental edits: insert a line, then replace the return expression.
