@@ -213,6 +213,7 @@ async def test_incremental_changes_give_the_same_suggestion_as_a_fresh_document(
             await s.inline("file:///edited.py", T.Position(5, 60))
 
 
+@pytest.mark.slow
 async def test_bad_requests_get_an_error_or_nothing_and_the_server_stays_up(tiny_onnx_dir):
     async with serve("--model", str(tiny_onnx_dir), init=SAMPLING) as s:
         with pytest.raises(JsonRpcException, match="unknown document"):
