@@ -361,7 +361,7 @@ def test_killed_run_leaves_no_complete_looking_partial_shard(tmp_path, monkeypat
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         main(["--source", str(tmp_path / "src"), "--output", str(out), "--shard_records", "2",
-              "--valid_fraction", "0", "--no_progress"])
+              "--valid_fraction", "0", "--no_progress", "--shuffle_buckets", "0"])
     assert not (out / "stats.json").exists()
     assert [p.name for p in out.glob("train-*.jsonl.gz")] == ["train-00000.jsonl.gz"]
     assert len(read_shards(out, "train")) == 2  # the finished shard is whole
@@ -420,3 +420,40 @@ def test_default_source_is_the_standard_library(tmp_path):
     assert "json/encoder.py" in paths or os.path.join("json", "encoder.py") in paths
     assert not any(p.split(os.sep)[0] in ("site-packages", "test") for p in paths)
     assert stats["splits"]["valid"]["records"] >= 1
+
+
+def test_shards_mix_the_sources_and_the_shuffle_is_seeded(tmp_path):
+    """Sources are read one after another; the shards must not be in that order."""
+    for i in range(60):
+        write(tmp_path / "src" / ("a" if i < 30 else "b") / f"m{i:02d}.py", good_source(i))
+    first = run_corpus(tmp_path, "--valid_fraction", "0", "--shuffle_buckets", "8")
+    order = [r["path"][0] for r in first["rows"]]
+    assert sorted(order) == ["a"] * 30 + ["b"] * 30
+    assert order[:30].count("a") < 28  # in arrival order all 30 would be "a"
+    again = run_corpus(tmp_path, "--valid_fraction", "0", "--shuffle_buckets", "8")
+    assert [r["path"] for r in again["rows"]] == [r["path"] for r in first["rows"]]
+    assert not list((tmp_path / "out").glob("*.tmp"))
+    unshuffled = run_corpus(tmp_path, "--valid_fraction", "0", "--shuffle_buckets", "0")
+    assert [r["path"][0] for r in unshuffled["rows"]] == ["a"] * 30 + ["b"] * 30
+
+
+def test_killed_shuffled_run_leaves_only_temporary_files(tmp_path, monkeypatch):
+    for i in range(5):
+        write(tmp_path / "src" / f"m{i}.py", good_source(i))
+    real, calls = corpus_sources.read_limited, []
+
+    def read_then_die(path, limit):
+        calls.append(path)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(path, limit)
+    monkeypatch.setattr(corpus_sources, "read_limited", read_then_die)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        main(["--source", str(tmp_path / "src"), "--output", str(out), "--valid_fraction", "0", "--no_progress"])
+    assert not list(out.glob("train-*.jsonl.gz")) and not (out / "stats.json").exists()
+    assert list(out.glob(".train-*.bucket.tmp"))
+    assert main(["--source", str(tmp_path / "src"), "--output", str(out), "--no_progress"]) == 2
+    monkeypatch.setattr(corpus_sources, "read_limited", real)
+    assert main(["--source", str(tmp_path / "src"), "--output", str(out), "--no_progress", "--overwrite"]) == 0
+    assert not list(out.glob("*.tmp")) and len(read_shards(out, "train") + read_shards(out, "valid")) == 5

@@ -60,6 +60,9 @@ class CorpusArgs:
     overwrite: bool = field(default=False, metadata={"help": "replace shards already in --output"})
     valid_fraction: float = field(default=0.01, metadata={"help": "share of files in the valid split"})
     shard_records: int = field(default=10_000, metadata={"help": "records per output shard"})
+    shuffle_buckets: int = field(default=64, metadata={
+        "help": "shuffle the records across the shards through this many temporary buckets "
+                "(memory: one bucket, about 1/N of the corpus); 0: keep the order files were read in"})
     min_bytes: int = field(default=16, metadata={"help": "drop files smaller than this"})
     max_bytes: int = field(default=1_000_000, metadata={"help": "drop files larger than this (checked before reading)"})
     max_line_length: int = field(default=1000, metadata={"help": "drop files with a longer line"})
@@ -179,7 +182,7 @@ def build_corpus(args: CorpusArgs, sources, tokenizer=None) -> dict:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     builder = CorpusBuilder(args, tokenizer)
-    writer = SplitWriter(out, args.valid_fraction, args.shard_records)
+    writer = SplitWriter(out, args.valid_fraction, args.shard_records, args.shuffle_buckets, args.seed)
     start, cpu_start = time.perf_counter(), time.process_time()
     bar = tqdm(unit=" files", disable=not args.progress, mininterval=0.5, dynamic_ncols=True)
     try:
@@ -231,6 +234,8 @@ def check_args(args: CorpusArgs) -> None:
         raise SourceError(f"--disable: unknown name(s) {unknown}; choose from {', '.join(SWITCHABLE)}")
     if not 0.0 <= args.valid_fraction < 1.0:
         raise SourceError("--valid_fraction must be in [0, 1)")
+    if args.shuffle_buckets < 0:
+        raise SourceError("--shuffle_buckets must be 0 (off) or positive")
     if args.shard_records < 1 or args.max_bytes < 1 or args.num_perm < 2:
         raise SourceError("--shard_records, --max_bytes and --num_perm must be positive")
     if "near_dedup" not in args.disable:

@@ -9,11 +9,13 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import random
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-SHARD_PATTERNS = ("train-*.jsonl.gz", "valid-*.jsonl.gz", "*.jsonl.gz.tmp", "stats.json", "stats.json.tmp")
+SHARD_PATTERNS = ("train-*.jsonl.gz", "valid-*.jsonl.gz", "*.jsonl.gz.tmp", "*.bucket.tmp",
+                  "stats.json", "stats.json.tmp")
 
 
 def existing_outputs(folder: Path) -> list[Path]:
@@ -99,6 +101,53 @@ class ShardWriter:
         self._compressor.shutdown()
 
 
+class ShuffledShardWriter:
+    """A ShardWriter whose records come out in a random order, in bounded memory.
+
+    Sources are walked one after another (all of the stdlib, then the next folder...),
+    so shards written in arrival order would feed training one package at a time. This
+    is a two-pass external shuffle: each record goes to one of `buckets` temporary files
+    at random; on close each bucket (about 1/`buckets` of the split) is read, shuffled and
+    written to the shards. Memory: one bucket. Seeded, so the same input gives the same
+    shards.
+    """
+
+    def __init__(self, folder: Path, prefix: str, shard_records: int, buckets: int = 64, seed: int = 0):
+        self.shards = ShardWriter(folder, prefix, shard_records)
+        self.folder, self.prefix, self.n_buckets = folder, prefix, max(1, buckets)
+        self.rng = random.Random(f"shuffle-{seed}-{prefix}")
+        self._buckets: list = [None] * self.n_buckets
+        self.records = 0
+
+    def _bucket_path(self, i: int) -> Path:
+        return self.folder / f".{self.prefix}-{i:04d}.bucket.tmp"
+
+    def write(self, record: dict) -> None:
+        i = self.rng.randrange(self.n_buckets)
+        if self._buckets[i] is None:
+            self._buckets[i] = open(self._bucket_path(i), "wb")
+        self._buckets[i].write(json.dumps(record).encode("ascii") + b"\n")
+        self.records += 1
+
+    def close(self) -> None:
+        for i, f in enumerate(self._buckets):
+            if f is None:
+                continue
+            f.close()
+            path = self._bucket_path(i)
+            lines = path.read_bytes().splitlines()
+            self.rng.shuffle(lines)
+            for line in lines:
+                self.shards.write(json.loads(line))
+            path.unlink()
+        self._buckets = [None] * self.n_buckets
+        self.shards.close()
+
+    @property
+    def shard_names(self) -> list[str]:
+        return self.shards.shards
+
+
 class SplitWriter:
     """Routes records to train/valid by a hash-derived draw in [0, 1).
 
@@ -109,10 +158,15 @@ class SplitWriter:
     files, not on their order.
     """
 
-    def __init__(self, folder: Path, valid_fraction: float, shard_records: int):
+    def __init__(self, folder: Path, valid_fraction: float, shard_records: int, shuffle_buckets: int = 64,
+                 seed: int = 0):
         self.valid_fraction = valid_fraction
-        self.train = ShardWriter(folder, "train", shard_records)
-        self.valid = ShardWriter(folder, "valid", shard_records)
+        if shuffle_buckets > 0:
+            self.train = ShuffledShardWriter(folder, "train", shard_records, shuffle_buckets, seed)
+            self.valid = ShuffledShardWriter(folder, "valid", shard_records, shuffle_buckets, seed)
+        else:  # arrival order
+            self.train = ShardWriter(folder, "train", shard_records)
+            self.valid = ShardWriter(folder, "valid", shard_records)
         self._held: tuple[float, dict] | None = None
 
     def write(self, record: dict, draw: float) -> None:
@@ -135,5 +189,5 @@ class SplitWriter:
         self.valid.close()
 
     def summary(self) -> dict:
-        return {name: {"records": w.records, "shards": list(w.shards)}
+        return {name: {"records": w.records, "shards": list(getattr(w, "shard_names", w.shards))}
                 for name, w in (("train", self.train), ("valid", self.valid))}
