@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import random
 import statistics
 import sys
@@ -286,12 +288,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--bursts", type=int, default=2, help="bursts of 1,000 rapid requests (RSS after each)")
+    ap.add_argument("--checkpoint", type=Path, help="a trained checkpoint (for the baseline) ...")
+    ap.add_argument("--onnx", type=Path, help="... and its export (for the server); default: a random tiny model")
+    ap.add_argument("--json", type=Path, help="also write every measurement here (for bench/plots.py)")
     args = ap.parse_args(argv)
+    if bool(args.checkpoint) != bool(args.onnx):
+        ap.error("--checkpoint and --onnx go together")
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        ckpt, onnx_dir = build_model_folder(Path(tmp))
-        print(f"model folder built in {time.perf_counter() - t0:.1f} s")
+        if args.onnx:
+            ckpt, onnx_dir = args.checkpoint, args.onnx
+        else:
+            ckpt, onnx_dir = build_model_folder(Path(tmp))
+            print(f"model folder built in {time.perf_counter() - t0:.1f} s")
         positions = sample_positions(args.positions, args.seed)
         prompts = capture_prompts(onnx_dir, positions, args.threads)
         cold = [asyncio.run(measure_cold_start(onnx_dir, positions[i], args.threads)) for i in range(3)]
@@ -299,6 +309,12 @@ def main(argv: list[str] | None = None) -> int:
         server = asyncio.run(measure_server(onnx_dir, positions, args.threads, baseline, args.bursts))
 
     lat, gen = server["latency_ms"], server["generate_ms"]
+    if args.json:
+        args.json.write_text(json.dumps({
+            "model": str(args.onnx or "random tiny (n_positions 1088)"), "latency_ms": lat, "generate_ms": gen,
+            "typing_ms": server["typing_ms"], "cold_start": cold, "bursts": server["bursts"],
+            "prompt_tokens": [len(ids) for ids, _, _ in prompts], "new_tokens": [n for _, n, _ in prompts],
+            "load_average": os.getloadavg()}, indent=1))
     prompt_tokens = [len(ids) for ids, _, _ in prompts]
     new_tokens = [n for _, n, _ in prompts]
     inproc = [ms for _, _, ms in prompts]
