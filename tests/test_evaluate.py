@@ -148,17 +148,22 @@ def test_positions_are_seeded_and_well_formed(tmp_path):
     assert len(sample_positions(str(tmp_path), 100, seed=0, cursor="indent", stats=DataStats())) == 4
 
 
-def test_prompts_heal_the_indentation_and_keep_fim_in_budget(tiny_checkpoint_dir):
+def test_prompts_heal_like_the_server_and_keep_fim_in_budget(tiny_checkpoint_dir):
     from codeparrot_ls.prompt import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
     from trainer.eval_common import open_engine
 
     engine = open_engine(tiny_checkpoint_dir, "torch")
     prefix = SOURCE[: SOURCE.index("return os")]
     pos = Position("m.py", 5, prefix, "return os.path.join(x, 'a')", SOURCE[SOURCE.index("\n    return None"):])
+    from codeparrot_ls.healing import should_heal
+
     ids, required = left_to_right_prompt(engine, pos, budget=200, healing=True)
-    # The line break and the indentation are re-typed by the model (the "\n" stop only counts after them).
-    assert "\n" in required and required.endswith(" " * 8) and prefix.endswith(required)
+    # The server's policy: heal only where the cursor is not a pre-token boundary.
+    assert bool(required) == should_heal(engine.tokenizer, prefix) and prefix.endswith(required)
     assert engine.tokenizer.decode(ids, skip_special_tokens=True) + required == prefix
+    mid_word = Position("m.py", 5, prefix + "return o", "s.path.join(x, 'a')", pos.suffix)
+    ids, required = left_to_right_prompt(engine, mid_word, budget=200, healing=True)
+    assert required.endswith("o") and engine.tokenizer.decode(ids, skip_special_tokens=True) + required == mid_word.prefix
     assert ids[0] == engine.info.eos_id
     short, _ = left_to_right_prompt(engine, pos, budget=5, healing=True)
     assert len(short) == 5
