@@ -137,12 +137,17 @@ def _steps_for(minutes: float) -> int:
     return max(100, int(minutes * 60 * 0.75))
 
 
-def demo(model_dir: Path, timeout: float = 60.0) -> str:
-    """Start `codeparrot-ls --model MODEL` over stdio, open a file, ask for an inline completion."""
+def demo(model_dir: Path | None, timeout: float = 60.0) -> dict:
+    """Start `codeparrot-ls --model MODEL` over stdio, open a file, ask for an inline completion.
+
+    With `model_dir` None the server is started with no model at all (it serves the
+    default model shipped in the package). Returns the served model's folder and the
+    suggestion.
+    """
     return asyncio.run(_demo(model_dir, timeout))
 
 
-async def _demo(model_dir: Path, timeout: float) -> str:
+async def _demo(model_dir: Path | None, timeout: float) -> dict:
     from lsprotocol import types
     from pygls.lsp.client import LanguageClient
 
@@ -161,7 +166,7 @@ async def _demo(model_dir: Path, timeout: float) -> str:
 
     server = shutil.which("codeparrot-ls")
     cmd = [server] if server else [sys.executable, "-m", "codeparrot_ls.cli"]
-    await client.start_io(*cmd, "--model", str(model_dir))
+    await client.start_io(*cmd, *(["--model", str(model_dir)] if model_dir else []))
     try:
         await client.initialize_async(types.InitializeParams(capabilities=types.ClientCapabilities(),
                                                              process_id=None, root_uri=None))
@@ -196,7 +201,8 @@ async def _demo(model_dir: Path, timeout: float) -> str:
                   "dropped by the post-processing rules (a model trained for longer suggests more)")
         await client.shutdown_async(None)
         client.exit(None)
-        return suggestion
+        served = getattr(status, "model", None) or status.get("model")
+        return {"model": served, "suggestion": suggestion, "ms": elapsed_ms}
     finally:
         await client.stop()
 
