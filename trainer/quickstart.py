@@ -185,7 +185,7 @@ async def _demo(model_dir: Path | None, timeout: float) -> dict:
         started = time.perf_counter()
         result = await asyncio.wait_for(client.text_document_inline_completion_async(types.InlineCompletionParams(
             text_document=types.TextDocumentIdentifier(uri=uri), position=position,
-            context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked))), timeout)
+            context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic))), timeout)
         elapsed_ms = (time.perf_counter() - started) * 1000
         items = result.items if hasattr(result, "items") else (result or [])
         suggestion = items[0].insert_text if items else ""

@@ -1,0 +1,28 @@
+"""The model shipped in the package: `codeparrot-ls` with no model argument serves it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from codeparrot_ls import modelfiles
+from codeparrot_ls.status import DEFAULT_MODEL_DIR, default_model_dir
+
+
+def test_the_package_ships_a_complete_small_model():
+    assert default_model_dir() == DEFAULT_MODEL_DIR
+    info = json.loads((DEFAULT_MODEL_DIR / modelfiles.EXPORT_INFO_FILE).read_text())
+    assert info["supports_fim"]
+    model = DEFAULT_MODEL_DIR / modelfiles.ONNX_INT8_FILE
+    assert model.is_file() and model.stat().st_size < 25e6
+
+
+@pytest.mark.slow
+def test_server_without_a_model_argument_serves_the_default_model(monkeypatch):
+    from trainer.quickstart import demo
+
+    monkeypatch.delenv("CODEPARROT_LS_MODEL", raising=False)
+    result = demo(None)
+    assert result["model"] == str(DEFAULT_MODEL_DIR)
+    assert result["suggestion"].strip()  # a trained model completes the demo file
