@@ -21,7 +21,7 @@ def test_correct_program_passes_and_wrong_one_fails():
 def test_infinite_loop_is_killed_at_the_timeout():
     res = run_python("while True:\n    pass\n", SandboxLimits(timeout_s=1))
     assert res.status == "timeout"
-    assert res.seconds < 5
+    assert res.returncode == -9  # SIGKILLed with its process group, not left running
 
 
 def test_early_exit_with_status_zero_does_not_count_as_a_pass():
