@@ -42,7 +42,6 @@ from pytest_lsp.client import make_test_lsp_client  # noqa: E402
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 ALL_FILES = sorted(STDLIB.glob("*.py"))
-TRAIN_FILES = ALL_FILES[:120]
 HELD_OUT = [p for p in ALL_FILES[120:] if p.stat().st_size > 20_000]
 OPEN_TABS = 5
 SETTINGS = {"maxNewTokens": 48, "contextTokens": 1024}
@@ -51,21 +50,10 @@ CLIENT_CAPS = T.ClientCapabilities(
 
 
 def build_model_folder(root: Path) -> tuple[Path, Path]:
-    import torch
-    from tokenizers import Tokenizer
+    """The generation benchmark's random tiny model (n_positions 1088), exported to int8."""
+    from bench_generate import build_model_folder as build
 
-    from trainer.export import ExportArgs, run as export_run
-    from trainer.model import build_model
-    from trainer.tokenizer import save_tokenizer, train_tokenizer
-
-    ckpt, onnx_dir = root / "checkpoint", root / "onnx"
-    texts = [p.read_text(encoding="utf-8", errors="replace") for p in TRAIN_FILES]
-    save_tokenizer(train_tokenizer(texts, vocab_size=8192), ckpt)
-    torch.manual_seed(0)
-    model = build_model("tiny", Tokenizer.from_file(str(ckpt / "tokenizer.json")), n_positions=1088)
-    model.save_pretrained(ckpt)
-    export_run(ExportArgs(checkpoint=str(ckpt), output=str(onnx_dir), quantize="int8"))
-    return ckpt, onnx_dir
+    return build(root, threads=0, optimize=False)
 
 
 def sample_positions(n: int, seed: int) -> list[tuple[str, int, int]]:
