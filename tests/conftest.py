@@ -89,3 +89,13 @@ def tiny_corpus_dir(tmp_path_factory) -> Path:
     write_corpus_shards(out, "train", [records[0:8:2], records[1:8:2]])
     write_corpus_shards(out, "valid", [records[8:]])
     return out
+
+
+@pytest.fixture(scope="session")
+def tok(tiny_tokenizer_dir):
+    """The tiny tokenizer as the pipeline uses it: special-token spellings in source stay text."""
+    from tokenizers import Tokenizer
+
+    t = Tokenizer.from_file(str(tiny_tokenizer_dir / "tokenizer.json"))
+    t.encode_special_tokens = True
+    return t

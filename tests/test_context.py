@@ -7,7 +7,6 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-from tokenizers import Tokenizer
 
 from codeparrot_ls import prompt as P
 from codeparrot_ls.context import (ContextBuilder, index_to_utf16, position_to_offset,
@@ -16,13 +15,6 @@ from codeparrot_ls.healing import heal, last_pretoken_start, should_heal
 from codeparrot_ls.settings import CompletionSettings
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
-
-
-@pytest.fixture(scope="module")
-def tok(tiny_tokenizer_dir):
-    t = Tokenizer.from_file(str(tiny_tokenizer_dir / "tokenizer.json"))
-    t.encode_special_tokens = True
-    return t
 
 
 @pytest.fixture(scope="module")

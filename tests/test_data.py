@@ -8,19 +8,11 @@ import random
 
 import pytest
 from conftest import sample_texts, write_corpus_shards
-from tokenizers import Tokenizer
 
 from codeparrot_ls.prompt import END_OF_TEXT, FIM_PREFIX, quality_token, split_fim_document
 from trainer.data import PackedDataset, make_loader, shard_files
 
 SEQ = 64
-
-
-@pytest.fixture(scope="module")
-def tok(tiny_tokenizer_dir):
-    t = Tokenizer.from_file(str(tiny_tokenizer_dir / "tokenizer.json"))
-    t.encode_special_tokens = True
-    return t
 
 
 @pytest.fixture(scope="module")
