@@ -347,17 +347,23 @@ def test_split_is_deterministic_and_valid_fraction_zero(tmp_path):
     assert none["splits"]["valid"] == {"records": 0, "shards": []}
 
 
-def test_killed_run_leaves_no_complete_looking_partial_shard(tmp_path, monkeypatch):
-    for i in range(5):
-        write(tmp_path / "src" / f"m{i}.py", good_source(i))
+def kill_at_fourth_read(monkeypatch):
+    """Inject a kill (KeyboardInterrupt) while the run reads its 4th file; returns the real reader."""
     real, calls = corpus_sources.read_limited, []
 
     def read_then_die(path, limit):
         calls.append(path)
         if len(calls) == 4:
-            raise KeyboardInterrupt  # the run is killed while reading the 4th file
+            raise KeyboardInterrupt
         return real(path, limit)
     monkeypatch.setattr(corpus_sources, "read_limited", read_then_die)
+    return real
+
+
+def test_killed_run_leaves_no_complete_looking_partial_shard(tmp_path, monkeypatch):
+    for i in range(5):
+        write(tmp_path / "src" / f"m{i}.py", good_source(i))
+    kill_at_fourth_read(monkeypatch)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         main(["--source", str(tmp_path / "src"), "--output", str(out), "--shard_records", "2",
@@ -440,14 +446,7 @@ def test_shards_mix_the_sources_and_the_shuffle_is_seeded(tmp_path):
 def test_killed_shuffled_run_leaves_only_temporary_files(tmp_path, monkeypatch):
     for i in range(5):
         write(tmp_path / "src" / f"m{i}.py", good_source(i))
-    real, calls = corpus_sources.read_limited, []
-
-    def read_then_die(path, limit):
-        calls.append(path)
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return real(path, limit)
-    monkeypatch.setattr(corpus_sources, "read_limited", read_then_die)
+    real = kill_at_fourth_read(monkeypatch)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         main(["--source", str(tmp_path / "src"), "--output", str(out), "--valid_fraction", "0", "--no_progress"])
