@@ -363,7 +363,7 @@ def kill_at_fourth_read(monkeypatch):
 def test_killed_run_leaves_no_complete_looking_partial_shard(tmp_path, monkeypatch):
     for i in range(5):
         write(tmp_path / "src" / f"m{i}.py", good_source(i))
-    kill_at_fourth_read(monkeypatch)
+    real = kill_at_fourth_read(monkeypatch)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         main(["--source", str(tmp_path / "src"), "--output", str(out), "--shard_records", "2",
