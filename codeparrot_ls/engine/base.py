@@ -75,8 +75,10 @@ class Engine(abc.ABC):
         Returns (logits [batch, logits_to_keep, vocab] as float32 numpy, new past).
         `attention_mask` [batch, past + seq] and `position_ids` [batch, seq] default to
         all ones and consecutive positions; pass them for left-padded batches.
-        The past object is opaque to callers (each engine keeps its own format) and
-        is never modified in place: an old past stays valid after later calls.
+        The past object is opaque to callers (each engine keeps its own format). `past`
+        itself stays valid after the call, but an engine may write the new positions
+        into storage it shares with longer pasts (the ONNX engine's KV buffer): after
+        `forward(x, truncate_past(p, n))`, `p` must not be used again.
         """
 
     @abc.abstractmethod

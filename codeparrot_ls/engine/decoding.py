@@ -285,6 +285,9 @@ def generate(engine: Engine, request: GenerationRequest) -> list[Generation]:
             past = cache.past if reused == engine.past_length(cache.past) else engine.truncate_past(cache.past, reused)
         else:
             reused = 0
+    # The forward pass may write into the cached past's storage (an engine with a shared KV
+    # buffer): drop the cache first, so a failure here never leaves a half-overwritten one.
+    engine._prefix_cache = None
     t0 = time.perf_counter()
     logits, past = engine.forward(np.array([prompt[reused:]], np.int64), past, 1)
     t1 = time.perf_counter()
