@@ -44,6 +44,11 @@ class GenerationRequest:
     deadline: float | None = None        # time.monotonic() after which decoding stops
     is_cancelled: Callable[[], bool] | None = None   # checked before every token
     required_prefix: str = ""            # token healing: the generated text must start with this
+    # Early stop: called with the text generated so far (required_prefix included) when a
+    # token ends a line or starts the first visible character of a new line; returns how
+    # many characters to keep once nothing after them can matter (finish_reason "stop"),
+    # or None to go on decoding.
+    stop_when: Callable[[str], int | None] | None = None
 
 
 @dataclass
