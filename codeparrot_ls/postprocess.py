@@ -128,14 +128,24 @@ def keep_single_line(text: str, ctx: CursorContext, single_line: bool = False) -
     return text
 
 
-def stop_at_block_end(text: str, ctx: CursorContext) -> str:
-    """Cut at the first line that leaves the cursor's block: dedented below the cursor's
-    line (or below the code that follows the cursor, when that is less indented); after a
-    line opening a block, a line back at the opener's level ends the block too (except
-    `else` / `elif` / `except` / `finally`). Lines inside open brackets don't count."""
-    lines = text.split("\n")
+def _may_continue(line: str, complete: bool = True) -> bool:
+    """The line starts with `else` / `elif` / `except` / `finally` (for a line still being
+    written: it still may, its first word being unfinished)."""
+    code = line.lstrip()
+    word = code.split(" ", 1)[0]
+    if complete or " " in code:
+        return word.rstrip(":") in _CONTINUATION
+    return any(kw.startswith(word) or (word.startswith(kw) and not word[len(kw):].strip(":"))
+               for kw in _CONTINUATION)
+
+
+def block_end_line(lines: list[str], ctx: CursorContext, last_partial: bool = False) -> int | None:
+    """Index of the first of the suggestion's `lines` that leaves the cursor's block, None
+    if none does. With `last_partial` the last line is still being generated: it counts
+    only when what it has already decides it (its indentation, and its first word where
+    that matters), so the answer holds whatever the line goes on with."""
     if len(lines) == 1:
-        return text
+        return None
     first = ctx.line_prefix + lines[0]
     if first.strip():
         base = indent_width(first)
@@ -155,26 +165,39 @@ def stop_at_block_end(text: str, ctx: CursorContext) -> str:
         line = lines[i]
         if line.strip() and depth <= 0 and not in_string:
             w = indent_width(line)
-            continues = line.lstrip().split(" ", 1)[0].rstrip(":") in _CONTINUATION
-            if w < base or (opener and w == base and not continues):
-                return "\n".join(lines[:i])
+            complete = not last_partial or i < len(lines) - 1
+            if w < base or (opener and w == base and not _may_continue(line, complete)):
+                return i
         depth = _bracket_depth(line, depth)
         if (line.count('"""') + line.count("'''")) % 2 == 1:
             in_string = not in_string
-    return text
+    return None
+
+
+def stop_at_block_end(text: str, ctx: CursorContext) -> str:
+    """Cut at the first line that leaves the cursor's block: dedented below the cursor's
+    line (or below the code that follows the cursor, when that is less indented); after a
+    line opening a block, a line back at the opener's level ends the block too (except
+    `else` / `elif` / `except` / `finally`). Lines inside open brackets don't count."""
+    lines = text.split("\n")
+    end = block_end_line(lines, ctx)
+    return text if end is None else "\n".join(lines[:end])
+
+
+def duplicate_line(lines: list[str], ctx: CursorContext) -> int | None:
+    """Index of the first of the suggestion's (new) `lines` equal to the code line after the cursor."""
+    following = next((ln.strip() for ln in ctx.lines_after if ln.strip()), None)
+    if following is None:
+        return None
+    first_new = 0 if not ctx.line_prefix.strip() else 1
+    return next((i for i in range(first_new, len(lines)) if lines[i].strip() == following), None)
 
 
 def drop_suffix_duplicate_lines(text: str, ctx: CursorContext) -> str:
     """Cut where the suggestion starts repeating the line that follows the cursor."""
-    following = next((ln.strip() for ln in ctx.lines_after if ln.strip()), None)
-    if following is None:
-        return text
     lines = text.split("\n")
-    first_new = 0 if not ctx.line_prefix.strip() else 1
-    for i in range(first_new, len(lines)):
-        if lines[i].strip() == following:
-            return "\n".join(lines[:i])
-    return text
+    dup = duplicate_line(lines, ctx)
+    return text if dup is None else "\n".join(lines[:dup])
 
 
 def drop_trailing_repetition(text: str, ctx: CursorContext | None = None) -> str:
@@ -284,3 +307,28 @@ def postprocess(text: str, ctx: CursorContext, single_line: bool = False, min_ch
         if text == before:
             break
     return text if is_worth_showing(text, min_chars) else None
+
+
+def settled_length(text: str, ctx: CursorContext) -> tuple[int, int] | None:
+    """For a multi-line suggestion still being generated (`text` so far): whether
+    `postprocess` is already certain to cut it back to `text[:length]` whatever comes next,
+    because a line left the block or repeats the code after the cursor.
+
+    Returns (length, evidence) or None. `evidence` is how much of `text` the answer rests
+    on: were the text cut short below it (by a stop string), the answer could change, except
+    when cut exactly at `length`. The generated text after `length` cannot change the
+    result: the first pass of `postprocess` reduces both to the same text (so later passes
+    agree), because `stop_at_block_end` and `drop_suffix_duplicate_lines` only look at the
+    lines before their cut, and the cut line's indentation and first word are known.
+    """
+    lines = text.split("\n")
+    end = block_end_line(lines, ctx, last_partial=True)
+    dup = duplicate_line(lines[:-1], ctx)  # only whole lines can be compared
+    cuts = [i for i in (end, dup) if i is not None]
+    if not cuts:
+        return None
+    cut = min(cuts)
+    start = sum(len(ln) + 1 for ln in lines[:cut])   # where line `cut` starts
+    length = max(start - 1, 0)
+    evidence = start + len(lines[cut]) if cut < len(lines) - 1 else len(text)
+    return length, evidence
