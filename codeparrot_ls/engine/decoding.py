@@ -18,6 +18,9 @@ Rules worth knowing:
   the stop string (finish_reason "stop"). A stop string must end after
   `required_prefix` (one inside the healed text does not stop). EOS is not
   included in `token_ids`.
+* `stop_when` (early stop) is asked only when a token ends a line or brings a new line's
+  first visible character, with the text so far (a multi-byte character cut off at the
+  end left out; never on invalid UTF-8); the text it keeps is returned, finish_reason "stop".
 * KV prefix reuse: the engine keeps the ids and past of its last call (the prompt
   plus the tokens fed while decoding one sample); a prompt sharing a prefix with
   them runs only its new tokens. Not thread-safe: one caller at a time.
@@ -110,8 +113,9 @@ class _Row:
     prompt_len: int
     ids: list[int] = field(default_factory=list)
     buf: bytearray = field(default_factory=bytearray)
-    cut: int | None = None          # byte offset where a stop string starts
+    cut: int | None = None          # byte offset where a stop string starts (or stop_when cut)
     finish: str | None = None
+    fresh_line: bool = False        # a line break was generated, only spaces / tabs since
 
     def constraint(self) -> bytes:
         """Bytes of required_prefix still to be produced."""
@@ -135,15 +139,44 @@ class _Row:
             if hits:
                 self.cut, self.finish = min(hits), "stop"
                 return
+        if self.request.stop_when is not None and self._settled(piece):
+            return
         if len(self.ids) >= self.request.max_new_tokens:
             self.finish = "length"
         elif self.prompt_len + len(self.ids) >= n_positions:
             self.finish = "context"
 
+    def _settled(self, piece: bytes) -> bool:
+        """Ask `stop_when` only when a line ends or a new line shows its first visible
+        character: the only moments a line-based rule can decide (O(1) for other tokens)."""
+        nl = piece.rfind(b"\n")
+        visible = piece[nl + 1:].strip(b" \t")
+        ask = nl >= 0 or (self.fresh_line and bool(visible))
+        self.fresh_line = (nl >= 0 or self.fresh_line) and not visible
+        if not ask:
+            return False
+        text = _complete_text(self.buf)
+        keep = None if text is None else self.request.stop_when(text)
+        if keep is None:
+            return False
+        self.cut, self.finish = len(text[:keep].encode("utf-8")), "stop"
+        return True
+
     def result(self, **timing) -> Generation:
         raw = bytes(self.buf if self.cut is None else self.buf[: self.cut])
         return Generation(text=_decode_utf8(raw), token_ids=list(self.ids), finish_reason=self.finish or "length",
                           prompt_tokens=self.prompt_len, **timing)
+
+
+def _complete_text(raw: bytes) -> str | None:
+    """`raw` as text without a multi-byte character cut off at the end; None when it holds
+    invalid UTF-8 (its characters would not map back to byte offsets)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.reason == "unexpected end of data":
+            return raw[: e.start].decode("utf-8")  # the first error: everything before is valid
+        return None
 
 
 def _decode_utf8(raw: bytes) -> str:
