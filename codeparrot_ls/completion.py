@@ -11,7 +11,12 @@ request. Decoding policy:
   `max_new_tokens` and at the wall-clock budget `time_budget_ms`; a "\\n" stop too when
   only one line can be used (single-line mode, or text after the cursor on its line);
 * `is_cancelled` goes to the engine, which checks it before every token; a cancelled
-  request returns no suggestion.
+  request returns no suggestion;
+* early stop (`early_stop`, on by default): a multi-line suggestion stops decoding as soon
+  as post-processing is certain to cut it where it is (a line left the cursor's block or
+  repeats the line after the cursor, `postprocess.settled_length`), so the tokens it would
+  throw away are never decoded; the suggestion shown is the same as without it. A one-line
+  suggestion already stops at its line break (the "\\n" stop).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from codeparrot_ls.cache import CachedSuggestion, SuggestionCache
 from codeparrot_ls.context import ContextBuilder, line_bounds, utf16_to_index
 from codeparrot_ls.engine.base import Engine, GenerationRequest
 from codeparrot_ls.healing import heal
-from codeparrot_ls.postprocess import CursorContext, postprocess
+from codeparrot_ls.postprocess import CursorContext, postprocess, settled_length
 from codeparrot_ls.settings import CompletionSettings
 
 
@@ -48,9 +53,11 @@ class CompletionStats:
     model_runs: int = 0
     cancelled: int = 0
     dropped: int = 0             # generations that post-processing left empty
+    generated_tokens: int = 0    # tokens decoded, all requests
     last_healed: str = ""        # text token healing removed from the last prompt
     last_prompt_tokens: int = 0
     last_reused_tokens: int = 0
+    last_generated_tokens: int = 0
     last_ms: float = 0.0
 
 
@@ -73,9 +80,44 @@ def cut_at_stops(text: str, stops: Sequence[str]) -> tuple[str, bool]:
     return (text[:min(hits)], True) if hits else (text, False)
 
 
+def _stop_starts(text: str, stops: Sequence[str]):
+    """Offsets where a stop string occurs in `text`, or begins and may go on past its end."""
+    for s in stops:
+        p = text.find(s)
+        while p >= 0:
+            yield p
+            p = text.find(s, p + 1)
+        for p in range(max(len(text) - len(s) + 1, 0), len(text)):
+            if s.startswith(text[p:]):
+                yield p
+
+
+def early_stop_rule(required: str, cursor: CursorContext, stops: Sequence[str]) -> Callable[[str], int | None]:
+    """`GenerationRequest.stop_when` for a multi-line suggestion: the generated text is
+    `required` (healed text the model re-types) + the suggestion; the suggestion is cut at
+    `stops` (by the engine or after it). Stops only when the shown suggestion cannot depend
+    on what would be generated next: post-processing settles the cut, and no stop string
+    could begin inside the text that decided it (except exactly at the cut)."""
+    def stop_when(text: str) -> int | None:
+        if not text.startswith(required):
+            return None
+        body = text[len(required):]
+        settled = settled_length(body, cursor)
+        if settled is None:
+            return None
+        length, evidence = settled
+        if any(p < evidence and p != length for p in _stop_starts(body, stops)):
+            return None
+        return len(required) + length
+
+    return stop_when
+
+
 class Completer:
-    def __init__(self, engine: Engine, layout: str = "spm", healing_policy: str = "boundary"):
+    def __init__(self, engine: Engine, layout: str = "spm", healing_policy: str = "boundary",
+                 early_stop: bool = True):
         self.engine = engine
+        self.early_stop = early_stop
         self.healing_policy = healing_policy   # see codeparrot_ls.healing.heal
         info = engine.info
         # A private copy of the tokenizer that encodes text spelling a special token
@@ -140,6 +182,8 @@ class Completer:
             deadline=time.monotonic() + settings.time_budget_ms / 1000.0,
             is_cancelled=is_cancelled,
             required_prefix=required,
+            # One line: the "\n" stop already ends it.
+            stop_when=early_stop_rule(required, cursor, stops) if self.early_stop and not one_line else None,
         )
         with self._engine_lock:
             generations = self.engine.generate(request)
@@ -147,6 +191,8 @@ class Completer:
         if generations:
             self.stats.last_prompt_tokens = generations[0].prompt_tokens
             self.stats.last_reused_tokens = generations[0].reused_tokens
+            self.stats.last_generated_tokens = sum(len(g.token_ids) for g in generations)
+            self.stats.generated_tokens += self.stats.last_generated_tokens
         if any(g.finish_reason == "cancelled" for g in generations):
             self.stats.cancelled += 1
             return []
