@@ -264,26 +264,56 @@ def test_export_info_matches_engine_info(tiny_onnx_dir, onnx_int8):
     assert info["special_token_ids"] == onnx_int8.info.special_ids
 
 
+def _cache(past, rows=slice(None)):
+    return [a[rows, :, : past.length] for a in past.buffer.arrays]
+
+
 @pytest.mark.parametrize("keep", [1, 5, 130, 200])
 def test_chunked_prefill_matches_one_pass(onnx_fp32, keep):
-    ids = np.array([prompt_ids(onnx_fp32, 200)] * 2, np.int64)
-    mask = np.ones((2, 200), np.int64)
-    mask[0, :30] = 0  # a left-padded row too
-    pos = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
+    ids = np.array([prompt_ids(onnx_fp32, 200)], np.int64)
     chunk = onnx_fp32.prefill_chunk
     try:
         onnx_fp32.prefill_chunk = 0
-        one, past_one = onnx_fp32.forward(ids, None, keep, attention_mask=mask, position_ids=pos)
+        one, past_one = onnx_fp32.forward(ids, None, keep)
         onnx_fp32.prefill_chunk = 64
-        chunked, past_chunked = onnx_fp32.forward(ids, None, keep, attention_mask=mask, position_ids=pos)
+        chunked, past_chunked = onnx_fp32.forward(ids, None, keep)
     finally:
         onnx_fp32.prefill_chunk = chunk
-    assert chunked.shape == one.shape == (2, keep, onnx_fp32.info.vocab_size)
-    assert np.abs(chunked - one)[1].max() < 1e-4
-    assert np.abs(chunked[0, -min(keep, 170):] - one[0, -min(keep, 170):]).max() < 1e-4  # real positions of row 0
-    # Padding positions hold don't-care values; every real position's cache must agree.
-    assert all(np.abs(a - b)[1].max() < 1e-4 and np.abs(a - b)[0, :, 30:].max() < 1e-4
-               for a, b in zip(past_one, past_chunked))
+    assert chunked.shape == one.shape == (1, keep, onnx_fp32.info.vocab_size)
+    assert np.abs(chunked - one).max() < 1e-4
+    assert past_one.length == past_chunked.length == 200
+    assert all(np.abs(a - b).max() < 1e-4 for a, b in zip(_cache(past_one), _cache(past_chunked)))
+
+
+def test_padded_batch_after_a_past_matches_single_rows(onnx_fp32):
+    """Several new tokens after a past in a left-padded batch (run token by token) equal each row alone."""
+    ids = prompt_ids(onnx_fp32, 60)
+    rows = np.array([ids[:40], ids[10:50]], np.int64)
+    mask = np.ones((2, 40), np.int64)
+    mask[0, :8] = 0
+    pos = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
+    _, past = onnx_fp32.forward(rows, None, 1, attention_mask=mask, position_ids=pos)
+    more = np.array([ids[40:45], ids[50:55]], np.int64)
+    mask2 = np.concatenate([mask, np.ones((2, 5), np.int64)], axis=1)
+    logits, past = onnx_fp32.forward(more, past, 3, attention_mask=mask2, position_ids=pos[:, -1:] + np.arange(1, 6))
+    assert logits.shape == (2, 3, onnx_fp32.info.vocab_size) and past.length == 45
+    alone0, _ = onnx_fp32.forward(np.array([ids[8:45]], np.int64), None, 3)
+    alone1, _ = onnx_fp32.forward(np.array([ids[10:55]], np.int64), None, 3)
+    assert np.abs(logits[0] - alone0[0]).max() < 1e-4
+    assert np.abs(logits[1] - alone1[0]).max() < 1e-4
+
+
+def test_truncated_past_is_extended_in_place(onnx_fp32):
+    """KV prefix reuse: a truncated past shares the buffer; extending it equals a cold run."""
+    ids = prompt_ids(onnx_fp32, 50)
+    _, full = onnx_fp32.forward(np.array([ids[:50]], np.int64), None, 1)
+    short = onnx_fp32.truncate_past(full, 30)
+    assert short.buffer is full.buffer and onnx_fp32.past_length(short) == 30
+    other = ids[:30] + list(reversed(ids[30:50]))
+    logits, past = onnx_fp32.forward(np.array([other[30:]], np.int64), short, 1)
+    cold, cold_past = onnx_fp32.forward(np.array([other], np.int64), None, 1)
+    assert np.abs(logits - cold).max() < 1e-4
+    assert all(np.abs(a - b).max() < 1e-4 for a, b in zip(_cache(past), _cache(cold_past)))
 
 
 def test_stop_inside_required_prefix_does_not_stop(onnx_fp32):

@@ -1,7 +1,7 @@
 """`codeparrot export`: a Hugging Face GPT-2 checkpoint -> one ONNX graph with a KV cache.
 
-The graph serves both the prompt pass (empty past, length 0) and every decode
-step, so the server runs a single ONNX Runtime session. `logits_to_keep` is an
+The graph (trainer/export_graph.py) serves both the prompt pass (empty past) and
+every decode step, so the server runs a single ONNX Runtime session. `logits_to_keep` is an
 input: the prompt pass pays the output layer only for the last position, while
 perplexity evaluation asks for all positions.
 
@@ -16,7 +16,6 @@ import json
 import shutil
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,7 +40,7 @@ class ExportArgs:
     output: str = field(metadata={"help": "output folder for model.onnx / model.int8.onnx, tokenizer and export.json"})
     quantize: str = field(default="none", metadata={"help": "'int8': also write model.int8.onnx (dynamic quantization)",
                                                      "choices": ["none", "int8"]})
-    optimize: bool = field(default=False, metadata={"help": "try ONNX Runtime's transformer optimizer; kept only if faster and at parity"})
+    optimize: bool = field(default=False, metadata={"help": "save ONNX Runtime's graph optimizations into the file; kept only if faster and at parity"})
     opset: int = field(default=17, metadata={"help": "ONNX opset"})
     tolerance: float = field(default=1e-3, metadata={"help": "max abs logits difference vs PyTorch (fp32 graph)"})
     eval_file: str = field(default="", metadata={"help": "Python file used for parity and int8 agreement (default: a stdlib module)"})
@@ -91,29 +90,24 @@ def load_checkpoint(ckpt: Path):
 
 
 def export_onnx(model, path: Path, opset: int) -> float:
-    """Trace `model` into `path`; returns seconds taken."""
-    import torch
+    """Write `model`'s graph (trainer/export_graph.py) to `path`; returns seconds taken."""
+    import onnx
 
-    from trainer.export_graph import KVCacheWrapper, dummy_inputs, input_names, output_names, dynamic_axes
+    from trainer.export_graph import GraphError, build_graph
 
-    n_layer = model.config.n_layer
-    wrapper = KVCacheWrapper(model).eval()
     t0 = time.perf_counter()
-    with torch.no_grad(), warnings.catch_warnings():
-        # The tracer warns about every Python-level branch in transformers; parity is checked below instead.
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            wrapper, dummy_inputs(model.config), str(path),
-            input_names=input_names(n_layer), output_names=output_names(n_layer),
-            dynamic_axes=dynamic_axes(n_layer), opset_version=opset, dynamo=False,
-            do_constant_folding=True,
-        )
+    try:
+        proto = build_graph(model, opset)
+    except GraphError as e:
+        raise ExportError(str(e)) from e
+    onnx.save(proto, str(path))
     return time.perf_counter() - t0
 
 
 def run(args: ExportArgs) -> dict:
     import onnx
 
+    from trainer import export_checks as checks
     from trainer import export_graph as eg
 
     ckpt, out = Path(args.checkpoint), Path(args.output)
@@ -151,7 +145,7 @@ def run(args: ExportArgs) -> dict:
     ids = tok.encode(text).ids[:n_eval]
     if len(ids) < 8:
         raise ExportError("the parity text is too short (need at least 8 tokens)")
-    parity = eg.check_parity(model, tmp_path, ids, threads=args.threads)
+    parity = checks.check_parity(model, tmp_path, ids, threads=args.threads)
     print(f"parity vs PyTorch: prefill max |diff| {parity['prefill_max_abs_diff']:.2e}, "
           f"decode step {parity['decode_max_abs_diff']:.2e}, padded batch {parity['padded_max_abs_diff']:.2e}, "
           f"greedy tokens equal {parity['greedy_equal']}")
@@ -182,18 +176,21 @@ def run(args: ExportArgs) -> dict:
         "supports_fim": supports_fim(vocab),
         "inputs": eg.input_names(model.config.n_layer),
         "outputs": eg.output_names(model.config.n_layer),
-        "past_shape": ["batch", model.config.n_head, "past", model.config.n_embd // model.config.n_head],
+        # past and present are one buffer per layer, n_positions long (see export_graph.py)
+        "past_shape": ["batch", model.config.n_head, "capacity", model.config.n_embd // model.config.n_head],
+        "kv_cache": "shared-buffer",
         "parity": parity,
         "files": {},
     }
 
     if args.optimize:
-        info["optimize"] = eg.try_optimize(fp32_path, model, ids, args.tolerance, threads=args.threads)
+        info["optimize"] = checks.try_optimize(fp32_path, model, ids, args.tolerance, threads=args.threads)
         print(f"optimize: {info['optimize']['verdict']}")
 
     if args.quantize == "int8":
         int8_path = out / mf.ONNX_INT8_FILE
-        info["int8"] = eg.quantize_int8(fp32_path, int8_path, ids, threads=args.threads)
+        info["int8"] = checks.quantize_int8(fp32_path, int8_path, ids, model.config.n_positions,
+                                             threads=args.threads)
         q = info["int8"]
         print(f"int8: {q['size_mb']:.1f} MB (fp32 {q['fp32_size_mb']:.1f} MB), top-1 agreement {q['top1_agreement']:.3f}, "
               f"loss {q['loss_int8']:.4f} vs fp32 {q['loss_fp32']:.4f}")

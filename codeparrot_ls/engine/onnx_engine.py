@@ -3,11 +3,17 @@
 One InferenceSession serves the prompt pass (empty past) and every decode step:
 two sessions in one process fight over the cores. Spinning is disabled so an
 idle server burns no CPU between requests.
+
+The KV cache lives in one preallocated buffer per layer (`n_positions` long), bound
+as both the graph's past and present through an IOBinding: each pass writes its new
+positions in place. A past is a view of the first `length` positions of a buffer;
+truncating one (KV prefix reuse) costs nothing, and only expanding rows copies.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +24,9 @@ from codeparrot_ls.engine.decoding import token_table
 from codeparrot_ls.engine.loading import ModelLoadError, load_tokenizer, model_info
 
 PRECISIONS = ("auto", "int8", "fp32")
-# Inputs longer than this run in chunks (measured ~1.6x faster prefill at 1024 tokens
-# on the tiny model; see docs/benchmarks.md).
-DEFAULT_PREFILL_CHUNK = 256
+# Inputs longer than this run in chunks on top of the growing cache: the causal
+# attention then skips most of the masked upper triangle (see docs/benchmarks.md).
+DEFAULT_PREFILL_CHUNK = 128
 
 
 def pick_onnx_file(model_dir: Path, precision: str = "auto") -> Path:
@@ -38,14 +44,42 @@ def pick_onnx_file(model_dir: Path, precision: str = "auto") -> Path:
     return fp32
 
 
-class OnnxEngine(Engine):
-    def __init__(self, model_dir: str | Path, threads: int | None = None, precision: str = "auto",
-                 prefill_chunk: int = DEFAULT_PREFILL_CHUNK):
+class KVBuffer:
+    """Key/value storage [batch, heads, capacity, head_dim] for every layer, as numpy arrays
+    and the OrtValues that wrap the same memory."""
+
+    def __init__(self, arrays: list[np.ndarray]):
         import onnxruntime as ort
 
-        model_dir = Path(model_dir)
-        path = pick_onnx_file(model_dir, precision)
-        self._tokenizer = load_tokenizer(model_dir)
+        self.arrays = arrays
+        self.values = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays]
+
+    @property
+    def batch(self) -> int:
+        return self.arrays[0].shape[0]
+
+    @property
+    def capacity(self) -> int:
+        return self.arrays[0].shape[2]
+
+
+@dataclass(frozen=True)
+class OnnxPast:
+    """The first `length` positions of `buffer`."""
+
+    buffer: KVBuffer
+    length: int
+
+
+class KVGraph:
+    """An exported graph in an InferenceSession, run with its KV buffers bound in place.
+
+    Used by the engine and by `codeparrot export`'s checks (which have no model folder yet).
+    """
+
+    def __init__(self, path: Path, capacity: int, threads: int | None = None):
+        import onnxruntime as ort
+
         so = ort.SessionOptions()
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -63,18 +97,66 @@ class OnnxEngine(Engine):
         if missing:
             raise ModelLoadError(f"{path} is not a codeparrot KV-cache graph: inputs {missing} are missing "
                                  "(export it with `codeparrot export`)")
+        shape = inputs[mf.past_key_name(0)].shape  # [batch, heads, capacity, head_dim]
+        if shape[2] != "capacity":
+            raise ModelLoadError(f"{path} was written by an older `codeparrot export` (its KV cache is not a "
+                                 "shared buffer); export the checkpoint again")
         self.n_layer = sum(1 for n in inputs if n.startswith("past_key_values.") and n.endswith(".key"))
-        shape = inputs[mf.past_key_name(0)].shape  # [batch, heads, past, head_dim]
         self.n_head, self.head_dim = int(shape[1]), int(shape[3])
+        self.capacity = int(capacity)
         self._past_names = [name for i in range(self.n_layer) for name in (mf.past_key_name(i), mf.past_value_name(i))]
-        self._output_names = [mf.ONNX_LOGITS] + [
-            name for i in range(self.n_layer) for name in (mf.present_key_name(i), mf.present_value_name(i))]
+        self._present_names = [name for i in range(self.n_layer)
+                               for name in (mf.present_key_name(i), mf.present_value_name(i))]
+        self._keep = {1: np.array(1, np.int64)}
+
+    def new_buffer(self, batch: int) -> KVBuffer:
+        # np.empty: pages are touched only as positions are written.
+        shape = (batch, self.n_head, self.capacity, self.head_dim)
+        return KVBuffer([np.empty(shape, np.float32) for _ in range(2 * self.n_layer)])
+
+    def run(self, input_ids, past: OnnxPast | None, logits_to_keep: int, attention_mask, position_ids):
+        batch, seq = input_ids.shape
+        if past is None:
+            past = OnnxPast(self.new_buffer(batch), 0)
+        total = past.length + seq
+        if total > past.buffer.capacity:
+            raise ValueError(f"{total} positions do not fit the model's {past.buffer.capacity}")
+        keep = self._keep.get(logits_to_keep)
+        if keep is None:
+            keep = np.array(logits_to_keep, np.int64)
+        io = self.session.io_binding()
+        io.bind_cpu_input(mf.ONNX_INPUT_IDS, np.ascontiguousarray(input_ids, np.int64))
+        io.bind_cpu_input(mf.ONNX_ATTENTION_MASK, np.ascontiguousarray(attention_mask, np.int64))
+        io.bind_cpu_input(mf.ONNX_POSITION_IDS, np.ascontiguousarray(position_ids, np.int64))
+        io.bind_cpu_input(mf.ONNX_LOGITS_TO_KEEP, keep)
+        for name, value in zip(self._past_names, past.buffer.values):
+            io.bind_ortvalue_input(name, value)
+        io.bind_output(mf.ONNX_LOGITS)   # first: get_outputs() follows the binding order
+        for name, value in zip(self._present_names, past.buffer.values):
+            io.bind_ortvalue_output(name, value)
+        self.session.run_with_iobinding(io)
+        return io.get_outputs()[0].numpy(), OnnxPast(past.buffer, total)
+
+    def select(self, past: OnnxPast, rows: Sequence[int]) -> OnnxPast:
+        idx = np.asarray(rows, np.intp)
+        buffer = self.new_buffer(len(idx))
+        for src, dst in zip(past.buffer.arrays, buffer.arrays):
+            dst[:, :, : past.length] = src[idx, :, : past.length]
+        return OnnxPast(buffer, past.length)
+
+
+class OnnxEngine(Engine):
+    def __init__(self, model_dir: str | Path, threads: int | None = None, precision: str = "auto",
+                 prefill_chunk: int = DEFAULT_PREFILL_CHUNK):
+        model_dir = Path(model_dir)
+        path = pick_onnx_file(model_dir, precision)
+        self._tokenizer = load_tokenizer(model_dir)
+        info = model_info(model_dir, "onnx", self._tokenizer, file=path.name,
+                          precision="int8" if path.name == mf.ONNX_INT8_FILE else "fp32", threads=threads or 0)
+        self.graph = KVGraph(path, info.n_positions, threads)
+        self.n_layer, self.n_head, self.head_dim = self.graph.n_layer, self.graph.n_head, self.graph.head_dim
         self.prefill_chunk = prefill_chunk  # 0 = run any input in one pass
-        self._empty: dict[int, list[np.ndarray]] = {}
-        self._keep = {k: np.array(k, np.int64) for k in (1,)}
-        self.info = model_info(model_dir, "onnx", self._tokenizer, file=path.name,
-                               precision="int8" if path.name == mf.ONNX_INT8_FILE else "fp32",
-                               threads=threads or 0)
+        self.info = info
         # Pay the one-off costs (token table, first-run allocations) now, not on the first request.
         token_table(self)
         self.forward(np.array([[self.info.eos_id]], np.int64), None)
@@ -83,59 +165,49 @@ class OnnxEngine(Engine):
     def tokenizer(self):
         return self._tokenizer
 
-    def _empty_past(self, batch: int) -> list[np.ndarray]:
-        if batch not in self._empty:
-            zero = np.zeros((batch, self.n_head, 0, self.head_dim), np.float32)
-            self._empty[batch] = [zero] * (2 * self.n_layer)
-        return self._empty[batch]
-
     def forward(self, input_ids, past, logits_to_keep=1, attention_mask=None, position_ids=None):
         batch, seq = input_ids.shape
-        if past is None:
-            past = self._empty_past(batch)
-        past_len = past[0].shape[2]
+        past_len = self.past_length(past)
         if attention_mask is None:
             attention_mask = np.ones((batch, past_len + seq), np.int64)
         if position_ids is None:
             position_ids = np.broadcast_to(np.arange(past_len, past_len + seq, dtype=np.int64), (batch, seq))
-        chunk = self.prefill_chunk
+        if batch > 1 and past is not None and seq > 1:
+            # GroupQueryAttention runs several new tokens after a past only for one row.
+            return self._token_by_token(input_ids, past, logits_to_keep, attention_mask, position_ids)
+        chunk = self.prefill_chunk if batch == 1 else 0
         if not chunk or seq <= chunk:
-            return self._run(input_ids, past, logits_to_keep, attention_mask, position_ids)
-        # A long input runs in chunks on top of the growing cache: the unfused attention's
-        # score matrices stay small (and skip most of the masked upper triangle).
+            return self.graph.run(input_ids, past, logits_to_keep, attention_mask, position_ids)
         first_kept = seq - logits_to_keep
         pieces = []
         for start in range(0, seq, chunk):
             end = min(seq, start + chunk)
             need = max(0, end - max(start, first_kept))
-            logits, past = self._run(input_ids[:, start:end], past, max(need, 1),
-                                     attention_mask[:, : past_len + end], position_ids[:, start:end])
+            logits, past = self.graph.run(input_ids[:, start:end], past, max(need, 1),
+                                          attention_mask[:, : past_len + end], position_ids[:, start:end])
             if need:
                 pieces.append(logits[:, -need:])
         return (pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=1)), past
 
-    def _run(self, input_ids, past, logits_to_keep, attention_mask, position_ids):
-        keep = self._keep.get(logits_to_keep)
-        if keep is None:
-            keep = np.array(logits_to_keep, np.int64)
-        feed = {mf.ONNX_INPUT_IDS: np.ascontiguousarray(input_ids, np.int64),
-                mf.ONNX_ATTENTION_MASK: np.ascontiguousarray(attention_mask, np.int64),
-                mf.ONNX_POSITION_IDS: np.ascontiguousarray(position_ids, np.int64),
-                mf.ONNX_LOGITS_TO_KEEP: keep}
-        feed.update(zip(self._past_names, past))
-        outs = self.session.run(self._output_names, feed)
-        return outs[0], outs[1:]
+    def _token_by_token(self, input_ids, past, logits_to_keep, attention_mask, position_ids):
+        seq, past_len = input_ids.shape[1], past.length
+        pieces = []
+        for t in range(seq):
+            logits, past = self.graph.run(input_ids[:, t:t + 1], past, 1, attention_mask[:, : past_len + t + 1],
+                                          position_ids[:, t:t + 1])
+            if t >= seq - logits_to_keep:
+                pieces.append(logits)
+        return np.concatenate(pieces, axis=1), past
 
     def past_length(self, past) -> int:
-        return 0 if past is None else int(past[0].shape[2])
+        return 0 if past is None else past.length
 
     def truncate_past(self, past, length: int):
-        return [np.ascontiguousarray(p[:, :, :length]) for p in past]
+        return OnnxPast(past.buffer, min(length, past.length))
 
     def select_past(self, past, rows: Sequence[int]):
-        idx = np.asarray(rows, np.intp)
-        return [p[idx] for p in past]
+        return self.graph.select(past, rows)
 
     def close(self) -> None:
-        self.session = None
+        self.graph = None
         self._prefix_cache = None
