@@ -10,7 +10,7 @@ Reported per engine and prompt length: prompt time, per-token decode time, total
 the memory-bandwidth floor per decode step (weight bytes / read bandwidth measured with
 numpy). Ratios: generate total / engine total, engine step / floor.
 
-    python bench/bench_generate.py [--threads 2] [--repeats 5] [--optimize]
+    python bench/bench_generate.py [--threads 2] [--repeats 5] [--optimize] [--chunks 64,128,256]
 """
 
 from __future__ import annotations
@@ -135,6 +135,26 @@ def best_of_threads(by_threads: dict, ids: list[int], repeats: int, typed: int =
     return min(runs, key=lambda r: r["total_ms"])
 
 
+def print_chunk_sweep(by_threads: dict, ids: list[int], chunks: list[int], repeats: int) -> None:
+    """Prefill time of the longest prompt at each prefill chunk size (0 = one pass), per thread count."""
+    import numpy as np
+
+    print(f"\nprefill of {len(ids)} tokens by chunk size (onnx int8, best of {repeats}):")
+    x = np.array([ids], np.int64)
+    for threads, engine in by_threads.items():
+        saved, cells = engine.prefill_chunk, []
+        for chunk in chunks:
+            engine.prefill_chunk = chunk
+            best = float("inf")
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                engine.forward(x, None, 1)
+                best = min(best, time.perf_counter() - t0)
+            cells.append(f"{chunk or 'one pass'}: {best * 1e3:.1f} ms")
+        engine.prefill_chunk = saved
+        print(f"  {threads} thread(s): " + ", ".join(cells))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -143,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default="", help="also write the results here")
     ap.add_argument("--lengths", default=",".join(map(str, LENGTHS)), help="prompt lengths in tokens")
     ap.add_argument("--workdir", default="", help="keep the built model here and reuse it on the next run")
+    ap.add_argument("--chunks", default="", help="also time the int8 prefill at these chunk sizes, e.g. 64,128,256")
     args = ap.parse_args(argv)
 
     import torch
@@ -201,12 +222,20 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {name:<10} {r['threads']:>3} {r['prompt_ms']:>10.1f} {r['step_ms']:>8.2f} {r['total_ms']:>9.1f} "
                       f"{r['floor_ms']:>9.2f} {r['step_ms'] / r['floor_ms']:>9.2f}x {r['floor_kv_ms']:>9.2f} "
                       f"{base / r['total_ms']:>7.2f}x")
+        if args.chunks:
+            print_chunk_sweep(engines["onnx int8"], prompts(tok, [max(lengths)])[max(lengths)],
+                              [int(c) for c in args.chunks.split(",")], args.repeats)
         at = results[max(results)]
         speed = at["generate"]["total_ms"] / at["onnx int8"]["total_ms"]
         step = at["onnx int8"]["step_ms"] / at["onnx int8"]["floor_ms"]
+        step_kv = at["onnx int8"]["step_ms"] / at["onnx int8"]["floor_kv_ms"]
         print(f"\nat {max(results)} prompt tokens: onnx int8 is {speed:.2f}x faster than generate end to end "
               f"(target >= 4x: {'met' if speed >= 4 else 'NOT met'}); int8 decode step = {step:.2f}x the weights "
-              f"floor (target <= 1.5x: {'met' if step <= 1.5 else 'NOT met'})")
+              f"floor (target <= 1.5x: {'met' if step <= 1.5 else 'NOT met'}), {step_kv:.2f}x the weights + KV cache floor")
+        for n, row in sorted(results.items()):
+            r = row["onnx int8"]
+            print(f"  {n} tokens: int8 step / weights floor {r['step_ms'] / r['floor_ms']:.2f}x, "
+                  f"speedup vs generate {row['generate']['total_ms'] / r['total_ms']:.2f}x")
         print(f"load average after: {os.getloadavg()[0]:.1f}")
         if args.json:
             Path(args.json).write_text(json.dumps({"bandwidth_gbs": bw, "results": results}, indent=2))
