@@ -11,6 +11,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from codeparrot_ls.prompt import END_OF_TEXT
@@ -110,6 +111,89 @@ def training_flops_per_token(config: GPT2Config, seq_length: int) -> float:
     return 6.0 * matmul_params + 12.0 * L * d * seq_length
 
 
+IGNORE_INDEX = -100  # label value that is not predicted (transformers' convention)
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of `hidden @ weight.T` against `targets`, a block of rows at a time.
+
+    transformers computes the [tokens, vocab] logits, upcasts all of them to fp32 and runs
+    log-softmax, NLL and their backward over that tensor (on the CPU this costs about as much
+    as all the matmuls of the tiny model). Here each block of `chunk_size` rows goes through
+    logits -> fp32 log-softmax -> loss and gradient (softmax - one-hot) while it is still in
+    cache, and the two gradient matmuls follow at once; the full logits never exist.
+
+    Numerics are those of autocast's path: the logits matmul runs in the autocast dtype
+    (bf16/fp16; fp32 without autocast), the softmax in fp32, the gradient of the logits is
+    rounded to the matmul dtype. The gradients are computed in the forward (the loss is
+    a scalar, so backward only scales them); under no_grad only the loss is computed.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk_size: int):
+        device = hidden.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        with torch.autocast(device, enabled=False):
+            h, w = hidden.to(dtype), weight.to(dtype)
+            valid = targets != IGNORE_INDEX
+            safe_targets = torch.where(valid, targets, 0)
+            masked = bool((~valid).any())  # one sync per call, none per block
+            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            grad_h = torch.empty_like(h) if need_grad else None
+            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_grad else None
+            for start in range(0, h.shape[0], chunk_size):
+                rows = slice(start, start + chunk_size)
+                block_h, block_t, block_v = h[rows], safe_targets[rows, None], valid[rows]
+                log_probs = torch.log_softmax(block_h @ w.t(), dim=1, dtype=torch.float32)
+                total -= (log_probs.gather(1, block_t).squeeze(1) * block_v).sum()
+                if not need_grad:
+                    continue
+                grad_logits = log_probs.exp_()  # softmax ...
+                grad_logits.scatter_add_(1, block_t, -block_v.to(grad_logits.dtype)[:, None])  # ... - one-hot
+                if masked:
+                    grad_logits.mul_(block_v[:, None])
+                grad_logits = grad_logits.to(dtype)
+                torch.mm(grad_logits, w, out=grad_h[rows])
+                grad_w += grad_logits.t() @ block_h
+            scale = 1.0 / valid.sum().clamp_min(1).float()
+        if need_grad:
+            ctx.save_for_backward(grad_h, grad_w, scale)
+            ctx.hidden_dtype = hidden.dtype
+        return total * scale
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_h, grad_w, scale = ctx.saved_tensors
+        factor = scale * grad_output
+        return (grad_h.float() * factor).to(ctx.hidden_dtype), grad_w * factor, None, None
+
+
+class LanguageModelLoss(torch.nn.Module):
+    """Wraps a GPT2LMHeadModel so that forward(input_ids) returns the mean next-token loss.
+
+    `chunk_size` > 0: the loss comes from the final hidden states through LinearCrossEntropy
+    (same value as transformers' `labels=` loss within float rounding, much less work);
+    0: transformers' own loss. The wrapper is what Accelerate prepares (so DDP sees one
+    forward); `.lm` is the model that is saved. It holds no parameters of its own.
+    """
+
+    def __init__(self, lm: GPT2LMHeadModel, chunk_size: int = 256):
+        super().__init__()
+        if chunk_size and getattr(lm.lm_head, "bias", None) is not None:
+            raise ValueError("the chunked loss expects an output layer without bias")
+        self.lm, self.chunk_size = lm, chunk_size
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if not self.chunk_size:
+            return self.lm(input_ids=input_ids, labels=input_ids, use_cache=False).loss
+        hidden = self.lm.transformer(input_ids=input_ids, use_cache=False).last_hidden_state
+        # position t predicts token t + 1, as transformers shifts `labels`
+        hidden = hidden[:, :-1].reshape(-1, hidden.shape[-1])
+        return LinearCrossEntropy.apply(hidden, self.lm.lm_head.weight, input_ids[:, 1:].reshape(-1),
+                                        self.chunk_size)
+
+
 @dataclass
 class InitModelArguments:
     tokenizer: str = field(metadata={"help": "tokenizer folder (tokenizer.json)"})
@@ -124,7 +208,6 @@ class InitModelArguments:
 def main(argv: list[str] | None = None) -> int:
     import shutil
 
-    import torch
     from tokenizers import Tokenizer
     from transformers import HfArgumentParser
 

@@ -107,7 +107,7 @@ def evaluate(accelerator, model, dataset, max_batches: int) -> tuple[float, floa
             if max_batches and i >= max_batches:
                 break
             batch = batch.to(accelerator.device)
-            loss = unwrapped(input_ids=batch, labels=batch, use_cache=False).loss.double()
+            loss = unwrapped(batch).double()
             n = batch.numel() - batch.shape[0]  # predicted tokens
             total += torch.stack([loss * n, torch.tensor(float(n), dtype=torch.float64, device=batch.device)])
     unwrapped.train()
@@ -128,7 +128,7 @@ def run(args: PretrainArguments) -> int:
 
     from trainer import checkpoint as ckpt
     from trainer.data import PackedDataset, make_loader, shard_files
-    from trainer.model import build_model, parameter_counts, training_flops_per_token
+    from trainer.model import LanguageModelLoss, build_model, parameter_counts, training_flops_per_token
 
     output = Path(args.output)
     trackers = {"none": None, "all": "all", "wandb": "wandb", "tensorboard": "tensorboard"}[args.report_to]
@@ -179,7 +179,8 @@ def run(args: PretrainArguments) -> int:
     optimizer = torch.optim.AdamW(parameter_groups(model, args.weight_decay), lr=args.learning_rate,
                                   betas=(args.adam_beta1, args.adam_beta2), fused=fused or None)
     scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, args.max_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    lm = model  # the GPT2LMHeadModel that is saved; `model` becomes what computes the loss
+    model, optimizer = accelerator.prepare(LanguageModelLoss(lm, args.loss_chunk_size), optimizer)
     # The schedule is stepped once per optimizer step whatever the number of processes,
     # so it is not prepared (that would step it once per process); it is still checkpointed.
     accelerator.register_for_checkpointing(scheduler)
@@ -216,8 +217,8 @@ def run(args: PretrainArguments) -> int:
     skipped, in_a_row = state.get("nonfinite_skipped", 0), state.get("consecutive_nonfinite", 0)
     digest = state.get("data_digest", "")
     poisoned = {int(s) for s in args.fault_nan_loss_steps.split(",") if s.strip()}
-    counts = parameter_counts(accelerator.unwrap_model(model))
-    flops_per_token = training_flops_per_token(accelerator.unwrap_model(model).config, seq_length)
+    counts = parameter_counts(lm)
+    flops_per_token = training_flops_per_token(lm.config, seq_length)
     tokens_per_step = args.batch_size * seq_length * args.gradient_accumulation_steps * accelerator.num_processes
     if accelerator.is_main_process:
         log.info("model %s: %.2f M parameters; %d processes on %s, mixed precision %s; %d tokens per step",
@@ -230,7 +231,7 @@ def run(args: PretrainArguments) -> int:
     def save(final: bool = False) -> Path:
         digests = gather_object([digest])
         kill = ckpt_kill if args.fault_kill_in_save == step else None
-        return ckpt.save_checkpoint(accelerator, model, Path(args.tokenizer), output, {
+        return ckpt.save_checkpoint(accelerator, lm, Path(args.tokenizer), output, {
             "step": step, "batches_consumed": consumed, "tokens_seen": tokens_seen,
             "nonfinite_skipped": skipped, "consecutive_nonfinite": in_a_row, "data_digest": digest,
             "data_digests": digests, "world_size": accelerator.num_processes,
@@ -254,7 +255,7 @@ def run(args: PretrainArguments) -> int:
             digest = chain_digest(digest, batch)
             batch = batch.to(accelerator.device, non_blocking=True)
             with accelerator.accumulate(model):
-                loss = model(input_ids=batch, labels=batch, use_cache=False).loss
+                loss = model(batch)
                 if step + 1 in poisoned:
                     loss = loss * math.nan  # fault injection
                 loss_sum += loss.detach().float()

@@ -41,6 +41,8 @@ class PretrainArguments:
     mixed_precision: str = field(default="bf16", metadata={"help": "no, bf16 (CPU or GPU) or fp16 (GPU)"})
     gradient_checkpointing: bool = False
     fused_optimizer: bool = field(default=True, metadata={"help": "fused AdamW kernel where supported"})
+    loss_chunk_size: int = field(default=256, metadata={
+        "help": "tokens per block of the fused output-layer + cross-entropy; 0: transformers' loss"})
     num_threads: int | None = field(default=None, metadata={"help": "torch CPU threads per process"})
     resume: str | None = field(default=None, metadata={"help": "`latest` (or no value) or a checkpoint path"})
     overwrite: bool = field(default=False, metadata={"help": "start again in an OUTPUT that holds a run"})
@@ -115,5 +117,7 @@ def check_args(args: PretrainArguments) -> None:
                  "max_nonfinite"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.loss_chunk_size < 0:
+        raise UsageError("--loss-chunk-size must be at least 0")
     if not (0 <= args.fim_rate <= 1 and 0 <= args.fim_spm_rate <= 1):
         raise UsageError("--fim-rate and --fim-spm-rate must be in [0, 1]")
