@@ -322,3 +322,14 @@ def test_stop_inside_required_prefix_does_not_stop(onnx_fp32):
                                                stop=["\n"]))[0]
     assert gen.text.startswith("\n    x")
     assert gen.finish_reason in ("stop", "length") and "\n" not in gen.text[1:]
+
+
+def test_logits_of_a_pass_survive_the_next_pass(onnx_int8):
+    """The engine reuses one IOBinding per KV buffer; the logits it returned must not be overwritten."""
+    ids = prompt_ids(onnx_int8, 12)
+    first, past = onnx_int8.forward(np.array([ids[:10]], np.int64), None, 1)
+    kept = first.copy()
+    second, past = onnx_int8.forward(np.array([ids[10:11]], np.int64), past, 1)
+    third, _ = onnx_int8.forward(np.array([ids[11:12]], np.int64), past, 1)
+    np.testing.assert_array_equal(first, kept)
+    assert not np.array_equal(second, third)

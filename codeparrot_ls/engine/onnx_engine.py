@@ -53,6 +53,7 @@ class KVBuffer:
 
         self.arrays = arrays
         self.values = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays]
+        self.binding = None      # (session, IOBinding with the buffers bound), made on first use
 
     @property
     def batch(self) -> int:
@@ -124,18 +125,26 @@ class KVGraph:
         keep = self._keep.get(logits_to_keep)
         if keep is None:
             keep = np.array(logits_to_keep, np.int64)
-        io = self.session.io_binding()
+        io = self._binding(past.buffer)
         io.bind_cpu_input(mf.ONNX_INPUT_IDS, np.ascontiguousarray(input_ids, np.int64))
         io.bind_cpu_input(mf.ONNX_ATTENTION_MASK, np.ascontiguousarray(attention_mask, np.int64))
         io.bind_cpu_input(mf.ONNX_POSITION_IDS, np.ascontiguousarray(position_ids, np.int64))
         io.bind_cpu_input(mf.ONNX_LOGITS_TO_KEEP, keep)
-        for name, value in zip(self._past_names, past.buffer.values):
-            io.bind_ortvalue_input(name, value)
-        io.bind_output(mf.ONNX_LOGITS)   # first: get_outputs() follows the binding order
-        for name, value in zip(self._present_names, past.buffer.values):
-            io.bind_ortvalue_output(name, value)
+        io.bind_output(mf.ONNX_LOGITS)   # again: its shape changes from pass to pass
         self.session.run_with_iobinding(io)
         return io.get_outputs()[0].numpy(), OnnxPast(past.buffer, total)
+
+    def _binding(self, buffer: KVBuffer):
+        """The buffer's IOBinding, its past and present bound once for every later pass."""
+        if buffer.binding is None or buffer.binding[0] is not self.session:
+            io = self.session.io_binding()
+            for name, value in zip(self._past_names, buffer.values):
+                io.bind_ortvalue_input(name, value)
+            io.bind_output(mf.ONNX_LOGITS)   # first: get_outputs() follows the binding order
+            for name, value in zip(self._present_names, buffer.values):
+                io.bind_ortvalue_output(name, value)
+            buffer.binding = (self.session, io)
+        return buffer.binding[1]
 
     def select(self, past: OnnxPast, rows: Sequence[int]) -> OnnxPast:
         idx = np.asarray(rows, np.intp)
