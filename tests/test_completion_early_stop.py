@@ -1,0 +1,95 @@
+"""Early stop changes no suggestion: the real `Completer` with early stop on and off, at many
+cursors in real Python files, must show exactly the same text; with it on, fewer tokens are
+decoded. Run on the tests' tiny random model (torch) and on the shipped default model
+(trained: it ends blocks the way code does), each request cold (no KV reuse), so both
+settings compute the same way."""
+
+from __future__ import annotations
+
+import random
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from codeparrot_ls.completion import Completer
+from codeparrot_ls.context import index_to_utf16
+from codeparrot_ls.settings import CompletionSettings
+from codeparrot_ls.status import default_model_dir
+
+DATA = Path(__file__).parent / "data"
+FILES = [DATA / "settings_module.py", DATA / "model_module.py", DATA / "settings_module_tabs.py",
+         Path(textwrap.__file__).parent / "pprint.py"]
+# Generous time budget: only tokens may end a suggestion, never the (shared, noisy) clock.
+AUTOMATIC = CompletionSettings(max_new_tokens=48, time_budget_ms=600_000)
+INVOKED_GREEDY = CompletionSettings(max_new_tokens=48, time_budget_ms=600_000, temperature=0.0)
+
+
+def cursors(n: int, seed: int = 0):
+    """(uri, document, line, UTF-16 column): the end of a line (the rest of the file below,
+    or the file ending there), a new line opened and indented like the next one, a line cut
+    at a random column (often inside a word: token healing), or a random point inside a
+    line (one-line suggestions)."""
+    rng = random.Random(seed)
+    for i in range(n):
+        path = FILES[i % len(FILES)]
+        text = path.read_text(encoding="utf-8")
+        lines = text.split("\n")
+        k = rng.choice([j for j, ln in enumerate(lines) if ln.strip()])
+        kind = i % 5
+        if kind == 0:
+            doc, line, col = text, k, len(lines[k])
+        elif kind == 1:
+            doc, line, col = "\n".join(lines[:k + 1]), k, len(lines[k])
+        elif kind == 2:
+            nxt = next((ln for ln in lines[k + 1:] if ln.strip()), "")
+            indent = nxt[:len(nxt) - len(nxt.lstrip(" \t"))]
+            doc = "\n".join([*lines[:k + 1], indent, *lines[k + 1:]])
+            line, col = k + 1, len(indent)
+        elif kind == 3:
+            col = rng.randint(len(lines[k]) - len(lines[k].lstrip()) + 1, len(lines[k]))
+            doc, line = "\n".join([*lines[:k], lines[k][:col], *lines[k + 1:]]), k
+        else:
+            doc, line = text, k
+            col = rng.randint(len(lines[k]) - len(lines[k].lstrip()), len(lines[k]))
+        yield f"file:///{path.name}#{i}", doc, line, index_to_utf16(doc.split("\n")[line], col)
+
+
+def compare(engine_on, engine_off, n: int) -> tuple[int, int, int, int, int]:
+    """Asserts equal suggestions; returns (tokens decoded with early stop, without,
+    suggestions shown, requests that stopped early, those of them with a healed prompt)."""
+    on, off = Completer(engine_on), Completer(engine_off, early_stop=False)
+    shown = stopped = healed = 0
+    for i, (uri, doc, line, col) in enumerate(cursors(n)):
+        settings, invoked = (INVOKED_GREEDY, True) if i % 7 == 6 else (AUTOMATIC, False)
+        results = []
+        for c in (on, off):
+            c.engine._prefix_cache = None
+            results.append([s.insert_text for s in c.complete(uri, doc, line, col, settings, invoked)])
+        assert results[0] == results[1], (uri, line, col)
+        assert on.stats.last_generated_tokens <= off.stats.last_generated_tokens
+        shown += bool(results[0])
+        stopped += on.stats.last_generated_tokens < off.stats.last_generated_tokens
+        healed += bool(on.stats.last_healed) and on.stats.last_generated_tokens < off.stats.last_generated_tokens
+    assert on.stats.model_runs == off.stats.model_runs == n
+    return on.stats.generated_tokens, off.stats.generated_tokens, shown, stopped, healed
+
+
+@pytest.mark.slow
+def test_same_suggestions_with_fewer_tokens_on_the_tiny_random_model(tiny_checkpoint_dir):
+    from codeparrot_ls.engine import load_engine
+
+    with_stop, without, shown, stopped, healed = compare(load_engine(tiny_checkpoint_dir, threads=1),
+                                                         load_engine(tiny_checkpoint_dir, threads=1), 40)
+    assert shown > 0 and stopped > 0 and with_stop < without
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(default_model_dir() is None, reason="this install ships no default model")
+def test_same_suggestions_with_fewer_tokens_on_the_default_model():
+    from codeparrot_ls.engine import load_engine
+
+    with_stop, without, shown, stopped, healed = compare(load_engine(default_model_dir(), threads=1),
+                                                         load_engine(default_model_dir(), threads=1), 40)
+    # Some of the early stops came after re-typing healed text (the cut is past it).
+    assert shown > 10 and stopped >= 3 and healed >= 1 and with_stop < without
