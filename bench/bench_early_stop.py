@@ -9,7 +9,11 @@ post-processing throws the rest away. Measured here, in one run, at the same pos
    `Completer`s on two engines loaded from the same folder, interleaved position by
    position, each request cold: no KV reuse from the previous position), and that both
    show exactly the same suggestions;
-2. the decode loop's own overhead: every generation of the "off" run is replayed token by
+2. a bound no exact rule can beat: the fewest tokens of the "off" generation whose text
+   already post-processes to the suggestion shown (what a rule that knew the future would
+   decode); the gap to it is mostly repetition loops, which post-processing cuts at the end
+   of the text, so no rule can cut them before the end without changing some suggestions;
+3. the decode loop's own overhead: every generation of the "off" run is replayed token by
    token through the loop's bookkeeping (`_Row.push`), without and with the real early-stop
    predicate (made never to stop, so both see every token), against the engine's time per
    decode step.
@@ -35,10 +39,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from codeparrot_ls.completion import Completer  # noqa: E402
+from codeparrot_ls.completion import Completer, cut_at_stops, stops_for  # noqa: E402
+from codeparrot_ls.context import line_bounds, utf16_to_index  # noqa: E402
 from codeparrot_ls.engine import load_engine  # noqa: E402
 from codeparrot_ls.engine.base import GenerationRequest  # noqa: E402
-from codeparrot_ls.engine.decoding import _Row, token_table  # noqa: E402
+from codeparrot_ls.engine.decoding import _decode_utf8, _Row, token_table  # noqa: E402
+from codeparrot_ls.postprocess import CursorContext, postprocess  # noqa: E402
 from codeparrot_ls.settings import CompletionSettings  # noqa: E402
 from codeparrot_ls.status import DEFAULT_MODEL_DIR  # noqa: E402
 
@@ -87,6 +93,24 @@ class Recorder:
         gens = self._generate(request)
         self.calls.append((request, gens))
         return gens
+
+
+def oracle_tokens(engine, position, request: GenerationRequest, token_ids: list[int], shown: str | None) -> int:
+    """Fewest of `token_ids` whose text post-processes (as the Completer does) to `shown`."""
+    text, line, col = position
+    start, end = line_bounds(text, line)
+    cursor = CursorContext.from_document(text, start + utf16_to_index(text[start:end], col))
+    required = request.required_prefix
+    _, later = stops_for(required, request.stop)
+    pieces, raw = token_table(engine).pieces, b""
+    for k, tok in enumerate(token_ids, 1):
+        raw += pieces[tok]
+        generated = _decode_utf8(raw)
+        if generated.startswith(required):
+            body = cut_at_stops(generated[len(required):], later)[0]
+            if postprocess(body, cursor, single_line=cursor.mid_line, min_chars=SETTINGS.min_chars) == shown:
+                return k
+    return len(token_ids)
 
 
 def pct(values, q: float) -> float:
@@ -169,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     ms_on = [r["on_ms"] for r in rows]
     ms_off = [r["off_ms"] for r in rows]
     stopped = sum(a < b for a, b in zip(tok_on, tok_off))
+    tok_oracle = [oracle_tokens(eng_off, pos, req, gens[0].token_ids, r["off_text"])
+                  for pos, (req, gens), r in zip(positions, rec_off.calls, rows)]
     shown = sum(r["on_text"] is not None for r in rows)
     step_ms = statistics.median(g[0].decode_ms / len(g[0].token_ids) for _, g in rec_off.calls if g[0].token_ids)
     assert len(rec_on.calls) == len(rec_off.calls) == len(rows)  # one model run per position
@@ -186,16 +212,25 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'tokens / completion, mean':34}{statistics.mean(tok_on):12.1f}{statistics.mean(tok_off):12.1f}"
           f"{statistics.mean(tok_on) / statistics.mean(tok_off):8.2f}")
     print(f"{'tokens / completion, median':34}{statistics.median(tok_on):12.1f}{statistics.median(tok_off):12.1f}")
+    print(f"{'bound: tokens the suggestion needs':34}{statistics.mean(tok_oracle):12.1f}{'':12}"
+          f"{statistics.mean(tok_oracle) / statistics.mean(tok_off):8.2f}  (mean)")
     print(f"{'completion ms, p50':34}{pct(ms_on, .5):12.1f}{pct(ms_off, .5):12.1f}{pct(ms_on, .5) / pct(ms_off, .5):8.2f}")
     print(f"{'completion ms, p95':34}{pct(ms_on, .95):12.1f}{pct(ms_off, .95):12.1f}{pct(ms_on, .95) / pct(ms_off, .95):8.2f}")
     print(f"completions stopped early: {stopped}/{len(rows)}; one-line requests (no predicate, the "
           f"'\\n' stop ends them): {len(rows) - len(replays)}")
+    early = [r for r in rows if r["on_tokens"] < r["off_tokens"]]
+    if early:
+        print(f"  those {len(early)}: tokens {statistics.mean(r['on_tokens'] for r in early):.1f} vs "
+              f"{statistics.mean(r['off_tokens'] for r in early):.1f} (mean), completion ms "
+              f"{statistics.median(r['on_ms'] for r in early):.1f} vs {statistics.median(r['off_ms'] for r in early):.1f} (p50)")
     print(f"decode loop bookkeeping per token (the {len(replays)} multi-line requests' {n_tok} tokens without "
           f"early stop, replayed): {push_plain:.2f} us without the predicate, {push_pred:.2f} us with it "
           f"({asked} predicate calls, {asked / max(n_tok, 1):.2f} per token)")
     print(f"overhead {push_pred - push_plain:+.2f} us per token = "
           f"{(push_pred - push_plain) / 1e3 / step_ms * 100:.2f} % of a decode step ({step_ms:.2f} ms median)")
     if args.json:
+        for r, k in zip(rows, tok_oracle):
+            r["bound_tokens"] = k
         args.json.write_text(json.dumps({"rows": rows, "step_ms": step_ms, "push_us": [push_plain, push_pred],
                                          "predicate_calls": asked, "tokens": n_tok}, indent=1))
     eng_on.close()

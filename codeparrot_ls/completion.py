@@ -87,9 +87,11 @@ def _stop_starts(text: str, stops: Sequence[str]):
         while p >= 0:
             yield p
             p = text.find(s, p + 1)
-        for p in range(max(len(text) - len(s) + 1, 0), len(text)):
+        p = text.find(s[0], max(len(text) - len(s) + 1, 0))
+        while p >= 0:
             if s.startswith(text[p:]):
                 yield p
+            p = text.find(s[0], p + 1)
 
 
 def early_stop_rule(required: str, cursor: CursorContext, stops: Sequence[str]) -> Callable[[str], int | None]:

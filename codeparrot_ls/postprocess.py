@@ -63,12 +63,7 @@ def indent_width(line: str) -> int:
 
 def _bracket_depth(text: str, depth: int = 0) -> int:
     """Net open brackets after `text` (strings and comments are not parsed: a heuristic)."""
-    for ch in text:
-        if ch in _OPENERS:
-            depth += 1
-        elif ch in _CLOSERS:
-            depth -= 1
-    return depth
+    return depth + sum(map(text.count, _OPENERS)) - sum(map(text.count, _CLOSERS))
 
 
 def _opens_block(line: str) -> bool:
@@ -151,8 +146,7 @@ def block_end_line(lines: list[str], ctx: CursorContext, last_partial: bool = Fa
         base = indent_width(first)
         opener = _opens_block(first)
     else:  # the cursor's line is blank: the block is the one the lines above are in
-        code = [ln for ln in ctx.lines_before if ln.strip()]
-        prev = code[-1] if code else ""
+        prev = next((ln for ln in reversed(ctx.lines_before) if ln.strip()), "")
         base = indent_width(ctx.line_prefix) if ctx.line_prefix else indent_width(prev)
         opener = False
     following = next((ln for ln in ctx.lines_after if ln.strip()), None)

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from codeparrot_ls.completion import Completer
+from codeparrot_ls import prompt as P
+from codeparrot_ls.completion import Completer, _stop_starts, early_stop_rule
 from codeparrot_ls.context import index_to_utf16
+from codeparrot_ls.postprocess import CursorContext
 from codeparrot_ls.settings import CompletionSettings
 from codeparrot_ls.status import default_model_dir
 
@@ -23,6 +25,24 @@ FILES = [DATA / "settings_module.py", DATA / "model_module.py", DATA / "settings
 # Generous time budget: only tokens may end a suggestion, never the (shared, noisy) clock.
 AUTOMATIC = CompletionSettings(max_new_tokens=48, time_budget_ms=600_000)
 INVOKED_GREEDY = CompletionSettings(max_new_tokens=48, time_budget_ms=600_000, temperature=0.0)
+
+
+def test_the_rule_cuts_after_the_healed_text_and_defers_to_stop_strings():
+    doc = "def f(x):\n    if x:\n        ret"
+    ctx = CursorContext.from_document(doc, len(doc))
+    body = "urn 1\nde"                      # a line back at column 0 left the block
+    rule = early_stop_rule("ret", ctx, list(P.PYTHON_STOP_SEQUENCES))
+    assert rule("re") is None and rule("ret" + body[:6]) is None   # healed text unfinished; block open
+    assert rule("ret" + body) == len("return 1")
+    # "\ndef " may start at the cut: cut there either way. A stop that could start inside
+    # what decided the cut ("de" being "def"...) must be seen through first.
+    assert early_stop_rule("ret", ctx, ["de"])("ret" + body) is None
+    assert early_stop_rule("ret", ctx, ["1\nx"])("ret" + body) == len("return 1")  # cannot match
+    assert early_stop_rule("ret", ctx, ["1\nd"])("ret" + body) is None
+
+
+def test_stop_starts_lists_whole_and_unfinished_matches():
+    assert sorted(_stop_starts("ab\ndef x\nde", ["\ndef ", "de", "x\nd"])) == [2, 3, 7, 8, 9]
 
 
 def cursors(n: int, seed: int = 0):
