@@ -226,6 +226,7 @@ class ContextBuilder:
     supports_fim: bool
     quality_conditioning: bool = False
     layout: str = "spm"
+    fim_default: bool = True          # FIM when settings.fim is None (the model's measured choice)
 
     def __post_init__(self):
         self.counter = TokenCounter(self.tokenizer)
@@ -238,7 +239,7 @@ class ContextBuilder:
               other_documents: Sequence[tuple[str, str]] = (), uri: str | None = None) -> PromptContext:
         """The context at `offset` (on `line`). With `uri`, the window's first line is kept
         from the previous request on the same document while it fits (see `_grow_prefix`)."""
-        use_fim = self.supports_fim and settings.fim
+        use_fim = self.supports_fim and (self.fim_default if settings.fim is None else settings.fim)
         layout = self.layout if use_fim else "l2r"
         n_fixed = (3 if use_fim else 0) + (1 if self.quality_id is not None else 0)
         # The prompt and the new tokens must fit the model's positions.

@@ -16,7 +16,7 @@ class CompletionSettings:
     context_tokens: int = 1024        # prompt budget (prefix + suffix + other files)
     suffix_share: float = 0.25        # share of the budget the suffix may take
     other_files_tokens: int = 128     # budget for snippets from other open Python documents
-    fim: bool = True                  # use fill-in-the-middle when the model has FIM tokens
+    fim: bool | None = None           # fill-in-the-middle when the model has FIM tokens; None: the model's choice
     single_line: bool = False         # never suggest more than one line
     num_candidates: int = 3           # when invoked explicitly (sampling); automatic = 1, greedy
     temperature: float = 0.2          # for explicit invocations; automatic triggers are greedy
@@ -69,8 +69,15 @@ def _snake(key: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", key).lower()
 
 
+# Settings where None (JSON null) means "let the model decide".
+_OPTIONAL_BOOLS = {"fim"}
+
+
 def _coerce(name: str, value: Any, current: Any) -> Any:
-    if isinstance(current, bool):
+    if name in _OPTIONAL_BOOLS:
+        if value is None or isinstance(value, bool):
+            return value
+    elif isinstance(current, bool):
         if isinstance(value, bool):
             return value
     elif isinstance(current, int):

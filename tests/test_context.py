@@ -109,6 +109,15 @@ def test_left_to_right_without_fim(builder, tok, source):
     assert no_fim.build(source, off, line, CompletionSettings()).layout == "l2r"
 
 
+def test_fim_unset_follows_the_model_and_an_explicit_setting_wins(builder, tok, source):
+    off, line = at(source, "def extractall(")
+    prefers_l2r = ContextBuilder(tok, builder.special_ids, 512, supports_fim=True, fim_default=False)
+    assert prefers_l2r.build(source, off, line, CompletionSettings()).layout == "l2r"
+    assert prefers_l2r.build(source, off, line, CompletionSettings(fim=True)).layout == "spm"
+    assert builder.build(source, off, line, CompletionSettings()).layout == "spm"
+    assert builder.build(source, off, line, CompletionSettings(fim=False)).layout == "l2r"
+
+
 def test_typing_keeps_a_long_common_prompt_prefix(builder, source):
     """SPM + snapped window: each typed character only changes the end of the prompt."""
     off, line = at(source, "def extractall(self")

@@ -19,3 +19,11 @@ def test_original_is_unchanged():
 def test_bad_values_raise_with_the_key(options):
     with pytest.raises(ValueError):
         CompletionSettings().updated(options)
+
+
+def test_fim_is_on_off_or_the_models_choice():
+    assert CompletionSettings().fim is None
+    assert CompletionSettings().updated({"fim": False}).fim is False
+    assert CompletionSettings(fim=True).updated({"fim": None}).fim is None
+    with pytest.raises(ValueError, match="fim"):
+        CompletionSettings().updated({"fim": "yes"})

@@ -113,8 +113,14 @@ def run(args: QuickstartArguments) -> int:
         evaluation.mkdir(exist_ok=True)
         _run(stage.main, ["evaluate", "--model", str(model), "--task", "perplexity", "--data", str(corpus),
                           "--output", str(evaluation / "perplexity.json")], "evaluate")
+        # Random cursors, and FIM in the server's layout: the comparison that decides how the
+        # server prompts this model.
         _run(stage.main, ["evaluate", "--model", str(model), "--task", "line-completion", "--data", str(corpus),
-                          "--positions", str(args.eval_positions), "--output", str(results)], "evaluate")
+                          "--positions", str(args.eval_positions), "--cursor", "random", "--fim", "both",
+                          "--fim-layout", "spm", "--output", str(results)], "evaluate")
+    choice = record_fim_choice(model, results)
+    if choice:
+        print(f"  serving prompt: {choice}")
 
     if args.demo:
         _stage(6, "demonstration: the language server completes a sample file", False)
@@ -129,6 +135,25 @@ def run(args: QuickstartArguments) -> int:
     print(f"  VS Code:    set \"codeparrot.model\": {json.dumps(str(model))} in settings.json")
     print(f"  evaluation: {evaluation}")
     return 0
+
+
+def record_fim_choice(model: Path, line_completion_json: Path) -> str:
+    """Write into the model's export.json whether the server should prompt it with FIM
+    (`"serving": {"fim": ...}`): FIM only where it scored at least as well as left to right.
+    Returns a one-line summary ("" when the results have no FIM run)."""
+    results = json.loads(line_completion_json.read_text(encoding="utf-8"))["results"]
+    fim = next((v for k, v in results.items() if k.startswith("fim_")), None)
+    plain = results.get("no_fim")
+    if fim is None or plain is None:
+        return ""
+    use_fim = fim["edit_similarity"] >= plain["edit_similarity"]
+    info_path = model / "export.json"
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    info["serving"] = {"fim": use_fim, "chosen_by": "line completion, edit similarity",
+                       "edit_similarity": {"fim": fim["edit_similarity"], "no_fim": plain["edit_similarity"]}}
+    info_path.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    return (f"{'fill-in-the-middle' if use_fim else 'left to right'} (line completion edit similarity: "
+            f"FIM {fim['edit_similarity']:.1f}, left to right {plain['edit_similarity']:.1f})")
 
 
 def _steps_for(minutes: float) -> int:

@@ -29,6 +29,9 @@ class ModelInfo:
     special_ids: dict[str, int]  # special token -> id (from codeparrot_ls.prompt)
     supports_fim: bool
     path: str = ""
+    # Prompt with FIM unless the user says otherwise: export.json's "serving": {"fim": ...},
+    # written from a line-completion comparison (FIM can score below left-to-right for a weak model).
+    fim_default: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
 
