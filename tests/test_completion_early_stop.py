@@ -25,6 +25,8 @@ FILES = [DATA / "settings_module.py", DATA / "model_module.py", DATA / "settings
 # Generous time budget: only tokens may end a suggestion, never the (shared, noisy) clock.
 AUTOMATIC = CompletionSettings(max_new_tokens=48, time_budget_ms=600_000)
 INVOKED_GREEDY = CompletionSettings(max_new_tokens=48, time_budget_ms=600_000, temperature=0.0)
+# User stop strings that real code hits inside lines, where the block-end rule looks.
+EXTRA_STOPS = CompletionSettings(max_new_tokens=48, time_budget_ms=600_000, stop=["return", "self."])
 
 
 def test_the_rule_cuts_after_the_healed_text_and_defers_to_stop_strings():
@@ -81,7 +83,7 @@ def compare(engine_on, engine_off, n: int) -> tuple[int, int, int, int, int]:
     on, off = Completer(engine_on), Completer(engine_off, early_stop=False)
     shown = stopped = healed = 0
     for i, (uri, doc, line, col) in enumerate(cursors(n)):
-        settings, invoked = (INVOKED_GREEDY, True) if i % 7 == 6 else (AUTOMATIC, False)
+        settings, invoked = {6: (INVOKED_GREEDY, True), 3: (EXTRA_STOPS, False)}.get(i % 7, (AUTOMATIC, False))
         results = []
         for c in (on, off):
             c.engine._prefix_cache = None
