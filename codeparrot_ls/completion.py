@@ -128,7 +128,7 @@ class Completer:
         self.tokenizer.encode_special_tokens = True
         quality = bool(info.extra.get("quality_conditioning")) and P.BEST_QUALITY_TOKEN in info.special_ids
         self.builder = ContextBuilder(self.tokenizer, dict(info.special_ids), info.n_positions,
-                                      info.supports_fim, quality, layout)
+                                      info.supports_fim, quality, layout, fim_default=info.fim_default)
         self.cache = SuggestionCache()
         self.stats = CompletionStats()
         self._engine_lock = threading.Lock()  # the engine serves one generation at a time

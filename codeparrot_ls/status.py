@@ -156,7 +156,7 @@ class ModelHolder:
         info = loaded.info
         self._set(ModelStatus(READY, model=str(model_dir), engine=info.engine,
                               message=f"{info.name} ({info.engine}, {info.n_layer} layers, "
-                                      f"{info.n_positions} positions, FIM {'on' if info.supports_fim else 'off'})",
+                                      f"{info.n_positions} positions, {_fim_word(info)})",
                               load_ms=(time.perf_counter() - t0) * 1000))
         self._ready.set()
 
@@ -165,3 +165,9 @@ class ModelHolder:
         log.info("model status: %s %s", status.state, status.message)
         if self.on_change is not None:
             self.on_change(status)
+
+
+def _fim_word(info) -> str:
+    if not info.supports_fim:
+        return "no FIM"
+    return "FIM" if info.fim_default else "FIM tokens, prompts left to right by default"

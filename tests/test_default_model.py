@@ -26,3 +26,23 @@ def test_server_without_a_model_argument_serves_the_default_model(monkeypatch):
     result = demo(None)
     assert result["model"] == str(DEFAULT_MODEL_DIR)
     assert result["suggestion"].strip()  # a trained model completes the demo file
+
+
+def test_the_default_model_is_prompted_the_way_it_scored_best():
+    """Its export.json records that left-to-right prompts beat FIM in line completion, and the
+    server's Completer follows it unless the user sets `fim`."""
+    from codeparrot_ls.completion import Completer
+    from codeparrot_ls.engine import load_engine
+    from codeparrot_ls.settings import CompletionSettings
+
+    info = json.loads((DEFAULT_MODEL_DIR / modelfiles.EXPORT_INFO_FILE).read_text())
+    scores = info["serving"]["edit_similarity"]
+    assert info["serving"]["fim"] is (scores["fim"] >= scores["no_fim"])
+    engine = load_engine(DEFAULT_MODEL_DIR)
+    assert engine.info.fim_default is info["serving"]["fim"]
+    builder = Completer(engine).builder
+    text = "def add(a, b):\n    return \n\nprint(add(1, 2))\n"
+    offset = text.index("return ") + len("return ")
+    expected = "spm" if info["serving"]["fim"] else "l2r"
+    assert builder.build(text, offset, 1, CompletionSettings()).layout == expected
+    assert builder.build(text, offset, 1, CompletionSettings(fim=True)).layout == "spm"

@@ -11,6 +11,8 @@ import pytest
 
 from conftest import SAMPLE_MODULES, STDLIB
 
+from codeparrot_ls.status import DEFAULT_MODEL_DIR
+
 
 @pytest.mark.slow
 def test_quickstart_runs_every_stage_then_skips_them(tmp_path):
@@ -30,6 +32,10 @@ def test_quickstart_runs_every_stage_then_skips_them(tmp_path):
     assert f"codeparrot-ls --model {out / 'model'}" in first.stdout
     ppl = json.loads((out / "eval" / "perplexity.json").read_text())
     assert "onnx" in json.dumps(ppl)  # the exported model is what gets evaluated
+    lc = json.loads((out / "eval" / "line-completion.json").read_text())["results"]
+    serving = json.loads((out / "model" / "export.json").read_text())["serving"]
+    assert serving["fim"] is (lc["fim_spm"]["edit_similarity"] >= lc["no_fim"]["edit_similarity"])
+    assert "serving prompt:" in first.stdout
 
     second = subprocess.run(cmd + ["--demo", "false"], capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
@@ -42,3 +48,25 @@ def test_quickstart_rejects_a_bad_duration(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--minutes", "0"])
     assert exc.value.code == 2
+
+
+@pytest.mark.parametrize("fim_es, plain_es, expected", [(30.0, 25.0, True), (20.0, 25.0, False), (25.0, 25.0, True)])
+def test_the_fim_choice_follows_line_completion(tmp_path, fim_es, plain_es, expected):
+    from codeparrot_ls.engine.loading import model_info
+    from codeparrot_ls.engine.onnx_engine import load_tokenizer
+    from trainer.quickstart import record_fim_choice
+
+    model = tmp_path / "model"
+    model.mkdir()
+    shutil.copy(DEFAULT_MODEL_DIR / "tokenizer.json", model / "tokenizer.json")
+    (model / "export.json").write_text(json.dumps({"n_positions": 64, "n_layer": 1, "vocab_size": 16384}))
+    results = tmp_path / "lc.json"
+    results.write_text(json.dumps({"results": {"no_fim": {"edit_similarity": plain_es},
+                                               "fim_spm": {"edit_similarity": fim_es}}}))
+    summary = record_fim_choice(model, results)
+    assert ("fill-in-the-middle" if expected else "left to right") in summary
+    info = json.loads((model / "export.json").read_text())
+    assert info["serving"]["fim"] is expected and info["n_positions"] == 64   # the rest is kept
+    assert model_info(model, "onnx", load_tokenizer(model)).fim_default is expected
+    results.write_text(json.dumps({"results": {"no_fim": {"edit_similarity": plain_es}}}))
+    assert record_fim_choice(model, results) == ""   # no FIM run: nothing to decide
