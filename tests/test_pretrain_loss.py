@@ -93,3 +93,25 @@ def test_output_layer_with_bias_is_refused():
     with pytest.raises(ValueError, match="without bias"):
         LanguageModelLoss(model, 256)
     LanguageModelLoss(model, 0)  # transformers' loss handles it
+
+
+@pytest.mark.slow
+def test_torch_compile_run_saves_a_loadable_checkpoint(tiny_corpus_dir, tiny_tokenizer_dir, tmp_path):
+    """--torch-compile: same losses as eager within float reordering; the saved model loads as usual."""
+    from test_pretrain import base_args, train_losses
+    from transformers import AutoModelForCausalLM
+    from safetensors import safe_open
+
+    from trainer.pretrain import main
+
+    eager, compiled = tmp_path / "eager", tmp_path / "compiled"
+    kw = {"max-steps": 3, "save-steps": 3, "eval-steps": 3, "fim-rate": 0.0}
+    assert main(base_args(tiny_corpus_dir, tiny_tokenizer_dir, eager, **kw)) == 0
+    assert main(base_args(tiny_corpus_dir, tiny_tokenizer_dir, compiled, **kw, **{"torch-compile": "true"})) == 0
+    ref, got = train_losses(eager), train_losses(compiled)
+    assert ref.keys() == got.keys() and all(got[k] == pytest.approx(ref[k], rel=1e-4) for k in ref)
+    with safe_open(str(compiled / "final" / "model.safetensors"), "pt") as fh:
+        keys = set(fh.keys())
+    assert not any("_orig_mod" in k for k in keys) and "transformer.h.0.attn.c_attn.weight" in keys
+    model = AutoModelForCausalLM.from_pretrained(compiled / "final")
+    assert torch.equal(model.transformer.wte.weight, model.lm_head.weight)  # still tied

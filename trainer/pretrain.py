@@ -180,6 +180,9 @@ def run(args: PretrainArguments) -> int:
                                   betas=(args.adam_beta1, args.adam_beta2), fused=fused or None)
     scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, args.max_steps)
     lm = model  # the GPT2LMHeadModel that is saved; `model` becomes what computes the loss
+    if args.torch_compile:
+        # In place (nn.Module.compile): parameter names, hence saved checkpoints, stay unchanged.
+        lm.transformer.compile()
     model, optimizer = accelerator.prepare(LanguageModelLoss(lm, args.loss_chunk_size), optimizer)
     # The schedule is stepped once per optimizer step whatever the number of processes,
     # so it is not prepared (that would step it once per process); it is still checkpointed.
