@@ -20,6 +20,7 @@ trained on the train split.
     python bench/bench_pretrain.py [--steps 20] [--rounds 2] [--batch-size 8] [--seq-length 512]
     python bench/bench_pretrain.py --device cuda --mixed-precision bf16   # on a GPU machine
     python bench/bench_pretrain.py --curve-minutes 10 --curve-png docs/img/pretrain_loss_tiny.png
+    python bench/bench_pretrain.py --step-variants --steps 3 --rounds 4   # where the speed-up comes from
 """
 
 from __future__ import annotations
@@ -179,6 +180,74 @@ def loss_curve(args, corpus: Path, tokenizer: Path, output: Path) -> None:
           f"(perplexity {2.718281828 ** last[1]:.1f}); plot in {args.curve_png}")
 
 
+def step_variants(args, corpus: Path, tokenizer: Path) -> None:
+    """Step-level A/B of what the candidate's step is made of: same model, batches and rounds.
+
+    Each variant runs the whole training step (forward, loss, backward, clipping, AdamW) on
+    the same in-memory batches; the variants alternate, `--rounds` times, best of each kept.
+    """
+    import os
+
+    from tokenizers import Tokenizer
+
+    from trainer.data import PackedDataset, shard_files
+    from trainer.model import LanguageModelLoss, build_model
+    from trainer.pretrain import parameter_groups
+
+    device = args.device
+    data = PackedDataset(shard_files(corpus, "train"), tokenizer / "tokenizer.json", args.seq_length,
+                         args.batch_size, infinite=True, fim_rate=0.5)
+    batches = [b.to(device) for _, b in zip(range(args.steps), data)]
+    variants = {  # name: (autocast, --loss-chunk-size, fused AdamW, torch.compile)
+        "fp32, transformers' loss, torch AdamW (the preset loop)": (False, 0, False, False),
+        f"{args.mixed_precision}, transformers' loss, fused AdamW": (True, 0, True, False),
+        f"{args.mixed_precision}, chunked loss (256), fused AdamW: the default": (True, 256, True, False),
+        f"{args.mixed_precision}, chunked loss (256), fused AdamW, --torch-compile": (True, 256, True, True),
+    }
+    low = torch.bfloat16 if args.mixed_precision == "bf16" else torch.float16
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    steps = {}
+    for name, (autocast, chunk, fused, compiled) in variants.items():
+        torch.manual_seed(0)
+        lm = build_model(args.model_size, Tokenizer.from_file(str(tokenizer / "tokenizer.json"))).to(device)
+        lm.train()
+        if compiled:
+            lm.transformer.compile()
+        optimizer = torch.optim.AdamW(parameter_groups(lm, 0.1), lr=5e-4, fused=fused or None)
+
+        def step(batch, model=LanguageModelLoss(lm, chunk), optimizer=optimizer, autocast=autocast):
+            with torch.autocast(device, dtype=low, enabled=autocast):
+                loss = model(batch)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        start, cpu = time.perf_counter(), time.process_time()
+        step(batches[0]), step(batches[0])
+        sync()
+        print(f"{name}: first two steps (compilation included) {time.perf_counter() - start:.1f} s, "
+              f"{time.process_time() - cpu:.1f} CPU-s", flush=True)
+        steps[name] = step
+    results = {name: [] for name in variants}
+    tokens = len(batches) * batches[0].numel()
+    for _ in range(args.rounds):
+        for name, step in steps.items():
+            sync()
+            start, cpu = time.perf_counter(), time.process_time()
+            for batch in batches:
+                step(batch)
+            sync()
+            results[name].append((tokens / (time.perf_counter() - start), tokens / (time.process_time() - cpu)))
+    print(f"\nload average {os.getloadavg()[0]:.1f}; batch {args.batch_size}x{args.seq_length}, "
+          f"{args.steps} steps x {args.rounds} rounds, best round of each")
+    print("\n| step variant | tokens/s | vs fp32 | tokens/CPU-s | vs fp32 |\n|---|---:|---:|---:|---:|")
+    base = [max(r[i] for r in results[next(iter(variants))]) for i in (0, 1)]
+    for name, rows in results.items():
+        wall, cpu = (max(r[i] for r in rows) for i in (0, 1))
+        print(f"| {name} | {wall:,.0f} | {wall / base[0]:.2f}x | {cpu:,.0f} | {cpu / base[1]:.2f}x |")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--corpus", type=Path, help="corpus shards (default: build from the stdlib)")
@@ -193,12 +262,17 @@ def main() -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--curve-minutes", type=float, default=0, help="also make the loss curve (minutes)")
     p.add_argument("--curve-png", default="docs/img/pretrain_loss_tiny.png")
+    p.add_argument("--step-variants", action="store_true",
+                   help="instead: step-level A/B of fp32, bf16, chunked loss and torch.compile")
     args = p.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         corpus = args.corpus or build_corpus(tmp / "corpus")
         tokenizer = build_tokenizer(corpus, tmp / "tokenizer")
+        if args.step_variants:
+            step_variants(args, corpus, tokenizer)
+            return 0
         if args.curve_minutes:
             loss_curve(args, corpus, tokenizer, tmp / "curve")
             return 0
