@@ -109,6 +109,7 @@ def test_config_file_and_usage_errors(toy_corpus, tiny_tokenizer_dir, tmp_path, 
     assert main(["--config", str(config)]) == 2  # no --output
     assert main(base_args(toy_corpus, tiny_tokenizer_dir, tmp_path / "x", **{"mixed-precision": "fp8"})) == 2
     assert main(base_args(toy_corpus, tiny_tokenizer_dir, tmp_path / "x", **{"seq-length": 4096})) == 2
+    assert main(base_args(toy_corpus, tiny_tokenizer_dir, tmp_path / "x", **{"loss-chunk-size": -1})) == 2
     assert main(base_args(tmp_path / "nope", tiny_tokenizer_dir, tmp_path / "x")) == 2
     assert main(base_args(toy_corpus, tiny_tokenizer_dir, tmp_path / "x", resume="latest")) == 2
     assert main(["--config", str(config), "--bogus", "1"]) == 2
@@ -118,6 +119,7 @@ def test_config_file_and_usage_errors(toy_corpus, tiny_tokenizer_dir, tmp_path, 
     assert "--output is required" in err and "--mixed-precision must be one of" in err
     assert "exceeds the model's 256 positions" in err and "learning_rat" in err
     assert "no complete checkpoint" in err and "already holds a run" in err and "--bogus" in err
+    assert "--loss-chunk-size must be at least 0" in err
 
 
 def test_nonfinite_loss_is_skipped_and_counted(toy_corpus, tiny_tokenizer_dir, tmp_path):
