@@ -1,8 +1,10 @@
 """ONNX Runtime engine: the server's default, needs neither torch nor transformers.
 
 One InferenceSession serves the prompt pass (empty past) and every decode step:
-two sessions in one process fight over the cores. Spinning is disabled so an
-idle server burns no CPU between requests.
+two sessions in one process fight over the cores. Its threads spin between the
+graph's nodes (on 2 cores: a 1,024-token prefill 32.5 vs 39.2 ms, a decode step 0.54
+vs 0.81 ms without spinning) and go to sleep a few milliseconds after a request
+(measured: 0.03 CPU-seconds over 2 idle seconds).
 
 The KV cache lives in one preallocated buffer per layer (`n_positions` long), bound
 as both the graph's past and present through an IOBinding: each pass writes its new
@@ -12,6 +14,7 @@ truncating one (KV prefix reuse) costs nothing, and only expanding rows copies.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +27,9 @@ from codeparrot_ls.engine.decoding import token_table
 from codeparrot_ls.engine.loading import ModelLoadError, load_tokenizer, model_info
 
 PRECISIONS = ("auto", "int8", "fp32")
+# Default threads: the CPUs this process may use, at most this many (a decode step of a small model
+# is too short to share among many spinning threads).
+MAX_DEFAULT_THREADS = 4
 # Inputs longer than this run in chunks on top of the growing cache: the causal
 # attention then skips most of the masked upper triangle (see docs/benchmarks.md).
 DEFAULT_PREFILL_CHUNK = 128
@@ -42,6 +48,14 @@ def pick_onnx_file(model_dir: Path, precision: str = "auto") -> Path:
         raise ModelLoadError(f"{model_dir} has no {mf.ONNX_FP32_FILE}" +
                              (f" (it has {mf.ONNX_INT8_FILE}: use precision int8)" if int8.is_file() else ""))
     return fp32
+
+
+def default_threads() -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(MAX_DEFAULT_THREADS, cores))
 
 
 class KVBuffer:
@@ -82,11 +96,9 @@ class KVGraph:
         import onnxruntime as ort
 
         so = ort.SessionOptions()
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.inter_op_num_threads = 1
-        if threads:
-            so.intra_op_num_threads = int(threads)
+        so.intra_op_num_threads = int(threads) if threads else default_threads()
         try:
             self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
@@ -161,7 +173,8 @@ class OnnxEngine(Engine):
         path = pick_onnx_file(model_dir, precision)
         self._tokenizer = load_tokenizer(model_dir)
         info = model_info(model_dir, "onnx", self._tokenizer, file=path.name,
-                          precision="int8" if path.name == mf.ONNX_INT8_FILE else "fp32", threads=threads or 0)
+                          precision="int8" if path.name == mf.ONNX_INT8_FILE else "fp32",
+                          threads=threads or default_threads())
         self.graph = KVGraph(path, info.n_positions, threads)
         self.n_layer, self.n_head, self.head_dim = self.graph.n_layer, self.graph.n_head, self.graph.head_dim
         self.prefill_chunk = prefill_chunk  # 0 = run any input in one pass
