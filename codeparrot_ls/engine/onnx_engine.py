@@ -121,6 +121,8 @@ class KVGraph:
         self._present_names = [name for i in range(self.n_layer)
                                for name in (mf.present_key_name(i), mf.present_value_name(i))]
         self._keep = {1: np.array(1, np.int64)}
+        self.vocab_size = int(self.session.get_outputs()[0].shape[2])
+        self._wrap = ort.OrtValue.ortvalue_from_numpy
 
     def new_buffer(self, batch: int) -> KVBuffer:
         # np.empty: pages are touched only as positions are written.
@@ -142,9 +144,12 @@ class KVGraph:
         io.bind_cpu_input(mf.ONNX_ATTENTION_MASK, np.ascontiguousarray(attention_mask, np.int64))
         io.bind_cpu_input(mf.ONNX_POSITION_IDS, np.ascontiguousarray(position_ids, np.int64))
         io.bind_cpu_input(mf.ONNX_LOGITS_TO_KEEP, keep)
-        io.bind_output(mf.ONNX_LOGITS)   # again: its shape changes from pass to pass
+        # A fresh array per pass (its shape changes, and callers keep earlier logits), written
+        # by ONNX Runtime directly: fetching outputs back from the binding costs more than the copy.
+        logits = np.empty((batch, min(logits_to_keep, seq), self.vocab_size), np.float32)
+        io.bind_ortvalue_output(mf.ONNX_LOGITS, self._wrap(logits))
         self.session.run_with_iobinding(io)
-        return io.get_outputs()[0].numpy(), OnnxPast(past.buffer, total)
+        return logits, OnnxPast(past.buffer, total)
 
     def _binding(self, buffer: KVBuffer):
         """The buffer's IOBinding, its past and present bound once for every later pass."""
@@ -193,7 +198,8 @@ class OnnxEngine(Engine):
         if attention_mask is None:
             attention_mask = np.ones((batch, past_len + seq), np.int64)
         if position_ids is None:
-            position_ids = np.broadcast_to(np.arange(past_len, past_len + seq, dtype=np.int64), (batch, seq))
+            position_ids = (np.full((batch, 1), past_len, np.int64) if seq == 1 else
+                            np.broadcast_to(np.arange(past_len, past_len + seq, dtype=np.int64), (batch, seq)))
         if batch > 1 and past is not None and seq > 1:
             # GroupQueryAttention runs several new tokens after a past only for one row.
             return self._token_by_token(input_ids, past, logits_to_keep, attention_mask, position_ids)
