@@ -14,7 +14,8 @@ Layout of the prompt token ids (every piece tokenized separately)::
   under a `# <file name>` comment line, then `<|endoftext|>` - the way packed training
   data puts a previous file before the current one. They are chosen from the lines
   *above* the cursor's line only, so typing within a line never changes them (and never
-  breaks KV reuse, since they sit at the very beginning).
+  breaks KV reuse, since they sit at the very beginning). Windows and their index live in
+  codeparrot_ls/snippets.py; the server indexes a document when it is opened.
 * The window of lines kept around the cursor grows outward line by line (prefix first,
   then the suffix with its share `settings.suffix_share`; unused budget moves to the
   other side). Token counts are per line and cached, so a request re-encodes only the
@@ -26,23 +27,19 @@ Layout of the prompt token ids (every piece tokenized separately)::
 
 from __future__ import annotations
 
-import keyword
-import re
 import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from codeparrot_ls import prompt as P
+from codeparrot_ls.snippets import SNIPPET_WINDOW_LINES, Snippet, SnippetIndex, format_snippet, identifiers, rank_snippets
 
 REFIT_SHARE = 0.9
 STICKY_MIN_SHARE = 0.75
 SUFFIX_ROOM_STEP = 64
-SNIPPET_WINDOW_LINES = 12
-SNIPPET_STRIDE_LINES = 6
 QUERY_LINES = 20
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_STOP_IDENTIFIERS = frozenset(keyword.kwlist) | {"self", "cls", "None", "True", "False"}
+# Stop looking for snippets when fewer tokens than this are left: no window's first two lines fit.
+MIN_SNIPPET_ROOM = 16
 
 
 # ----------------------------------------------------------------------------- positions
@@ -130,67 +127,6 @@ class TokenCounter:
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids if text else []
-
-
-# ----------------------------------------------------------------------------- snippets
-
-@dataclass
-class Snippet:
-    uri: str
-    start_line: int
-    text: str
-    score: float
-
-
-def identifiers(text: str) -> frozenset[str]:
-    return frozenset(w for w in _IDENTIFIER.findall(text) if w not in _STOP_IDENTIFIERS)
-
-
-class SnippetIndex:
-    """Windows of lines of other open documents with their identifier sets, cached per text."""
-
-    def __init__(self, max_documents: int = 32):
-        self._docs: OrderedDict[str, tuple[str, list[tuple[int, str, frozenset[str]]]]] = OrderedDict()
-        self.max_documents = max_documents
-        self._lock = threading.Lock()
-
-    def windows(self, uri: str, text: str) -> list[tuple[int, str, frozenset[str]]]:
-        with self._lock:
-            hit = self._docs.get(uri)
-            if hit is not None and (hit[0] is text or hit[0] == text):
-                self._docs.move_to_end(uri)
-                return hit[1]
-        lines = text.split("\n")
-        out = []
-        for start in range(0, max(len(lines) - SNIPPET_WINDOW_LINES, 0) + 1, SNIPPET_STRIDE_LINES):
-            chunk = "\n".join(lines[start:start + SNIPPET_WINDOW_LINES]).strip("\n")
-            if chunk.strip():
-                out.append((start, chunk, identifiers(chunk)))
-        with self._lock:
-            self._docs[uri] = (text, out)
-            self._docs.move_to_end(uri)
-            while len(self._docs) > self.max_documents:
-                self._docs.popitem(last=False)
-        return out
-
-
-def rank_snippets(query: frozenset[str], documents: Sequence[tuple[str, str]], index: SnippetIndex) -> list[Snippet]:
-    """Windows of `documents` by Jaccard similarity of identifiers to `query`, best first."""
-    if not query:
-        return []
-    ranked = []
-    for uri, text in documents:
-        for start, chunk, ids in index.windows(uri, text):
-            inter = len(query & ids)
-            if inter:
-                ranked.append(Snippet(uri, start, chunk, inter / len(query | ids)))
-    ranked.sort(key=lambda s: (-s.score, s.uri, s.start_line))
-    return ranked
-
-
-def format_snippet(snippet: Snippet) -> str:
-    name = snippet.uri.rstrip("/").rsplit("/", 1)[-1]
-    return f"# {name}\n{snippet.text}\n"
 
 
 # ----------------------------------------------------------------------------- the context
@@ -388,22 +324,27 @@ class ContextBuilder:
         query = identifiers(text[q_start:line_start])
         chosen, used = [], 1  # 1: the end-of-text separator
         for snip in rank_snippets(query, other_documents, self.snippet_index):
+            room = budget - used
+            if room < MIN_SNIPPET_ROOM:
+                break
             if any(c.uri == snip.uri and abs(c.start_line - snip.start_line) < SNIPPET_WINDOW_LINES
                    for c in chosen):
                 continue  # overlapping window of a chosen one
-            n = self.counter.counts([format_snippet(snip)])[0]
-            if used + n > budget:  # keep the window's first lines that fit (at least two)
-                lines = snip.text.split("\n")
-                room = budget - used - self.counter.counts([format_snippet(Snippet(snip.uri, 0, "", 0))])[0]
-                keep, total = 0, 0
-                for c in self.counter.counts([ln + "\n" for ln in lines]):
+            # Per-line counts (cached across windows and requests) decide what fits; the
+            # snippet itself is encoded once, when it is kept.
+            lines = snip.text.split("\n")
+            line_counts = self.counter.counts([ln + "\n" for ln in lines])
+            header = self.counter.counts([format_snippet(Snippet(snip.uri, 0, "", 0))])[0]
+            if header + sum(line_counts) > room:  # keep the window's first lines that fit (at least two)
+                keep, total = 0, header
+                for c in line_counts:
                     if total + c > room:
                         break
                     keep, total = keep + 1, total + c
                 if keep < 2:
                     continue
                 snip = Snippet(snip.uri, snip.start_line, "\n".join(lines[:keep]), snip.score)
-                n = self.counter.counts([format_snippet(snip)])[0]
+            n = self.counter.counts([format_snippet(snip)])[0]
             if used + n <= budget:
                 chosen.append(snip)
                 used += n

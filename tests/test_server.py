@@ -155,6 +155,21 @@ async def test_inline_completions_appear_on_the_cursor_line_with_an_accept_comma
         assert record(stats, "file:///work/point.py")["outcome"] == "done"
 
 
+async def test_opened_python_documents_are_indexed_for_snippets_before_any_request(tiny_onnx_dir):
+    async with serve("--model", str(tiny_onnx_dir)) as s:
+        s.open("file:///work/a.py", SOURCE)
+        s.open("file:///work/b.py", SOURCE.replace("Point", "Vector"))
+        s.client.text_document_did_open(T.DidOpenTextDocumentParams(
+            T.TextDocumentItem("file:///work/notes.txt", "plaintext", 1, "not python")))
+        stats = await s.stats()
+        assert stats["snippetDocuments"] == 2
+        assert stats["completer"]["requests"] == 0
+        # The index is what a request in another document ranks snippets from.
+        s.open("file:///work/c.py", SOURCE)
+        await s.inline("file:///work/c.py", END)
+        assert (await s.stats())["snippetDocuments"] == 3
+
+
 async def test_positions_are_utf16_code_units(tiny_onnx_dir):
     # é is one UTF-16 unit (two UTF-8 bytes); 😀 is two UTF-16 units (one code point).
     last = 'label = "é😀" + name.'
