@@ -44,7 +44,7 @@ DEMO_SUFFIX = '''
 @dataclass
 class QuickstartArguments:
     output: str = field(default="runs/quickstart", metadata={"help": "folder for every stage's result"})
-    minutes: float = field(default=8.0, metadata={"help": "pretraining time (the whole run takes about 5 minutes more)"})
+    minutes: float = field(default=8.0, metadata={"help": "pretraining time (the other stages take about a minute more on 2 cores)"})
     source: list[str] = field(default_factory=list, metadata={
         "help": "corpus sources (folders, .jsonl[.gz], hf:NAME); default: this Python's standard library"})
     vocab_size: int = field(default=16384, metadata={"help": "tokenizer vocabulary size"})
