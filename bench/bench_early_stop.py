@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import random
 import statistics
 import sys
 import time
@@ -48,6 +47,9 @@ from codeparrot_ls.postprocess import CursorContext, postprocess  # noqa: E402
 from codeparrot_ls.settings import CompletionSettings  # noqa: E402
 from codeparrot_ls.status import DEFAULT_MODEL_DIR  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_server import sample_positions  # noqa: E402  (the same cursors as the server benchmark)
+
 HELD_OUT_PACKAGES = ("werkzeug", "flask", "itsdangerous")
 SETTINGS = CompletionSettings(max_new_tokens=48, context_tokens=1024, time_budget_ms=60_000)
 
@@ -59,25 +61,6 @@ def held_out_dirs() -> list[Path]:
         spec = importlib.util.find_spec(name)
         if spec is not None and spec.submodule_search_locations:
             out += [Path(p) for p in spec.submodule_search_locations]
-    return out
-
-
-def sample_positions(files: list[Path], n: int, seed: int) -> list[tuple[str, int, int]]:
-    """(document, line, UTF-16 column): a file's line cut at a random column, >= ~4,000 chars above."""
-    rng = random.Random(seed)
-    out = []
-    while len(out) < n:
-        text = rng.choice(files).read_text(encoding="utf-8", errors="replace")
-        lines = text.split("\n")
-        starts = [i for i in range(len(lines)) if lines[i].strip() and sum(map(len, lines[:i])) > 4000]
-        if not starts:
-            continue
-        i = rng.choice(starts)
-        line = lines[i]
-        indent = len(line) - len(line.lstrip())
-        col = rng.randint(indent + 1, len(line))
-        lines[i] = line[:col]
-        out.append(("\n".join(lines), i, len(line[:col].encode("utf-16-le")) // 2))
     return out
 
 
@@ -170,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"model folder {args.model} does not exist", file=sys.stderr)
         return 2
 
-    positions = sample_positions(files, args.positions, args.seed)
+    positions = sample_positions(args.positions, args.seed, files)
     eng_on, eng_off = load_engine(args.model, threads=args.threads), load_engine(args.model, threads=args.threads)
     on, off = Completer(eng_on), Completer(eng_off, early_stop=False)
     rec_off, rec_on = Recorder(eng_off), Recorder(eng_on)

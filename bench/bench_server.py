@@ -56,12 +56,14 @@ def build_model_folder(root: Path) -> tuple[Path, Path]:
     return build(root, threads=0, optimize=False)
 
 
-def sample_positions(n: int, seed: int) -> list[tuple[str, int, int]]:
-    """(document text, line, UTF-16 column): a held-out file cut mid-line, >= ~4,000 chars before."""
+def sample_positions(n: int, seed: int, files: list[Path] | None = None) -> list[tuple[str, int, int]]:
+    """(document text, line, UTF-16 column): a held-out file (of `files`, default the held-out
+    standard-library modules) cut mid-line, >= ~4,000 chars before."""
     rng = random.Random(seed)
+    files = files or HELD_OUT
     out = []
     while len(out) < n:
-        text = rng.choice(HELD_OUT).read_text(encoding="utf-8", errors="replace")
+        text = rng.choice(files).read_text(encoding="utf-8", errors="replace")
         lines = text.split("\n")
         starts = [i for i in range(len(lines)) if lines[i].strip() and sum(map(len, lines[:i])) > 4000]
         if not starts:
