@@ -9,7 +9,8 @@ made for it:
   copy was 44 % of a decode step at 1,024 positions). It is causal, takes per-row
   lengths, and an additive bias carries the left padding of batched prompts.
 * `FastGelu` for the MLP's tanh GELU with its bias; LayerNormalization as one node.
-* The output layer runs only on the last `logits_to_keep` positions.
+* Everything after the last layer's attention (its output projection and MLP, the final
+  norm, the output layer) runs only on the last `logits_to_keep` positions.
 
 Inputs (codeparrot_ls/modelfiles.py names): input_ids [batch, seq], attention_mask
 [batch, past + seq] (1 = real token), position_ids [batch, seq], logits_to_keep (scalar),
@@ -118,6 +119,9 @@ def build_graph(model, opset: int = 17):
     hidden = g.op("Add", [g.op("Gather", [wte, mf.ONNX_INPUT_IDS]),
                           g.op("Gather", [g.const("wpe", sd["transformer.wpe.weight"]), mf.ONNX_POSITION_IDS])])
     gelu = GELU_OPS[cfg.activation_function]
+    # Rows whose logits are asked for: the last `logits_to_keep` positions.
+    start = g.op("Neg", [g.op("Reshape", [mf.ONNX_LOGITS_TO_KEEP, one])])
+    int_max = g.const("int_max", np.array([np.iinfo(np.int64).max], np.int64))
     pending = None   # the previous sublayer's output and the bias still to add to it
     for i in range(n_layer):
         p = f"transformer.h.{i}."
@@ -132,6 +136,11 @@ def build_graph(model, opset: int = 17):
             [qkv, "", "", mf.past_key_name(i), mf.past_value_name(i), seqlens_k, total_len, "", "", "", attn_bias],
             [f"attn_{i}", mf.present_key_name(i), mf.present_value_name(i)],
             domain=MS_DOMAIN, num_heads=n_head, kv_num_heads=n_head)
+        if i == n_layer - 1:
+            # Past the last attention nothing feeds the cache: the rest of the layer (output
+            # projection, MLP, final norm) runs only on the rows whose logits are kept.
+            attn = g.op("Slice", [attn, start, int_max, one])
+            hidden = g.op("Slice", [hidden, start, int_max, one])
         pending = (g.op("MatMul", [attn, w("attn.c_proj.weight")]), w("attn.c_proj.bias"))
         x, hidden = _skip_norm(g, pending, hidden, w("ln_2.weight"), w("ln_2.bias"), eps)
         up = g.op("MatMul", [x, w("mlp.c_fc.weight")])
@@ -141,11 +150,8 @@ def build_graph(model, opset: int = 17):
     out, _ = _skip_norm(g, pending, hidden, g.const("ln_f.weight", sd["transformer.ln_f.weight"]),
                         g.const("ln_f.bias", sd["transformer.ln_f.bias"]), eps)
 
-    # Only the last `logits_to_keep` positions pay for the output layer.
-    start = g.op("Neg", [g.op("Reshape", [mf.ONNX_LOGITS_TO_KEEP, one])])
-    last = g.op("Slice", [out, start, g.const("int_max", np.array([np.iinfo(np.int64).max], np.int64)), one])
     # The tied output layer gets its own transposed copy: a MatMul weight that int8 quantizes.
-    g.op("MatMul", [last, g.const("lm_head_t", sd["transformer.wte.weight"].T)], [mf.ONNX_LOGITS])
+    g.op("MatMul", [out, g.const("lm_head_t", sd["transformer.wte.weight"].T)], [mf.ONNX_LOGITS])
 
     f32, i64 = TensorProto.FLOAT, TensorProto.INT64
     kv_shape = ["batch", n_head, "capacity", head_dim]
