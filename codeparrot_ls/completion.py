@@ -83,6 +83,8 @@ def cut_at_stops(text: str, stops: Sequence[str]) -> tuple[str, bool]:
 def _stop_starts(text: str, stops: Sequence[str]):
     """Offsets where a stop string occurs in `text`, or begins and may go on past its end."""
     for s in stops:
+        if not s:
+            continue
         p = text.find(s)
         while p >= 0:
             yield p

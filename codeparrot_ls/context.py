@@ -8,7 +8,9 @@ Layout of the prompt token ids (every piece tokenized separately)::
 * The FIM prompt comes from `codeparrot_ls.prompt.fim_prompt_ids`. Serving uses the SPM
   layout by default: there the prefix is the *last* piece, so a typed character only
   changes the end of the prompt and the engine's KV prefix reuse serves everything before
-  it. Models without FIM tokens (or `settings.fim = False`) get the prefix alone.
+  it. Models without FIM tokens get the prefix alone, and so does any model when
+  `settings.fim` is False, or unset with the model's `fim_default` False (its export.json
+  says left-to-right prompts scored better).
 * Snippets from other open Python documents form a separate leading "document": the code
   windows most similar to the lines above the cursor (Jaccard over identifier sets), each
   under a `# <file name>` comment line, then `<|endoftext|>` - the way packed training
@@ -38,7 +40,7 @@ REFIT_SHARE = 0.9
 STICKY_MIN_SHARE = 0.75
 SUFFIX_ROOM_STEP = 64
 QUERY_LINES = 20
-# Stop looking for snippets when fewer tokens than this are left: no window's first two lines fit.
+# Stop looking for snippets when fewer tokens than this are left (two lines of code rarely fit).
 MIN_SNIPPET_ROOM = 16
 
 

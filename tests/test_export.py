@@ -124,6 +124,39 @@ def test_bad_checkpoint_exits_2(tiny_checkpoint_dir, tmp_path, capsys, case, exp
     assert "codeparrot export: error:" in err and expect in err
 
 
+@pytest.mark.parametrize("edit,expect", [
+    ({"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx"),
+    ({"activation_function": "relu"}, "activation 'relu' is not supported"),
+    ({"tie_word_embeddings": False}, "untied output embeddings"),
+])
+def test_gpt2_variants_the_graph_does_not_implement_exit_2(tiny_checkpoint_dir, tmp_path, capsys, edit, expect):
+    ckpt = _broken_copy(tiny_checkpoint_dir, tmp_path / "ckpt", config_edit=edit)
+    assert export_main(["--checkpoint", str(ckpt), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "codeparrot export: error:" in err and expect in err
+    assert not (tmp_path / "out" / mf.ONNX_FP32_FILE).exists()
+
+
+def test_exact_gelu_checkpoint_exports_at_parity(tiny_checkpoint_dir, tmp_path):
+    """activation "gelu" (erf) maps to ONNX Runtime's Gelu, not the tanh FastGelu; the export's
+    own parity check against PyTorch is what passes or fails here."""
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    ckpt = _broken_copy(tiny_checkpoint_dir, tmp_path / "ckpt", config_edit={"activation_function": "gelu"})
+    model = GPT2LMHeadModel.from_pretrained(ckpt)
+    with torch.no_grad():  # pre-activations of order 1, where erf and tanh GELU differ (~1e-3)
+        for block in model.transformer.h:
+            block.mlp.c_fc.weight.mul_(40.0)
+            block.mlp.c_proj.weight.mul_(40.0)
+    model.save_pretrained(ckpt)
+    out = tmp_path / "out"
+    assert export_main(["--checkpoint", str(ckpt), "--output", str(out)]) == 0
+    parity = json.loads((out / mf.EXPORT_INFO_FILE).read_text())["parity"]
+    # Measured: 3e-7 with Gelu; 4e-5 if it were mapped to the tanh FastGelu.
+    assert parity["greedy_equal"] and parity["prefill_max_abs_diff"] < 5e-6
+
+
 def test_usage_error_exits_2(capsys):
     assert export_main(["--output", "x"]) == 2
     assert "checkpoint" in capsys.readouterr().err

@@ -81,8 +81,18 @@ def test_ignored_targets_and_gradient_scaling():
     assert torch.allclose(got[2], weight.grad, rtol=1e-5, atol=1e-7)
     assert torch.count_nonzero(got[1][[2, 7]]) == 0
 
-    with torch.no_grad():  # evaluation: the loss only, the same value
-        assert LinearCrossEntropy.apply(hidden, weight, targets, 3).item() == pytest.approx(loss.item(), rel=1e-12)
+    with torch.no_grad():  # evaluation: the loss only, the same value, and no gradient matmul
+        calls = []
+        real_mm = torch.mm
+        try:
+            torch.mm = lambda *a, **k: calls.append(1) or real_mm(*a, **k)
+            value = LinearCrossEntropy.apply(hidden, weight, targets, 3, torch.is_grad_enabled()).item()
+            assert calls == []
+            LinearCrossEntropy.apply(hidden, weight, targets, 3, True)
+            assert calls, "the gradient path goes through torch.mm (else this check proves nothing)"
+        finally:
+            torch.mm = real_mm
+        assert value == pytest.approx(loss.item(), rel=1e-12)
     all_ignored = torch.full((10,), IGNORE_INDEX)
     assert LinearCrossEntropy.apply(hidden, weight, all_ignored, 3).item() == 0.0  # no tokens: no NaN
 

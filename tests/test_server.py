@@ -164,10 +164,13 @@ async def test_opened_python_documents_are_indexed_for_snippets_before_any_reque
         stats = await s.stats()
         assert stats["snippetDocuments"] == 2
         assert stats["completer"]["requests"] == 0
-        # The index is what a request in another document ranks snippets from.
+        # A request in another document ranks snippets from that index: it indexes nothing
+        # more than the documents' openings did.
         s.open("file:///work/c.py", SOURCE)
-        await s.inline("file:///work/c.py", END)
         assert (await s.stats())["snippetDocuments"] == 3
+        await s.inline("file:///work/c.py", END)
+        stats = await s.stats()
+        assert stats["snippetDocuments"] == 3 and stats["completer"]["requests"] == 1
 
 
 async def test_positions_are_utf16_code_units(tiny_onnx_dir):

@@ -29,7 +29,7 @@ def ort_forward(graph: KVGraph, ids: np.ndarray, past=None, mask: np.ndarray | N
 @torch.inference_mode()
 def check_parity(model, onnx_path: Path, ids: list[int], threads: int = 0, greedy_steps: int = 16) -> dict:
     """Max |logits difference| ONNX vs PyTorch: full prefill, one decode step with past, a
-    left-padded batch (prefill and a decode step); and whether 16 greedy tokens are equal."""
+    left-padded batch (prefill and a decode step); and whether `greedy_steps` greedy tokens are equal."""
     graph = KVGraph(onnx_path, model.config.n_positions, threads)
     x = np.array([ids], np.int64)
     t = torch.from_numpy(x)

@@ -126,14 +126,16 @@ class LinearCrossEntropy(torch.autograd.Function):
     Numerics are those of autocast's path: the logits matmul runs in the autocast dtype
     (bf16/fp16; fp32 without autocast), the softmax in fp32, the gradient of the logits is
     rounded to the matmul dtype. The gradients are computed in the forward (the loss is
-    a scalar, so backward only scales them); under no_grad only the loss is computed.
+    a scalar, so backward only scales them); with `grad_enabled` False (pass
+    `torch.is_grad_enabled()`: inside forward autograd reports the inputs' flags, not the
+    grad mode) only the loss is computed.
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk_size: int):
+    def forward(ctx, hidden, weight, targets, chunk_size: int, grad_enabled: bool = True):
         device = hidden.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
-        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        need_grad = grad_enabled and (ctx.needs_input_grad[0] or ctx.needs_input_grad[1])
         with torch.autocast(device, enabled=False):
             h, w = hidden.to(dtype), weight.to(dtype)
             valid = targets != IGNORE_INDEX
@@ -166,7 +168,7 @@ class LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_output):
         grad_h, grad_w, scale = ctx.saved_tensors
         factor = scale * grad_output
-        return (grad_h.float() * factor).to(ctx.hidden_dtype), grad_w * factor, None, None
+        return (grad_h.float() * factor).to(ctx.hidden_dtype), grad_w * factor, None, None, None
 
 
 class LanguageModelLoss(torch.nn.Module):
@@ -191,7 +193,7 @@ class LanguageModelLoss(torch.nn.Module):
         # position t predicts token t + 1, as transformers shifts `labels`
         hidden = hidden[:, :-1].reshape(-1, hidden.shape[-1])
         return LinearCrossEntropy.apply(hidden, self.lm.lm_head.weight, input_ids[:, 1:].reshape(-1),
-                                        self.chunk_size)
+                                        self.chunk_size, torch.is_grad_enabled())
 
 
 @dataclass

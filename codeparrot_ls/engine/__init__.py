@@ -26,7 +26,7 @@ def load_engine(model_dir: str | Path, engine: str = "auto", threads: int | None
 
     engine: "auto" (ONNX if the folder has an ONNX model, else torch), "onnx" or "torch".
     precision: "auto" (int8 if present), "int8" or "fp32" (ONNX); the torch engine is fp32.
-    threads: intra-op threads (None = the runtime's default).
+    threads: intra-op threads (None: torch's default; ONNX: the usable CPUs, at most 4).
     """
     d = Path(model_dir)
     if engine not in ENGINES:

@@ -61,6 +61,6 @@ def model_info(model_dir: Path, engine: str, tokenizer, **extra) -> ModelInfo:
         special_ids=special_token_ids(vocab),
         supports_fim=supports_fim(vocab),
         path=str(model_dir.resolve()),
-        fim_default=bool((export.get("serving") or {}).get("fim", True)),
+        fim_default=(export.get("serving") or {}).get("fim") is not False,   # absent or null: FIM
         extra=extra,
     )

@@ -9,7 +9,7 @@ vs 0.81 ms without spinning) and go to sleep a few milliseconds after a request
 The KV cache lives in one preallocated buffer per layer (`n_positions` long), bound
 as both the graph's past and present through an IOBinding: each pass writes its new
 positions in place. A past is a view of the first `length` positions of a buffer;
-truncating one (KV prefix reuse) costs nothing, and only expanding rows copies.
+truncating one (KV prefix reuse) costs nothing; selecting rows copies them.
 """
 
 from __future__ import annotations
@@ -131,6 +131,8 @@ class KVGraph:
 
     def run(self, input_ids, past: OnnxPast | None, logits_to_keep: int, attention_mask, position_ids):
         batch, seq = input_ids.shape
+        if logits_to_keep < 1:
+            raise ValueError(f"logits_to_keep must be >= 1, got {logits_to_keep}")
         if past is None:
             past = OnnxPast(self.new_buffer(batch), 0)
         total = past.length + seq
@@ -157,7 +159,6 @@ class KVGraph:
             io = self.session.io_binding()
             for name, value in zip(self._past_names, buffer.values):
                 io.bind_ortvalue_input(name, value)
-            io.bind_output(mf.ONNX_LOGITS)   # first: get_outputs() follows the binding order
             for name, value in zip(self._present_names, buffer.values):
                 io.bind_ortvalue_output(name, value)
             buffer.binding = (self.session, io)
