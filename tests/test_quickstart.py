@@ -68,5 +68,8 @@ def test_the_fim_choice_follows_line_completion(tmp_path, fim_es, plain_es, expe
     info = json.loads((model / "export.json").read_text())
     assert info["serving"]["fim"] is expected and info["n_positions"] == 64   # the rest is kept
     assert model_info(model, "onnx", load_tokenizer(model)).fim_default is expected
+    info["serving"]["fim"] = None   # written by hand as null: FIM, as without the key
+    (model / "export.json").write_text(json.dumps(info))
+    assert model_info(model, "onnx", load_tokenizer(model)).fim_default is True
     results.write_text(json.dumps({"results": {"no_fim": {"edit_similarity": plain_es}}}))
     assert record_fim_choice(model, results) == ""   # no FIM run: nothing to decide
