@@ -46,7 +46,7 @@ def test_the_rule_cuts_after_the_healed_text_and_defers_to_stop_strings():
 def test_stop_starts_lists_whole_and_unfinished_matches():
     assert sorted(_stop_starts("ab\ndef x\nde", ["\ndef ", "de", "x\nd"])) == [2, 3, 7, 8, 9]
     # An empty stop string (a user setting) matches nothing, as for the engine's stops.
-    assert sorted(_stop_starts("ab\ndef x\nde", ["", "\ndef "])) == [2]
+    assert sorted(_stop_starts("ab\ndef x\nde", ["", "\ndef "])) == [2, 8]
 
 
 def cursors(n: int, seed: int = 0):
