@@ -142,6 +142,18 @@ def test_too_many_nonfinite_steps_stop_and_keep_the_last_good_checkpoint(toy_cor
     assert not (out / "final").exists() and ckpt.latest_checkpoint(out).name == "step-00000004"
 
 
+def test_resume_with_another_learning_rate_continues_the_schedule_with_it(toy_corpus, tiny_tokenizer_dir, tmp_path):
+    out = tmp_path / "cycles"
+    assert main(base_args(toy_corpus, tiny_tokenizer_dir, out, **{"max-steps": 4, "learning-rate": "1e-3"})) == 0
+    assert main(base_args(toy_corpus, tiny_tokenizer_dir, out, **{
+        "max-steps": 8, "learning-rate": "5e-4", "resume": "latest"})) == 0
+    lrs = {r["step"]: r["lr"] for r in metrics(out) if "lr" in r}
+    # Cosine with 2 warmup steps over 8: the factor after step s is 0.5 * (1 + cos(pi * (s - 2) / 6)).
+    for s in (5, 6, 8):
+        assert lrs[s] == pytest.approx(5e-4 * 0.5 * (1 + math.cos(math.pi * (s - 2) / 6)), rel=1e-6), s
+    assert lrs[4] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * (4 - 2) / 2)), abs=1e-12)   # the first run's own schedule
+
+
 def test_max_minutes_stops_and_saves(toy_corpus, tiny_tokenizer_dir, tmp_path):
     out = tmp_path / "timed"
     assert main(base_args(toy_corpus, tiny_tokenizer_dir, out, **{

@@ -213,6 +213,16 @@ def run(args: PretrainArguments) -> int:
     if resume_dir:
         accelerator.load_state(str(resume_dir / ckpt.ACCELERATE_STATE))  # after the loader: RNG as saved
         log.info("resumed from %s at step %d", resume_dir, state["step"])
+        if scheduler.base_lrs[0] != args.learning_rate:
+            # The restored schedule would keep the checkpoint's peak rate; the one asked for wins
+            # (a new cosine cycle from a trained model usually wants a lower one).
+            log.warning("--learning-rate %g differs from the checkpoint's %g: the schedule continues with %g",
+                        args.learning_rate, scheduler.base_lrs[0], args.learning_rate)
+            scheduler.base_lrs = [args.learning_rate] * len(scheduler.base_lrs)
+            for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):
+                group["initial_lr"] = args.learning_rate
+                group["lr"] = args.learning_rate * factor(scheduler.last_epoch)
+            scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
     step = state.get("step", 0)
     consumed = state.get("batches_consumed", 0)
