@@ -15,17 +15,6 @@ import torch
 from codeparrot_ls.engine.onnx_engine import KVGraph
 
 
-def ort_forward(graph: KVGraph, ids: np.ndarray, past=None, mask: np.ndarray | None = None,
-                pos: np.ndarray | None = None, keep: int = 1):
-    batch, seq = ids.shape
-    past_len = 0 if past is None else past.length
-    if mask is None:
-        mask = np.ones((batch, past_len + seq), np.int64)
-    if pos is None:
-        pos = np.broadcast_to(np.arange(past_len, past_len + seq, dtype=np.int64), (batch, seq)).copy()
-    return graph.run(ids.astype(np.int64), past, keep, mask, pos)
-
-
 @torch.inference_mode()
 def check_parity(model, onnx_path: Path, ids: list[int], threads: int = 0, greedy_steps: int = 16) -> dict:
     """Max |logits difference| ONNX vs PyTorch: full prefill, one decode step with past, a
@@ -35,11 +24,11 @@ def check_parity(model, onnx_path: Path, ids: list[int], threads: int = 0, greed
     t = torch.from_numpy(x)
     # Prefill with all positions' logits (what perplexity evaluation asks for).
     ref = model(input_ids=t[:, :-1], use_cache=True)
-    got, past = ort_forward(graph, x[:, :-1], keep=x.shape[1] - 1)
+    got, past = graph.run(x[:, :-1], None, x.shape[1] - 1)
     prefill = float(np.abs(got - ref.logits.numpy()).max())
     # One decode step on top of the past.
     ref2 = model(input_ids=t[:, -1:], cache=ref.cache, use_cache=True)
-    got2, _ = ort_forward(graph, x[:, -1:], past)
+    got2, _ = graph.run(x[:, -1:], past)
     decode = float(np.abs(got2 - ref2.logits.numpy()[:, -1:]).max())
     # Left-padded batch (what batched evaluation sends): row 0 shorter, padded on the left,
     # then one decode step for both rows.
@@ -51,10 +40,10 @@ def check_parity(model, onnx_path: Path, ids: list[int], threads: int = 0, greed
     mask = np.ones((2, n), np.int64)
     mask[0, : n - short] = 0
     pos = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
-    got3, bpast = ort_forward(graph, rows, mask=mask, pos=pos, keep=1)
+    got3, bpast = graph.run(rows, None, 1, mask, pos)
     nxt = np.array([[ids[short]], [ids[n]]], np.int64)
     mask2 = np.concatenate([mask, np.ones((2, 1), np.int64)], axis=1)
-    got4, _ = ort_forward(graph, nxt, bpast, mask=mask2, pos=pos[:, -1:] + 1)
+    got4, _ = graph.run(nxt, bpast, 1, mask2, pos[:, -1:] + 1)
     ref_short = model(input_ids=torch.tensor([ids[: short + 1]])).logits[:, -2:].numpy()
     ref_long = model(input_ids=torch.tensor([ids[: n + 1]])).logits[:, -2:].numpy()
     padded = float(max(np.abs(got3[0, -1] - ref_short[0, 0]).max(), np.abs(got3[1, -1] - ref_long[0, 0]).max(),
@@ -63,7 +52,7 @@ def check_parity(model, onnx_path: Path, ids: list[int], threads: int = 0, greed
     prompt = x[:, : max(1, len(ids) // 2)]
     ref_tokens, got_tokens = [], []
     out = model(input_ids=torch.from_numpy(prompt), use_cache=True, logits_to_keep=1)
-    logits, opast = ort_forward(graph, prompt)
+    logits, opast = graph.run(prompt, None)
     cache = out.cache
     for _ in range(greedy_steps):
         a, b = int(out.logits[0, -1].argmax()), int(logits[0, -1].argmax())
@@ -71,14 +60,14 @@ def check_parity(model, onnx_path: Path, ids: list[int], threads: int = 0, greed
         got_tokens.append(b)
         out = model(input_ids=torch.tensor([[a]]), cache=cache, use_cache=True)
         cache = out.cache
-        logits, opast = ort_forward(graph, np.array([[b]], np.int64), opast)
+        logits, opast = graph.run(np.array([[b]], np.int64), opast)
     return {"prompt_tokens": len(ids), "prefill_max_abs_diff": prefill, "decode_max_abs_diff": decode,
             "padded_max_abs_diff": padded, "greedy_equal": ref_tokens == got_tokens, "greedy_steps": greedy_steps}
 
 
 def _loss_and_top1(graph: KVGraph, ids: list[int]) -> tuple[float, np.ndarray]:
     x = np.array([ids], np.int64)
-    logits, _ = ort_forward(graph, x[:, :-1], keep=x.shape[1] - 1)
+    logits, _ = graph.run(x[:, :-1], None, x.shape[1] - 1)
     logits = logits[0].astype(np.float64)
     logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
     loss = float(np.mean(logz - logits[np.arange(len(ids) - 1), ids[1:]]))
@@ -108,10 +97,10 @@ def _time_graph(path: Path, capacity: int, ids: list[int], threads: int, steps: 
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
-        logits, past = ort_forward(graph, x)
+        logits, past = graph.run(x, None)
         for _ in range(steps):
             nxt = np.array([[int(logits[0, -1].argmax())]], np.int64)
-            logits, past = ort_forward(graph, nxt, past)
+            logits, past = graph.run(nxt, past)
         best = min(best, time.perf_counter() - t0)
     return best
 

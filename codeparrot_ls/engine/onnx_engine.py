@@ -129,7 +129,10 @@ class KVGraph:
         shape = (batch, self.n_head, self.capacity, self.head_dim)
         return KVBuffer([np.empty(shape, np.float32) for _ in range(2 * self.n_layer)])
 
-    def run(self, input_ids, past: OnnxPast | None, logits_to_keep: int, attention_mask, position_ids):
+    def run(self, input_ids, past: OnnxPast | None, logits_to_keep: int = 1, attention_mask=None,
+            position_ids=None):
+        """One pass; `attention_mask` and `position_ids` default to all ones and the positions
+        after the past (pass them for left-padded batches)."""
         batch, seq = input_ids.shape
         if logits_to_keep < 1:
             raise ValueError(f"logits_to_keep must be >= 1, got {logits_to_keep}")
@@ -138,6 +141,11 @@ class KVGraph:
         total = past.length + seq
         if total > past.buffer.capacity:
             raise ValueError(f"{total} positions do not fit the model's {past.buffer.capacity}")
+        if attention_mask is None:
+            attention_mask = np.ones((batch, total), np.int64)
+        if position_ids is None:   # (np.full for a decode step: broadcast_to costs ~15 us)
+            position_ids = (np.full((batch, 1), past.length, np.int64) if seq == 1 else
+                            np.broadcast_to(np.arange(past.length, total, dtype=np.int64), (batch, seq)))
         keep = self._keep.get(logits_to_keep)
         if keep is None:
             keep = np.array(logits_to_keep, np.int64)
@@ -195,25 +203,19 @@ class OnnxEngine(Engine):
 
     def forward(self, input_ids, past, logits_to_keep=1, attention_mask=None, position_ids=None):
         batch, seq = input_ids.shape
-        past_len = self.past_length(past)
-        if attention_mask is None:
-            attention_mask = np.ones((batch, past_len + seq), np.int64)
-        if position_ids is None:
-            position_ids = (np.full((batch, 1), past_len, np.int64) if seq == 1 else
-                            np.broadcast_to(np.arange(past_len, past_len + seq, dtype=np.int64), (batch, seq)))
         if batch > 1 and past is not None and seq > 1:
             # GroupQueryAttention runs several new tokens after a past only for one row.
             return self._token_by_token(input_ids, past, logits_to_keep, attention_mask, position_ids)
         chunk = self.prefill_chunk if batch == 1 else 0
         if not chunk or seq <= chunk:
             return self.graph.run(input_ids, past, logits_to_keep, attention_mask, position_ids)
-        first_kept = seq - logits_to_keep
+        past_len, first_kept = self.past_length(past), seq - logits_to_keep
         pieces = []
         for start in range(0, seq, chunk):
             end = min(seq, start + chunk)
             need = max(0, end - max(start, first_kept))
             logits, past = self.graph.run(input_ids[:, start:end], past, max(need, 1),
-                                          attention_mask[:, : past_len + end], position_ids[:, start:end])
+                                          *_columns(attention_mask, position_ids, past_len, start, end))
             if need:
                 pieces.append(logits[:, -need:])
         return (pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=1)), past
@@ -222,8 +224,8 @@ class OnnxEngine(Engine):
         seq, past_len = input_ids.shape[1], past.length
         pieces = []
         for t in range(seq):
-            logits, past = self.graph.run(input_ids[:, t:t + 1], past, 1, attention_mask[:, : past_len + t + 1],
-                                          position_ids[:, t:t + 1])
+            logits, past = self.graph.run(input_ids[:, t:t + 1], past, 1,
+                                          *_columns(attention_mask, position_ids, past_len, t, t + 1))
             if t >= seq - logits_to_keep:
                 pieces.append(logits)
         return np.concatenate(pieces, axis=1), past
@@ -240,3 +242,9 @@ class OnnxEngine(Engine):
     def close(self) -> None:
         self.graph = None
         self._prefix_cache = None
+
+
+def _columns(attention_mask, position_ids, past_len: int, start: int, end: int):
+    """The mask and positions for input columns [start, end) after `past_len` (None stays None)."""
+    return (None if attention_mask is None else attention_mask[:, : past_len + end],
+            None if position_ids is None else position_ids[:, start:end])
