@@ -211,22 +211,27 @@ class CodeparrotServer(LanguageServer):
         self.touch(key)
         out = []
         for uri in reversed(self.touched):
-            doc = self.workspace.text_documents.get(uri)
-            if uri == key or doc is None or not _is_python(doc) or len(doc.source) > MAX_OTHER_CHARS:
+            text = None if uri == key else self.snippet_source(uri)
+            if text is None:
                 continue
-            out.append((uri, _tokenizable(doc.source)))
+            out.append((uri, text))
             if len(out) == MAX_OTHER_DOCUMENTS:
                 break
         return out
 
+    def snippet_source(self, key: str) -> str | None:
+        """An open document's text as snippets are taken from it, or None when it gives none."""
+        doc = self.workspace.text_documents.get(key)
+        if doc is None or not _is_python(doc) or len(doc.source) > MAX_OTHER_CHARS:
+            return None
+        return _tokenizable(doc.source)
+
     def index_for_snippets(self, key: str) -> None:
         """Cut a newly opened document into snippet windows now, not in the first request
         that uses it (~5 ms per 100 KB, before that request's first token)."""
-        completer = self.model.completer
-        doc = self.workspace.text_documents.get(key)
-        if completer is None or doc is None or not _is_python(doc) or len(doc.source) > MAX_OTHER_CHARS:
-            return
-        completer.builder.snippet_index.document(key, _tokenizable(doc.source))
+        completer, text = self.model.completer, self.snippet_source(key)
+        if completer is not None and text is not None:
+            completer.builder.snippet_index.document(key, text)
 
     def accept_command(self, uri: str, suggestion) -> types.Command:
         info = {"uri": uri, "chars": len(suggestion.insert_text), "lines": suggestion.insert_text.count("\n") + 1,

@@ -75,9 +75,6 @@ class SnippetIndex:
     def __len__(self) -> int:
         return len(self._docs)
 
-    def windows(self, uri: str, text: str) -> list[tuple[int, str, frozenset[str]]]:
-        return self.document(uri, text).windows
-
 
 def rank_snippets(query: frozenset[str], documents: Sequence[tuple[str, str]], index: SnippetIndex) -> list[Snippet]:
     """Windows of `documents` by Jaccard similarity of identifiers to `query`, best first

@@ -162,6 +162,11 @@ def test_usage_error_exits_2(capsys):
     assert "checkpoint" in capsys.readouterr().err
 
 
+def test_an_opset_without_layer_normalization_exits_2(tiny_checkpoint_dir, tmp_path, capsys):
+    assert export_main(["--checkpoint", str(tiny_checkpoint_dir), "--output", str(tmp_path / "o"), "--opset", "16"]) == 2
+    assert "at least 17" in capsys.readouterr().err
+
+
 def test_reexport_without_quantize_removes_stale_int8(tiny_onnx_dir, tiny_checkpoint_dir, tmp_path):
     out = tmp_path / "again"
     shutil.copytree(tiny_onnx_dir, out)

@@ -14,7 +14,7 @@ def test_ranking_equals_a_full_jaccard_scan_over_every_window():
     ranked = rank_snippets(query, docs, index)
     expected = []
     for uri, text in docs:
-        for start, chunk, ids in index.windows(uri, text):
+        for start, chunk, ids in index.document(uri, text).windows:
             if query & ids:
                 expected.append((uri, start, len(query & ids) / len(query | ids)))
     expected.sort(key=lambda e: (-e[2], e[0], e[1]))

@@ -114,8 +114,8 @@ def run(args: ExportArgs) -> dict:
     check_checkpoint(ckpt)
     if args.eval_file and not Path(args.eval_file).is_file():
         raise ExportError(f"--eval_file {args.eval_file} is not a file")
-    if args.opset < 14:
-        raise ExportError(f"--opset {args.opset}: at least 14 is needed")
+    if args.opset < 17:
+        raise ExportError(f"--opset {args.opset}: at least 17 is needed (LayerNormalization)")
     if out.resolve() == ckpt.resolve():
         raise ExportError("--output must differ from --checkpoint")
     model = load_checkpoint(ckpt)

@@ -129,7 +129,7 @@ def build_graph(model, opset: int = 17):
         if pending is None:
             x = g.op("LayerNormalization", [hidden, w("ln_1.weight"), w("ln_1.bias")], axis=-1, epsilon=eps)
         else:
-            x, hidden = _skip_norm(g, pending, hidden, w("ln_1.weight"), w("ln_1.bias"), eps)
+            x, hidden = _residual_norm(g, pending, hidden, w("ln_1.weight"), w("ln_1.bias"), eps)
         qkv = g.op("Add", [g.op("MatMul", [x, w("attn.c_attn.weight")]), w("attn.c_attn.bias")])
         attn, _, _ = g.op(
             "GroupQueryAttention",
@@ -142,12 +142,12 @@ def build_graph(model, opset: int = 17):
             attn = g.op("Slice", [attn, start, int_max, one])
             hidden = g.op("Slice", [hidden, start, int_max, one])
         pending = (g.op("MatMul", [attn, w("attn.c_proj.weight")]), w("attn.c_proj.bias"))
-        x, hidden = _skip_norm(g, pending, hidden, w("ln_2.weight"), w("ln_2.bias"), eps)
+        x, hidden = _residual_norm(g, pending, hidden, w("ln_2.weight"), w("ln_2.bias"), eps)
         up = g.op("MatMul", [x, w("mlp.c_fc.weight")])
         act = (g.op("FastGelu", [up, w("mlp.c_fc.bias")], domain=MS_DOMAIN) if gelu == "FastGelu" else
                g.op("Gelu", [g.op("Add", [up, w("mlp.c_fc.bias")])], domain=MS_DOMAIN))
         pending = (g.op("MatMul", [act, w("mlp.c_proj.weight")]), w("mlp.c_proj.bias"))
-    out, _ = _skip_norm(g, pending, hidden, g.const("ln_f.weight", sd["transformer.ln_f.weight"]),
+    out, _ = _residual_norm(g, pending, hidden, g.const("ln_f.weight", sd["transformer.ln_f.weight"]),
                         g.const("ln_f.bias", sd["transformer.ln_f.bias"]), eps)
 
     # The tied output layer gets its own transposed copy: a MatMul weight that int8 quantizes.
@@ -173,7 +173,7 @@ def build_graph(model, opset: int = 17):
     return model_proto
 
 
-def _skip_norm(g: _Graph, pending: tuple[str, str], residual: str, gamma: str, beta: str, eps: float):
+def _residual_norm(g: _Graph, pending: tuple[str, str], residual: str, gamma: str, beta: str, eps: float):
     """(LayerNorm(residual + x + bias), residual + x + bias).
 
     Plain Add + LayerNormalization: ONNX Runtime's fused SkipLayerNormalization measured
