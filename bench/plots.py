@@ -32,11 +32,7 @@ def plot_loss(metrics: Path, out: Path) -> Path:
     ax.set_title(f"pretraining: {metrics.parent.name}")
     ax.grid(alpha=0.3)
     ax.legend()
-    path = out / "loss_vs_tokens.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "loss_vs_tokens.png")
 
 
 def plot_latency(server: Path, out: Path) -> Path:
@@ -55,11 +51,7 @@ def plot_latency(server: Path, out: Path) -> Path:
     ax.set_title(f"inline completion latency, model: {Path(data.get('model', '?')).name}")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    path = out / "inline_latency.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "inline_latency.png")
 
 
 def plot_generate(generate: Path, out: Path) -> Path:
@@ -76,7 +68,10 @@ def plot_generate(generate: Path, out: Path) -> Path:
     ax.set_title("ONNX Runtime engines vs transformers generate")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    path = out / "onnx_vs_generate.png"
+    return _save(fig, out / "onnx_vs_generate.png")
+
+
+def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -360,14 +360,20 @@ def kill_at_fourth_read(monkeypatch):
     return real
 
 
-def test_killed_run_leaves_no_complete_looking_partial_shard(tmp_path, monkeypatch):
+def killed_run(tmp_path, monkeypatch, *options: str):
+    """Five good sources, and a corpus run over them killed at its 4th read; (output, real reader)."""
     for i in range(5):
         write(tmp_path / "src" / f"m{i}.py", good_source(i))
     real = kill_at_fourth_read(monkeypatch)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
-        main(["--source", str(tmp_path / "src"), "--output", str(out), "--shard_records", "2",
-              "--valid_fraction", "0", "--no_progress", "--shuffle_buckets", "0"])
+        main(["--source", str(tmp_path / "src"), "--output", str(out), *options])
+    return out, real
+
+
+def test_killed_run_leaves_no_complete_looking_partial_shard(tmp_path, monkeypatch):
+    out, real = killed_run(tmp_path, monkeypatch, "--shard_records", "2", "--valid_fraction", "0",
+                           "--no_progress", "--shuffle_buckets", "0")
     assert not (out / "stats.json").exists()
     assert [p.name for p in out.glob("train-*.jsonl.gz")] == ["train-00000.jsonl.gz"]
     assert len(read_shards(out, "train")) == 2  # the finished shard is whole
@@ -444,12 +450,7 @@ def test_shards_mix_the_sources_and_the_shuffle_is_seeded(tmp_path):
 
 
 def test_killed_shuffled_run_leaves_only_temporary_files(tmp_path, monkeypatch):
-    for i in range(5):
-        write(tmp_path / "src" / f"m{i}.py", good_source(i))
-    real = kill_at_fourth_read(monkeypatch)
-    out = tmp_path / "out"
-    with pytest.raises(KeyboardInterrupt):
-        main(["--source", str(tmp_path / "src"), "--output", str(out), "--valid_fraction", "0", "--no_progress"])
+    out, real = killed_run(tmp_path, monkeypatch, "--valid_fraction", "0", "--no_progress")
     assert not list(out.glob("train-*.jsonl.gz")) and not (out / "stats.json").exists()
     assert list(out.glob(".train-*.bucket.tmp"))
     assert main(["--source", str(tmp_path / "src"), "--output", str(out), "--no_progress"]) == 2
