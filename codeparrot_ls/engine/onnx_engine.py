@@ -67,7 +67,7 @@ class KVBuffer:
 
         self.arrays = arrays
         self.values = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays]
-        self.binding = None      # (session, IOBinding with the buffers bound), made on first use
+        self.binding = None      # the IOBinding with these buffers bound (KVGraph._binding), made on first use
 
     @property
     def batch(self) -> int:
@@ -163,14 +163,13 @@ class KVGraph:
 
     def _binding(self, buffer: KVBuffer):
         """The buffer's IOBinding, its past and present bound once for every later pass."""
-        if buffer.binding is None or buffer.binding[0] is not self.session:
-            io = self.session.io_binding()
+        if buffer.binding is None:   # buffers come from this graph's new_buffer()
+            buffer.binding = self.session.io_binding()
             for name, value in zip(self._past_names, buffer.values):
-                io.bind_ortvalue_input(name, value)
+                buffer.binding.bind_ortvalue_input(name, value)
             for name, value in zip(self._present_names, buffer.values):
-                io.bind_ortvalue_output(name, value)
-            buffer.binding = (self.session, io)
-        return buffer.binding[1]
+                buffer.binding.bind_ortvalue_output(name, value)
+        return buffer.binding
 
     def select(self, past: OnnxPast, rows: Sequence[int]) -> OnnxPast:
         idx = np.asarray(rows, np.intp)
@@ -190,7 +189,6 @@ class OnnxEngine(Engine):
                           precision="int8" if path.name == mf.ONNX_INT8_FILE else "fp32",
                           threads=threads or default_threads())
         self.graph = KVGraph(path, info.n_positions, threads)
-        self.n_layer, self.n_head, self.head_dim = self.graph.n_layer, self.graph.n_head, self.graph.head_dim
         self.prefill_chunk = prefill_chunk  # 0 = run any input in one pass
         self.info = info
         # Pay the one-off costs (token table, first-run allocations) now, not on the first request.
