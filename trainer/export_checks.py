@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from codeparrot_ls.engine.onnx_engine import KVGraph
+from codeparrot_ls.engine.torch_engine import cache_keyword, output_cache
 
 
 @torch.inference_mode()
@@ -22,12 +23,13 @@ def check_parity(model, onnx_path: Path, ids: list[int], threads: int = 0, greed
     graph = KVGraph(onnx_path, model.config.n_positions, threads)
     x = np.array([ids], np.int64)
     t = torch.from_numpy(x)
+    cache_arg = cache_keyword(model)
     # Prefill with all positions' logits (what perplexity evaluation asks for).
     ref = model(input_ids=t[:, :-1], use_cache=True)
     got, past = graph.run(x[:, :-1], None, x.shape[1] - 1)
     prefill = float(np.abs(got - ref.logits.numpy()).max())
     # One decode step on top of the past.
-    ref2 = model(input_ids=t[:, -1:], cache=ref.cache, use_cache=True)
+    ref2 = model(input_ids=t[:, -1:], **{cache_arg: output_cache(ref)}, use_cache=True)
     got2, _ = graph.run(x[:, -1:], past)
     decode = float(np.abs(got2 - ref2.logits.numpy()[:, -1:]).max())
     # Left-padded batch (what batched evaluation sends): row 0 shorter, padded on the left,
@@ -53,13 +55,13 @@ def check_parity(model, onnx_path: Path, ids: list[int], threads: int = 0, greed
     ref_tokens, got_tokens = [], []
     out = model(input_ids=torch.from_numpy(prompt), use_cache=True, logits_to_keep=1)
     logits, opast = graph.run(prompt, None)
-    cache = out.cache
+    cache = output_cache(out)
     for _ in range(greedy_steps):
         a, b = int(out.logits[0, -1].argmax()), int(logits[0, -1].argmax())
         ref_tokens.append(a)
         got_tokens.append(b)
-        out = model(input_ids=torch.tensor([[a]]), cache=cache, use_cache=True)
-        cache = out.cache
+        out = model(input_ids=torch.tensor([[a]]), **{cache_arg: cache}, use_cache=True)
+        cache = output_cache(out)
         logits, opast = graph.run(np.array([[b]], np.int64), opast)
     return {"prompt_tokens": len(ids), "prefill_max_abs_diff": prefill, "decode_max_abs_diff": decode,
             "padded_max_abs_diff": padded, "greedy_equal": ref_tokens == got_tokens, "greedy_steps": greedy_steps}

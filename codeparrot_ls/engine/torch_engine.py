@@ -2,7 +2,7 @@
 
 Same decoding as the ONNX engine (codeparrot_ls/engine/decoding.py); the past is a
 tuple of (key, value) tensors per layer, wrapped in a fresh `DynamicCache` for each
-call (transformers 5 takes the cache as `cache=`), so an old past stays valid.
+call, so an old past stays valid.
 """
 
 from __future__ import annotations
@@ -16,6 +16,20 @@ from codeparrot_ls import modelfiles as mf
 from codeparrot_ls.engine.base import Engine
 from codeparrot_ls.engine.decoding import token_table
 from codeparrot_ls.engine.loading import ModelLoadError, load_tokenizer, model_info, read_json
+
+
+def cache_keyword(model) -> str:
+    """The name a model's forward takes the KV cache by: `cache` in newer transformers 5
+    releases, `past_key_values` before (both are in the supported range)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def output_cache(out):
+    """The KV cache a forward returned, under either name (see `cache_keyword`)."""
+    cache = getattr(out, "cache", None)
+    return out.past_key_values if cache is None else cache
 
 
 class TorchEngine(Engine):
@@ -40,6 +54,7 @@ class TorchEngine(Engine):
         except Exception as e:  # noqa: BLE001 - any load failure is a bad folder
             raise ModelLoadError(f"transformers cannot load {model_dir}: {e}") from e
         self._torch = torch
+        self._cache_keyword = cache_keyword(self.model)
         self.info = model_info(model_dir, "torch", self._tokenizer, precision="fp32", threads=threads or 0)
         token_table(self)  # built once here rather than on the first request
 
@@ -55,13 +70,13 @@ class TorchEngine(Engine):
             cache = DynamicCache(ddp_cache_data=past, config=self.model.config) if past else None
             out = self.model(
                 input_ids=torch.from_numpy(np.ascontiguousarray(input_ids, np.int64)),
-                cache=cache,
+                **{self._cache_keyword: cache},
                 attention_mask=None if attention_mask is None else torch.from_numpy(np.ascontiguousarray(attention_mask, np.int64)),
                 position_ids=None if position_ids is None else torch.from_numpy(np.ascontiguousarray(position_ids, np.int64)),
                 use_cache=True,
                 logits_to_keep=int(logits_to_keep),
             )
-            new_past = tuple((layer.keys, layer.values) for layer in out.cache.layers)
+            new_past = tuple((layer.keys, layer.values) for layer in output_cache(out).layers)
             return out.logits.float().numpy(), new_past
 
     def past_length(self, past) -> int:
