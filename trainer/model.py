@@ -26,6 +26,7 @@ COMMON = dict(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, activation_functi
 PRESETS = {
     "test": dict(n_layer=2, n_embd=64, n_head=2, n_positions=256),
     "tiny": dict(n_layer=4, n_embd=256, n_head=4, n_positions=512),
+    "mid": dict(n_layer=6, n_embd=384, n_head=6, n_positions=512),   # the shipped default model
     "mini": dict(n_layer=6, n_embd=512, n_head=8, n_positions=1024),
     "small": dict(n_layer=12, n_embd=768, n_head=12, n_positions=1024),
     "xl": dict(n_layer=48, n_embd=1600, n_head=25, n_positions=1024),
