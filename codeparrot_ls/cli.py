@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from codeparrot_ls import __version__
@@ -61,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.port < 65536:
         parser.error("--port must be between 1 and 65535")
 
+    # A request tokenizes a few kilobytes in short pieces: on the calling thread that is faster
+    # than spreading them over the tokenizer's thread pool, which wakes on the cores ONNX
+    # Runtime decodes on (~1.5 ms of a request's context building; docs/benchmarks.md).
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     model, source = startup_model(args.model)
     if model:
         problem = model_problem(model, args.engine)

@@ -42,6 +42,9 @@ SUFFIX_ROOM_STEP = 64
 QUERY_LINES = 20
 # Stop looking for snippets when fewer tokens than this are left (two lines of code rarely fit).
 MIN_SNIPPET_ROOM = 16
+# Ranked windows a request looks at: at most 8 are kept, and overlapping neighbours of a kept
+# one or windows that do not fit are skipped, so the best 64 are more than enough.
+SNIPPET_CANDIDATES = 64
 
 
 # ----------------------------------------------------------------------------- positions
@@ -325,7 +328,7 @@ class ContextBuilder:
             q_start = text.rfind("\n", 0, q_start - 1) + 1
         query = identifiers(text[q_start:line_start])
         chosen, used = [], 1  # 1: the end-of-text separator
-        for snip in rank_snippets(query, other_documents, self.snippet_index):
+        for snip in rank_snippets(query, other_documents, self.snippet_index, limit=SNIPPET_CANDIDATES):
             room = budget - used
             if room < MIN_SNIPPET_ROOM:
                 break

@@ -8,6 +8,7 @@ only touches the windows that share an identifier with its query.
 
 from __future__ import annotations
 
+import heapq
 import keyword
 import re
 import threading
@@ -76,12 +77,13 @@ class SnippetIndex:
         return len(self._docs)
 
 
-def rank_snippets(query: frozenset[str], documents: Sequence[tuple[str, str]], index: SnippetIndex) -> list[Snippet]:
+def rank_snippets(query: frozenset[str], documents: Sequence[tuple[str, str]], index: SnippetIndex,
+                  limit: int | None = None) -> list[Snippet]:
     """Windows of `documents` by Jaccard similarity of identifiers to `query`, best first
-    (only windows sharing at least one identifier)."""
+    (only windows sharing at least one identifier); the best `limit` of them when given."""
     if not query:
         return []
-    ranked = []
+    scored = []   # (-score, uri, first line, document, window): sorts best first, ties stable
     for uri, text in documents:
         doc = index.document(uri, text)
         shared: Counter[int] = Counter()
@@ -89,11 +91,17 @@ def rank_snippets(query: frozenset[str], documents: Sequence[tuple[str, str]], i
             hits = doc.postings.get(name)
             if hits:
                 shared.update(hits)
-        for i, inter in shared.items():
-            start, chunk, ids = doc.windows[i]
-            ranked.append(Snippet(uri, start, chunk, inter / (len(query) + len(ids) - inter)))
-    ranked.sort(key=lambda s: (-s.score, s.uri, s.start_line))
-    return ranked
+        windows, n_query = doc.windows, len(query)
+        scored.extend((-inter / (n_query + len(windows[i][2]) - inter), uri, windows[i][0], doc, i)
+                      for i, inter in shared.items())
+    # Snippet objects only for what is returned: five large documents share an identifier
+    # with thousands of windows, and a request reads a handful.
+    best = heapq.nsmallest(limit, scored, key=_rank_key) if limit is not None else sorted(scored, key=_rank_key)
+    return [Snippet(uri, start, doc.windows[i][1], -neg) for neg, uri, start, doc, i in best]
+
+
+def _rank_key(entry) -> tuple:
+    return entry[:3]
 
 
 def format_snippet(snippet: Snippet) -> str:

@@ -131,8 +131,13 @@ def test_max_tokens_deadline_and_cancel(onnx_fp32):
         calls.append(1)
         return len(calls) > 3  # 1 check before the prompt pass, then 1 before each token
 
-    gen = onnx_fp32.generate(GenerationRequest(ids, max_new_tokens=20, is_cancelled=cancelled_after_two_tokens))[0]
+    # One token per pass here (lookup drafts off): the flag is checked before each pass.
+    gen = onnx_fp32.generate(GenerationRequest(ids, max_new_tokens=20, is_cancelled=cancelled_after_two_tokens,
+                                               lookup_tokens=0))[0]
     assert gen.finish_reason == "cancelled" and len(gen.token_ids) == 2
+    calls.clear()
+    gen = onnx_fp32.generate(GenerationRequest(ids, max_new_tokens=20, is_cancelled=cancelled_after_two_tokens))[0]
+    assert gen.finish_reason == "cancelled" and 2 <= len(gen.token_ids) <= 2 * (1 + 4)
 
 
 def test_eos_ends_generation(tiny_checkpoint_dir, tmp_path):

@@ -21,6 +21,8 @@ def test_ranking_equals_a_full_jaccard_scan_over_every_window():
     assert [(s.uri, s.start_line) for s in ranked] == [(u, st) for u, st, _ in expected]
     assert all(abs(s.score - e[2]) < 1e-12 for s, e in zip(ranked, expected))
     assert ranked[0].uri == "file:///shlex.py"
+    best = rank_snippets(query, docs, index, limit=10)
+    assert [(s.uri, s.start_line, s.score) for s in best] == [(s.uri, s.start_line, s.score) for s in ranked[:10]]
 
 
 def test_the_index_is_kept_per_text_and_bounded():

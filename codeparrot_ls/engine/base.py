@@ -52,6 +52,10 @@ class GenerationRequest:
     # many characters to keep once nothing after them can matter (finish_reason "stop"),
     # or None to go on decoding.
     stop_when: Callable[[str], int | None] | None = None
+    # Greedy decoding guesses up to this many next tokens by finding the last tokens earlier in
+    # the prompt or output, and checks the guess in one pass (0 = one token per pass). The
+    # model's own greedy choice decides every token, so the text is the same either way.
+    lookup_tokens: int = 4
 
 
 @dataclass

@@ -232,6 +232,7 @@ def _decode_loop(engine: Engine, rows: list[_Row], logits: np.ndarray, past, rng
     stops = [[s.encode("utf-8") for s in r.request.stop if s] for r in rows]
     active = [i for i, r in enumerate(rows) if r.finish is None]
     fed: list[int] = []
+    lookup = _Lookup(rows[0]) if len(rows) == 1 and mask is None and _lookup_allowed(rows[0].request) else None
     while active:
         for i in active:
             reason = _budget_reason(rows[i].request)
@@ -272,6 +273,26 @@ def _decode_loop(engine: Engine, rows: list[_Row], logits: np.ndarray, past, rng
             pos = None if pos is None else pos[still]
             toks = [toks[j] for j in still]
             active = [active[j] for j in still]
+        if lookup is not None:
+            row = rows[0]
+            draft = lookup.draft(row, info.n_positions) if not row.constraint() else []
+            if draft:
+                base = engine.past_length(past)
+                logits, past = engine.forward(np.array([[toks[0], *draft]], np.int64), past, 1 + len(draft))
+                accepted = 0
+                for guess in draft:  # the model's greedy choice after each fed token decides
+                    if int(np.argmax(logits[0, accepted] + table.bias)) != guess:
+                        break
+                    row.push(guess, table, info.eos_id, info.n_positions, stops[0])
+                    accepted += 1
+                    if row.finish is not None:
+                        break
+                past = engine.truncate_past(past, base + 1 + accepted)
+                logits = logits[:, accepted:accepted + 1]
+                fed += [toks[0], *draft[:accepted]]
+                if row.finish is not None:
+                    break
+                continue
         if mask is not None:
             mask = np.concatenate([mask, np.ones((len(active), 1), np.int64)], axis=1)
             pos = pos[:, -1:] + 1
@@ -279,6 +300,48 @@ def _decode_loop(engine: Engine, rows: list[_Row], logits: np.ndarray, past, rng
         logits, past = engine.forward(x, past, 1, attention_mask=mask, position_ids=pos)
         fed.append(toks[0])
     return past, fed
+
+
+def _lookup_allowed(request: GenerationRequest) -> bool:
+    return request.lookup_tokens > 0 and request.temperature <= 0
+
+
+class _Lookup:
+    """Draft tokens for one greedy row: what followed the latest earlier occurrence of its
+    last tokens (the longest match of up to three of them) in the prompt and the output so far. Code repeats
+    itself (names, call patterns, closing brackets), so such guesses are often right."""
+
+    def __init__(self, row: _Row):
+        self.prompt = np.asarray(row.request.prompt_ids, np.int64)
+        self.n_prompt = len(self.prompt)
+        self.ids = np.empty(self.n_prompt + max(0, row.request.max_new_tokens) + 1, np.int64)
+        self.ids[:self.n_prompt] = self.prompt
+        self.max_draft = row.request.lookup_tokens
+
+    def draft(self, row: _Row, n_positions: int) -> list[int]:
+        n = self.n_prompt + len(row.ids)
+        if n > len(self.ids) or not row.ids:
+            return []
+        self.ids[self.n_prompt:n] = row.ids
+        seq = self.ids[:n]
+        room = min(self.max_draft, row.request.max_new_tokens - len(row.ids), n_positions - row.prompt_len - len(row.ids) - 1)
+        if room <= 0:
+            return []
+        hits = np.flatnonzero(seq[:-1] == seq[-1])    # earlier places of the last token
+        if not len(hits):
+            return []
+        # How many of the last 3 tokens match before each place; the latest longest match wins.
+        match = np.ones(len(hits), np.int64)
+        two = (hits >= 1) & (seq[hits - 1] == seq[n - 2]) if n >= 2 else np.zeros(len(hits), bool)
+        match[two] = 2
+        if n >= 3:
+            match[two & (hits >= 2) & (seq[hits - 2] == seq[n - 3])] = 3
+        best_hits = hits[match == match.max()]
+        # Then the one with the longest draft after it (in a run of one repeated token the
+        # latest place is the one before last, with a single token after it), then the latest.
+        after = np.minimum(room, n - 1 - best_hits)
+        best = int(best_hits[after == after.max()][-1])
+        return seq[best + 1:best + 1 + room].tolist()
 
 
 @dataclass

@@ -1,0 +1,137 @@
+"""Prompt-lookup drafts in greedy decoding (`GenerationRequest.lookup_tokens`): the same tokens
+as one token per pass, in fewer passes, with a KV cache that matches what was fed."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from codeparrot_ls.engine import GenerationRequest, load_engine
+from codeparrot_ls.engine.decoding import _Lookup, _Row
+
+SOURCE = (Path(textwrap.__file__).parent / "pprint.py").read_text(encoding="utf-8")
+
+
+def prompt_ids(engine) -> list[int]:
+    return engine.tokenizer.encode(SOURCE).ids[300:360] * 2   # repeated code: drafts to find
+
+
+@pytest.fixture(scope="module", params=["torch", "onnx-fp32"])
+def engine(request, tiny_checkpoint_dir, tiny_onnx_dir):
+    # fp32 only: an int8 graph quantizes activations with one scale per pass, so a pass of
+    # several tokens can break a near-tie differently from one token at a time.
+    if request.param == "torch":
+        return load_engine(tiny_checkpoint_dir, engine="torch", threads=1)
+    return load_engine(tiny_onnx_dir, engine="onnx", threads=1, precision="fp32")
+
+
+def counted(engine, **kw):
+    """A cold greedy generation and the number of tokens fed in each forward pass after the prompt."""
+    fed = []
+    forward = engine.forward
+
+    def counting(input_ids, past, *a, **k):
+        if past is not None:
+            fed.append(input_ids.shape[1])
+        return forward(input_ids, past, *a, **k)
+
+    engine.forward = counting
+    try:
+        engine._prefix_cache = None
+        gen = engine.generate(GenerationRequest(prompt_ids(engine), **kw))[0]
+    finally:
+        engine.forward = forward
+    return gen, fed
+
+
+def test_same_tokens_in_fewer_passes(engine):
+    plain, plain_fed = counted(engine, max_new_tokens=40, lookup_tokens=0)
+    drafted, drafted_fed = counted(engine, max_new_tokens=40, lookup_tokens=4)
+    assert drafted.token_ids == plain.token_ids
+    assert (drafted.text, drafted.finish_reason) == (plain.text, plain.finish_reason)
+    assert set(plain_fed) == {1}
+    assert max(drafted_fed) > 1, "no draft was tried"
+    assert len(drafted_fed) < len(plain_fed), "no draft was accepted"
+
+
+def wrong_draft_prompt(engine) -> list[int]:
+    """A prompt whose first generated token also stands early in it, followed by other tokens:
+    the first draft is those, and the model (which repeats that token) rejects it."""
+    ids = engine.tokenizer.encode(SOURCE).ids
+    for start in range(0, 1200, 60):
+        body = ids[start:start + 80]
+        engine._prefix_cache = None
+        first = engine.generate(GenerationRequest(body, max_new_tokens=1, lookup_tokens=0))[0].token_ids[0]
+        if first in body:
+            continue
+        others = [t for t in ids[:20] if t != first][:3]
+        prompt = [first, *others, *body]
+        engine._prefix_cache = None
+        if engine.generate(GenerationRequest(prompt, max_new_tokens=1, lookup_tokens=0))[0].token_ids[0] == first:
+            return prompt
+    pytest.fail("no prompt found whose first draft the model rejects")
+
+
+def test_a_rejected_draft_is_cut_from_the_kv_cache(engine):
+    prompt = wrong_draft_prompt(engine)
+    cuts = []
+    truncate = engine.truncate_past
+
+    def recording(past, length):
+        if length < engine.past_length(past):
+            cuts.append(engine.past_length(past) - length)
+        return truncate(past, length)
+
+    engine._prefix_cache = None
+    plain = engine.generate(GenerationRequest(prompt, max_new_tokens=24, lookup_tokens=0))[0]
+    engine.truncate_past = recording
+    try:
+        engine._prefix_cache = None
+        drafted = engine.generate(GenerationRequest(prompt, max_new_tokens=24, lookup_tokens=4))[0]
+    finally:
+        engine.truncate_past = truncate
+    assert cuts, "no draft was rejected"
+    assert drafted.token_ids == plain.token_ids
+    cache = engine._prefix_cache
+    assert engine.past_length(cache.past) == len(cache.ids)
+    # The next request extends the prompt by the token not fed yet: reusing that cache gives
+    # what a cold engine gives.
+    n_fed = len(cache.ids) - len(prompt)
+    follow = GenerationRequest(list(cache.ids) + drafted.token_ids[n_fed:n_fed + 1], max_new_tokens=12)
+    warm = engine.generate(follow)[0]
+    assert warm.reused_tokens > 0
+    engine._prefix_cache = None
+    assert engine.generate(follow)[0].token_ids == warm.token_ids
+
+
+def make_row(prompt, generated, lookup_tokens=3, max_new_tokens=20) -> _Row:
+    row = _Row(GenerationRequest(prompt, max_new_tokens=max_new_tokens, lookup_tokens=lookup_tokens), len(prompt))
+    row.ids = list(generated)
+    return row
+
+
+def test_draft_is_what_followed_the_latest_longest_match():
+    # ... 7 8 9 | 1 2 3 | 9 8 | 2 3 | 5 6 ... and the output ends in "1 2 3": the three-token
+    # match (positions 3-5) wins over the later two-token one (positions 8-9).
+    prompt = [7, 8, 9, 1, 2, 3, 4, 4, 2, 3, 5, 6, 0]
+    row = make_row(prompt, [1, 2, 3])
+    assert _Lookup(row).draft(row, n_positions=100) == [4, 4, 2]
+    # Only the last token matches anywhere: its latest earlier place is used.
+    row = make_row(prompt, [5, 2])
+    assert _Lookup(row).draft(row, n_positions=100) == [3, 5, 6]
+    # A run of one token: the place with the longest draft after it.
+    row = make_row([9, 4, 4, 4, 4], [4])
+    assert _Lookup(row).draft(row, n_positions=100) == [4, 4]
+
+
+def test_no_draft_without_a_match_or_without_room():
+    row = make_row([1, 2, 3], [42])
+    assert _Lookup(row).draft(row, n_positions=100) == []
+    row = make_row([1, 2, 3, 1, 2, 3], [1, 2], max_new_tokens=3)
+    assert _Lookup(row).draft(row, n_positions=100) == [3]           # one new token left
+    row = make_row([1, 2, 3, 1, 2, 3], [1, 2])
+    assert _Lookup(row).draft(row, n_positions=9) == []               # the model's positions are full
+    assert np.array_equal(_Lookup(row).prompt, [1, 2, 3, 1, 2, 3])
