@@ -108,28 +108,29 @@ def _time_hf_generate(model, ids: list[int], repeats: int) -> dict:
             "total_ms": total_s * 1e3, "tokens": NEW_TOKENS}
 
 
-def time_engine(engine, ids: list[int], repeats: int, typed: int = 0) -> dict:
+def time_engine(engine, ids: list[int], repeats: int, typed: int = 0, lookup: int = 0) -> dict:
     """Cold runs (no KV prefix reuse); with `typed` > 0, the engine has just served the
-    prompt without its last `typed` tokens, as when the user types on after a request."""
+    prompt without its last `typed` tokens, as when the user types on after a request.
+    `lookup`: prompt-lookup draft tokens per pass (0: one token per pass, a true decode step)."""
     from codeparrot_ls.engine import GenerationRequest
 
     runs = []
     for _ in range(repeats):
         engine._prefix_cache = None
         if typed:
-            engine.generate(GenerationRequest(ids[:-typed], max_new_tokens=NEW_TOKENS))
+            engine.generate(GenerationRequest(ids[:-typed], max_new_tokens=NEW_TOKENS, lookup_tokens=lookup))
         t0 = time.perf_counter()
-        g = engine.generate(GenerationRequest(ids, max_new_tokens=NEW_TOKENS))[0]
+        g = engine.generate(GenerationRequest(ids, max_new_tokens=NEW_TOKENS, lookup_tokens=lookup))[0]
         runs.append((time.perf_counter() - t0, g))
     total_s, g = min(runs, key=lambda r: r[0])
     n = len(g.token_ids) + (g.finish_reason == "eos")
     return {"prompt_ms": g.prefill_ms, "step_ms": g.decode_ms / max(n, 1), "total_ms": total_s * 1e3, "tokens": n}
 
 
-def best_of_threads(by_threads: dict, ids: list[int], repeats: int, typed: int = 0) -> dict:
+def best_of_threads(by_threads: dict, ids: list[int], repeats: int, typed: int = 0, lookup: int = 0) -> dict:
     runs = []
     for t, engine in by_threads.items():
-        run = time_engine(engine, ids, repeats, typed)
+        run = time_engine(engine, ids, repeats, typed, lookup)
         run["threads"] = t
         runs.append(run)
     return min(runs, key=lambda r: r["total_ms"])
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         sizes = {"onnx fp32": (onnx_dir / "model.onnx").stat().st_size,
                  "onnx int8": (onnx_dir / "model.int8.onnx").stat().st_size}
         sizes["generate"] = sum(p.numel() * p.element_size() for p in hf.parameters())
-        sizes["int8 reuse"] = sizes["onnx int8"]
+        sizes["int8 reuse"] = sizes["int8 lookup"] = sizes["onnx int8"]
         bw = read_bandwidth_gbs()
         cfg = hf.config
         n_params = sum(p.numel() for p in hf.parameters())
@@ -208,18 +209,21 @@ def main(argv: list[str] | None = None) -> int:
             # Every engine at its best thread count, like the baseline.
             for name, by_threads in engines.items():
                 row[name] = best_of_threads(by_threads, ids, args.repeats)
+            # As served: greedy with prompt-lookup drafts (the engine's default; "step ms" is then
+            # decode time per token, several tokens per pass).
+            row["int8 lookup"] = best_of_threads(engines["onnx int8"], ids, args.repeats, lookup=4)
             # The server's common case: the previous request's prompt is cached, 4 tokens typed since.
-            row["int8 reuse"] = best_of_threads(engines["onnx int8"], ids, args.repeats, typed=4)
+            row["int8 reuse"] = best_of_threads(engines["onnx int8"], ids, args.repeats, typed=4, lookup=4)
             for name, r in row.items():
                 r["floor_ms"] = sizes[name] / (bw * 1e9) * 1e3
                 r["floor_kv_ms"] = (sizes[name] + kv_bytes) / (bw * 1e9) * 1e3
             results[n] = row
             print(f"\nprompt {n} tokens, {NEW_TOKENS} new tokens (each engine at its best thread count)")
-            print(f"  {'engine':<10} {'thr':>3} {'prompt ms':>10} {'step ms':>8} {'total ms':>9} {'floor ms':>9} "
+            print(f"  {'engine':<11} {'thr':>3} {'prompt ms':>10} {'step ms':>8} {'total ms':>9} {'floor ms':>9} "
                   f"{'step/floor':>10} {'floor+KV':>9} {'speedup':>8}")
             base = row["generate"]["total_ms"]
             for name, r in row.items():
-                print(f"  {name:<10} {r['threads']:>3} {r['prompt_ms']:>10.1f} {r['step_ms']:>8.2f} {r['total_ms']:>9.1f} "
+                print(f"  {name:<11} {r['threads']:>3} {r['prompt_ms']:>10.1f} {r['step_ms']:>8.2f} {r['total_ms']:>9.1f} "
                       f"{r['floor_ms']:>9.2f} {r['step_ms'] / r['floor_ms']:>9.2f}x {r['floor_kv_ms']:>9.2f} "
                       f"{base / r['total_ms']:>7.2f}x")
         if args.chunks:
@@ -229,13 +233,17 @@ def main(argv: list[str] | None = None) -> int:
         speed = at["generate"]["total_ms"] / at["onnx int8"]["total_ms"]
         step = at["onnx int8"]["step_ms"] / at["onnx int8"]["floor_ms"]
         step_kv = at["onnx int8"]["step_ms"] / at["onnx int8"]["floor_kv_ms"]
-        print(f"\nat {max(results)} prompt tokens: onnx int8 is {speed:.2f}x faster than generate end to end "
-              f"(target >= 4x: {'met' if speed >= 4 else 'NOT met'}); int8 decode step = {step:.2f}x the weights "
-              f"floor (target <= 1.5x: {'met' if step <= 1.5 else 'NOT met'}), {step_kv:.2f}x the weights + KV cache floor")
+        served = at["generate"]["total_ms"] / at["int8 lookup"]["total_ms"]
+        print(f"\nat {max(results)} prompt tokens: onnx int8 is {speed:.2f}x faster than generate end to end one token "
+              f"per pass, {served:.2f}x with lookup drafts as served (target >= 4x: "
+              f"{'met' if served >= 4 else 'NOT met'} as served, {'met' if speed >= 4 else 'NOT met'} one token per pass); "
+              f"int8 decode step = {step:.2f}x the weights floor (target <= 1.5x: {'met' if step <= 1.5 else 'NOT met'}), "
+              f"{step_kv:.2f}x the weights + KV cache floor")
         for n, row in sorted(results.items()):
             r = row["onnx int8"]
             print(f"  {n} tokens: int8 step / weights floor {r['step_ms'] / r['floor_ms']:.2f}x, "
-                  f"speedup vs generate {row['generate']['total_ms'] / r['total_ms']:.2f}x")
+                  f"speedup vs generate {row['generate']['total_ms'] / r['total_ms']:.2f}x one token per pass, "
+                  f"{row['generate']['total_ms'] / row['int8 lookup']['total_ms']:.2f}x with lookup drafts")
         print(f"load average after: {os.getloadavg()[0]:.1f}")
         if args.json:
             Path(args.json).write_text(json.dumps({"bandwidth_gbs": bw, "results": results}, indent=2))
