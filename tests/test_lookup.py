@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from codeparrot_ls.engine import GenerationRequest, load_engine
-from codeparrot_ls.engine.decoding import _Lookup, _Row
+from codeparrot_ls.engine.decoding import _draft_room, _Row
+from codeparrot_ls.engine.lookup import PromptLookup
 
 SOURCE = (Path(textwrap.__file__).parent / "pprint.py").read_text(encoding="utf-8")
 
@@ -107,31 +108,39 @@ def test_a_rejected_draft_is_cut_from_the_kv_cache(engine):
     assert engine.generate(follow)[0].token_ids == warm.token_ids
 
 
-def make_row(prompt, generated, lookup_tokens=3, max_new_tokens=20) -> _Row:
-    row = _Row(GenerationRequest(prompt, max_new_tokens=max_new_tokens, lookup_tokens=lookup_tokens), len(prompt))
+def draft(prompt, generated, room=3):
+    return PromptLookup(prompt, max_new_tokens=20).draft(generated, room)
+
+
+def test_draft_is_what_followed_the_latest_longest_match():
+    # ... 7 8 9 | 1 2 3 | 4 4 2 3 | 5 6 ... and the output ends in "1 2 3": the three-token
+    # match (positions 3-5) wins over the later two-token one (positions 8-9).
+    prompt = [7, 8, 9, 1, 2, 3, 4, 4, 2, 3, 5, 6, 0]
+    assert draft(prompt, [1, 2, 3]) == [4, 4, 2]
+    # Only the last token matches anywhere: its latest earlier place is used.
+    assert draft(prompt, [5, 2]) == [3, 5, 6]
+    # A run of one token: the place with the longest draft after it.
+    assert draft([9, 4, 4, 4, 4], [4]) == [4, 4]
+    assert draft(prompt, [1, 2, 3], room=1) == [4]
+
+
+def test_no_draft_without_a_match_or_without_room():
+    assert draft([1, 2, 3], [42]) == []
+    assert draft([1, 2, 3, 1, 2], []) == []                       # nothing generated yet
+    assert draft([1, 2, 3, 1, 2, 3], [1, 2], room=0) == []
+
+
+def make_row(prompt, generated, max_new_tokens=20, **kw) -> _Row:
+    row = _Row(GenerationRequest(prompt, max_new_tokens=max_new_tokens, **kw), len(prompt))
     row.ids = list(generated)
     return row
 
 
-def test_draft_is_what_followed_the_latest_longest_match():
-    # ... 7 8 9 | 1 2 3 | 9 8 | 2 3 | 5 6 ... and the output ends in "1 2 3": the three-token
-    # match (positions 3-5) wins over the later two-token one (positions 8-9).
-    prompt = [7, 8, 9, 1, 2, 3, 4, 4, 2, 3, 5, 6, 0]
-    row = make_row(prompt, [1, 2, 3])
-    assert _Lookup(row).draft(row, n_positions=100) == [4, 4, 2]
-    # Only the last token matches anywhere: its latest earlier place is used.
-    row = make_row(prompt, [5, 2])
-    assert _Lookup(row).draft(row, n_positions=100) == [3, 5, 6]
-    # A run of one token: the place with the longest draft after it.
-    row = make_row([9, 4, 4, 4, 4], [4])
-    assert _Lookup(row).draft(row, n_positions=100) == [4, 4]
-
-
-def test_no_draft_without_a_match_or_without_room():
-    row = make_row([1, 2, 3], [42])
-    assert _Lookup(row).draft(row, n_positions=100) == []
-    row = make_row([1, 2, 3, 1, 2, 3], [1, 2], max_new_tokens=3)
-    assert _Lookup(row).draft(row, n_positions=100) == [3]           # one new token left
-    row = make_row([1, 2, 3, 1, 2, 3], [1, 2])
-    assert _Lookup(row).draft(row, n_positions=9) == []               # the model's positions are full
-    assert np.array_equal(_Lookup(row).prompt, [1, 2, 3, 1, 2, 3])
+def test_draft_room_keeps_within_the_budget_and_the_positions():
+    assert _draft_room(make_row([1] * 6, [1, 2]), n_positions=100) == 4              # lookup_tokens
+    assert _draft_room(make_row([1] * 6, [1, 2], max_new_tokens=3), n_positions=100) == 1
+    assert _draft_room(make_row([1] * 6, [1, 2]), n_positions=9) == 0                # positions full
+    assert _draft_room(make_row([1] * 6, [1, 2], temperature=0.8), n_positions=100) == 0
+    assert _draft_room(make_row([1] * 6, [1, 2], lookup_tokens=0), n_positions=100) == 0
+    healing = make_row([1] * 6, [], required_prefix="os.pa")                         # re-typing the healed text
+    assert _draft_room(healing, n_positions=100) == 0

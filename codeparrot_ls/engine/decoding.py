@@ -35,6 +35,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from codeparrot_ls.engine.base import Engine, Generation, GenerationRequest
+from codeparrot_ls.engine.lookup import PromptLookup
 
 
 def _byte_level_alphabet() -> dict[str, int]:
@@ -232,7 +233,9 @@ def _decode_loop(engine: Engine, rows: list[_Row], logits: np.ndarray, past, rng
     stops = [[s.encode("utf-8") for s in r.request.stop if s] for r in rows]
     active = [i for i, r in enumerate(rows) if r.finish is None]
     fed: list[int] = []
-    lookup = _Lookup(rows[0]) if len(rows) == 1 and mask is None and _lookup_allowed(rows[0].request) else None
+    # Prompt-lookup drafts: greedy, one unpadded row (a pass of several new tokens after a past).
+    lookup = (PromptLookup(rows[0].request.prompt_ids, rows[0].request.max_new_tokens)
+              if len(rows) == 1 and mask is None and rows[0].request.lookup_tokens > 0 else None)
     while active:
         for i in active:
             reason = _budget_reason(rows[i].request)
@@ -274,23 +277,11 @@ def _decode_loop(engine: Engine, rows: list[_Row], logits: np.ndarray, past, rng
             toks = [toks[j] for j in still]
             active = [active[j] for j in still]
         if lookup is not None:
-            row = rows[0]
-            draft = lookup.draft(row, info.n_positions) if not row.constraint() else []
+            draft = lookup.draft(rows[0].ids, _draft_room(rows[0], info.n_positions))
             if draft:
-                base = engine.past_length(past)
-                logits, past = engine.forward(np.array([[toks[0], *draft]], np.int64), past, 1 + len(draft))
-                accepted = 0
-                for guess in draft:  # the model's greedy choice after each fed token decides
-                    if int(np.argmax(logits[0, accepted] + table.bias)) != guess:
-                        break
-                    row.push(guess, table, info.eos_id, info.n_positions, stops[0])
-                    accepted += 1
-                    if row.finish is not None:
-                        break
-                past = engine.truncate_past(past, base + 1 + accepted)
-                logits = logits[:, accepted:accepted + 1]
-                fed += [toks[0], *draft[:accepted]]
-                if row.finish is not None:
+                logits, past, ids = _check_draft(engine, rows[0], toks[0], draft, past, table, stops[0])
+                fed += ids
+                if rows[0].finish is not None:
                     break
                 continue
         if mask is not None:
@@ -302,46 +293,32 @@ def _decode_loop(engine: Engine, rows: list[_Row], logits: np.ndarray, past, rng
     return past, fed
 
 
-def _lookup_allowed(request: GenerationRequest) -> bool:
-    return request.lookup_tokens > 0 and request.temperature <= 0
+def _draft_room(row: _Row, n_positions: int) -> int:
+    """How many draft tokens may follow the next one: within the request's draft size, its
+    token budget and the model's positions; none while token healing constrains the text."""
+    if row.request.lookup_tokens <= 0 or row.request.temperature > 0 or row.constraint():
+        return 0
+    return min(row.request.lookup_tokens, row.request.max_new_tokens - len(row.ids),
+               n_positions - row.prompt_len - len(row.ids) - 1)
 
 
-class _Lookup:
-    """Draft tokens for one greedy row: what followed the latest earlier occurrence of its
-    last tokens (the longest match of up to three of them) in the prompt and the output so far. Code repeats
-    itself (names, call patterns, closing brackets), so such guesses are often right."""
-
-    def __init__(self, row: _Row):
-        self.prompt = np.asarray(row.request.prompt_ids, np.int64)
-        self.n_prompt = len(self.prompt)
-        self.ids = np.empty(self.n_prompt + max(0, row.request.max_new_tokens) + 1, np.int64)
-        self.ids[:self.n_prompt] = self.prompt
-        self.max_draft = row.request.lookup_tokens
-
-    def draft(self, row: _Row, n_positions: int) -> list[int]:
-        n = self.n_prompt + len(row.ids)
-        if n > len(self.ids) or not row.ids:
-            return []
-        self.ids[self.n_prompt:n] = row.ids
-        seq = self.ids[:n]
-        room = min(self.max_draft, row.request.max_new_tokens - len(row.ids), n_positions - row.prompt_len - len(row.ids) - 1)
-        if room <= 0:
-            return []
-        hits = np.flatnonzero(seq[:-1] == seq[-1])    # earlier places of the last token
-        if not len(hits):
-            return []
-        # How many of the last 3 tokens match before each place; the latest longest match wins.
-        match = np.ones(len(hits), np.int64)
-        two = (hits >= 1) & (seq[hits - 1] == seq[n - 2]) if n >= 2 else np.zeros(len(hits), bool)
-        match[two] = 2
-        if n >= 3:
-            match[two & (hits >= 2) & (seq[hits - 2] == seq[n - 3])] = 3
-        best_hits = hits[match == match.max()]
-        # Then the one with the longest draft after it (in a run of one repeated token the
-        # latest place is the one before last, with a single token after it), then the latest.
-        after = np.minimum(room, n - 1 - best_hits)
-        best = int(best_hits[after == after.max()][-1])
-        return seq[best + 1:best + 1 + room].tolist()
+def _check_draft(engine: Engine, row: _Row, tok: int, draft: list[int], past, table: TokenTable,
+                 stops: list[bytes]) -> tuple[np.ndarray, object, list[int]]:
+    """Feed `tok` and `draft` in one pass; keep the draft tokens the model's greedy choice
+    agrees with (each pushed onto `row`). Returns the logits after the last kept token, the
+    past cut back to the kept tokens, and the ids fed into it."""
+    info = engine.info
+    base = engine.past_length(past)
+    logits, past = engine.forward(np.array([[tok, *draft]], np.int64), past, 1 + len(draft))
+    kept = 0
+    for guess in draft:
+        if int(np.argmax(logits[0, kept] + table.bias)) != guess:
+            break
+        row.push(guess, table, info.eos_id, info.n_positions, stops)
+        kept += 1
+        if row.finish is not None:
+            break
+    return logits[:, kept:kept + 1], engine.truncate_past(past, base + 1 + kept), [tok, *draft[:kept]]
 
 
 @dataclass
