@@ -48,6 +48,24 @@ def counted(engine, **kw):
     return gen, fed
 
 
+def test_same_tokens_with_every_way_of_stopping(engine):
+    """Stop strings, re-typed (healed) text and the end of the model's positions end a drafted
+    generation where they end a plain one (the tiny model writes no line breaks, so the
+    line-based early stop is left to tests/test_completion_early_stop.py)."""
+    plain = counted(engine, max_new_tokens=40, lookup_tokens=0)[0]
+    stop = plain.text[len(plain.text) // 2:][:3]
+    n_prompt = len(prompt_ids(engine))
+    cases = [dict(stop=[stop]),
+             dict(required_prefix=plain.text[:5]),
+             dict(max_new_tokens=engine.info.n_positions)]       # runs into the model's positions
+    for kw in cases:
+        kw = {"max_new_tokens": 40, **kw}
+        a = counted(engine, lookup_tokens=0, **kw)[0]
+        b = counted(engine, lookup_tokens=4, **kw)[0]
+        assert (b.token_ids, b.text, b.finish_reason) == (a.token_ids, a.text, a.finish_reason), kw
+    assert n_prompt + len(a.token_ids) <= engine.info.n_positions
+
+
 def test_same_tokens_in_fewer_passes(engine):
     plain, plain_fed = counted(engine, max_new_tokens=40, lookup_tokens=0)
     drafted, drafted_fed = counted(engine, max_new_tokens=40, lookup_tokens=4)
@@ -94,14 +112,12 @@ def test_a_rejected_draft_is_cut_from_the_kv_cache(engine):
         drafted = engine.generate(GenerationRequest(prompt, max_new_tokens=24, lookup_tokens=4))[0]
     finally:
         engine.truncate_past = truncate
-    assert cuts, "no draft was rejected"
+    assert cuts, "no draft was cut back"
     assert drafted.token_ids == plain.token_ids
     cache = engine._prefix_cache
     assert engine.past_length(cache.past) == len(cache.ids)
-    # The next request extends the prompt by the token not fed yet: reusing that cache gives
-    # what a cold engine gives.
-    n_fed = len(cache.ids) - len(prompt)
-    follow = GenerationRequest(list(cache.ids) + drafted.token_ids[n_fed:n_fed + 1], max_new_tokens=12)
+    # A next request that extends what was fed: reusing that cache gives what a cold engine gives.
+    follow = GenerationRequest(list(cache.ids) + prompt[:3], max_new_tokens=12)
     warm = engine.generate(follow)[0]
     assert warm.reused_tokens > 0
     engine._prefix_cache = None

@@ -54,7 +54,8 @@ class GenerationRequest:
     stop_when: Callable[[str], int | None] | None = None
     # Greedy decoding guesses up to this many next tokens by finding the last tokens earlier in
     # the prompt or output, and checks the guess in one pass (0 = one token per pass). The
-    # model's own greedy choice decides every token, so the text is the same either way.
+    # model's own greedy choice decides every token: the same text in fp32; an int8 graph
+    # shares one activation scale across a pass, so a near-tie may break the other way.
     lookup_tokens: int = 4
 
 

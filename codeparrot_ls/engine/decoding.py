@@ -234,8 +234,11 @@ def _decode_loop(engine: Engine, rows: list[_Row], logits: np.ndarray, past, rng
     active = [i for i, r in enumerate(rows) if r.finish is None]
     fed: list[int] = []
     # Prompt-lookup drafts: greedy, one unpadded row (a pass of several new tokens after a past).
-    lookup = (PromptLookup(rows[0].request.prompt_ids, rows[0].request.max_new_tokens)
-              if len(rows) == 1 and mask is None and rows[0].request.lookup_tokens > 0 else None)
+    lookup = None
+    if len(rows) == 1 and mask is None and rows[0].request.lookup_tokens > 0:
+        row = rows[0]   # its prompt as fed (fit_prompt keeps the end), its room for new tokens
+        lookup = PromptLookup(list(row.request.prompt_ids)[len(row.request.prompt_ids) - row.prompt_len:],
+                              min(row.request.max_new_tokens, info.n_positions - row.prompt_len))
     while active:
         for i in active:
             reason = _budget_reason(rows[i].request)
