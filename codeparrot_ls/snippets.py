@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import keyword
+import operator
 import re
 import threading
 from collections import Counter, OrderedDict
@@ -96,12 +97,9 @@ def rank_snippets(query: frozenset[str], documents: Sequence[tuple[str, str]], i
                       for i, inter in shared.items())
     # Snippet objects only for what is returned: five large documents share an identifier
     # with thousands of windows, and a request reads a handful.
-    best = heapq.nsmallest(limit, scored, key=_rank_key) if limit is not None else sorted(scored, key=_rank_key)
+    by_rank = operator.itemgetter(0, 1, 2)   # -score, uri, first line
+    best = heapq.nsmallest(limit, scored, key=by_rank) if limit is not None else sorted(scored, key=by_rank)
     return [Snippet(uri, start, doc.windows[i][1], -neg) for neg, uri, start, doc, i in best]
-
-
-def _rank_key(entry) -> tuple:
-    return entry[:3]
 
 
 def format_snippet(snippet: Snippet) -> str:

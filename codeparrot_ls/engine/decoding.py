@@ -233,12 +233,13 @@ def _decode_loop(engine: Engine, rows: list[_Row], logits: np.ndarray, past, rng
     stops = [[s.encode("utf-8") for s in r.request.stop if s] for r in rows]
     active = [i for i, r in enumerate(rows) if r.finish is None]
     fed: list[int] = []
-    # Prompt-lookup drafts: greedy, one unpadded row (a pass of several new tokens after a past).
+    # Prompt-lookup drafts need one unpadded row (a pass of several new tokens after a past);
+    # whether and how many the request allows is `_draft_room`'s to say.
     lookup = None
-    if len(rows) == 1 and mask is None and rows[0].request.lookup_tokens > 0:
-        row = rows[0]   # its prompt as fed (fit_prompt keeps the end), its room for new tokens
-        lookup = PromptLookup(list(row.request.prompt_ids)[len(row.request.prompt_ids) - row.prompt_len:],
-                              min(row.request.max_new_tokens, info.n_positions - row.prompt_len))
+    if len(rows) == 1 and mask is None:
+        request, n_prompt = rows[0].request, rows[0].prompt_len   # the prompt as fed: fit_prompt keeps its end
+        lookup = PromptLookup(list(request.prompt_ids)[len(request.prompt_ids) - n_prompt:],
+                              min(request.max_new_tokens, info.n_positions - n_prompt))
     while active:
         for i in active:
             reason = _budget_reason(rows[i].request)
