@@ -15,9 +15,12 @@ SAFETENSORS_FILE = "model.safetensors"
 
 # One graph serves the prompt (empty past, length 0) and every decode step.
 ONNX_INPUT_IDS = "input_ids"                # int64 [batch, seq]
-ONNX_ATTENTION_MASK = "attention_mask"      # int64 [batch, past + seq]
+ONNX_ATTENTION_MASK = "attention_mask"      # int64 [batch, past + seq]: a row's sum is its length
 ONNX_POSITION_IDS = "position_ids"          # int64 [batch, seq]
-ONNX_LOGITS_TO_KEEP = "logits_to_keep"      # int64 scalar: logits only for the last k positions
+ONNX_LOGITS_TO_KEEP = "logits_to_keep"      # int64 scalar: logits only for the last k positions (0: none)
+# The graph's metadata names how it reads these inputs; the engine runs only this version.
+ONNX_GRAPH_KEY = "codeparrot_kv_graph"
+ONNX_GRAPH_VERSION = "2"
 ONNX_LOGITS = "logits"                      # float32 [batch, k, vocab]
 
 

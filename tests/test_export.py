@@ -21,7 +21,9 @@ def test_export_folder_is_complete(tiny_onnx_dir, tiny_checkpoint_dir):
     onnx.checker.check_model(str(tiny_onnx_dir / mf.ONNX_INT8_FILE))
     info = json.loads((tiny_onnx_dir / mf.EXPORT_INFO_FILE).read_text())
     config = json.loads((tiny_checkpoint_dir / mf.CONFIG_FILE).read_text())
-    assert info["opset"] == 17
+    assert info["opset"] == 24
+    meta = {m.key: m.value for m in onnx.load(str(tiny_onnx_dir / mf.ONNX_INT8_FILE), load_external_data=False).metadata_props}
+    assert meta[mf.ONNX_GRAPH_KEY] == mf.ONNX_GRAPH_VERSION   # int8 quantization keeps the graph version
     assert info["n_layer"] == config["n_layer"] and info["n_positions"] == config["n_positions"]
     assert info["supports_fim"] is True
     assert info["special_token_ids"]["<|endoftext|>"] == info["eos_token_id"] == 0
@@ -58,6 +60,40 @@ def test_logits_to_keep_selects_last_positions(tiny_onnx_dir):
     assert last.shape == (1, 1, eng.info.vocab_size)
     np.testing.assert_allclose(last[0, 0], all_logits[0, -1], atol=1e-5)
     assert eng.past_length(past) == ids.shape[1]
+
+
+def test_logits_to_keep_zero_fills_the_cache_only(tiny_onnx_dir):
+    """A prompt chunk whose logits nobody needs asks for none; the cache it writes is the same."""
+    from codeparrot_ls.engine.onnx_engine import KVGraph
+
+    graph = KVGraph(tiny_onnx_dir / mf.ONNX_FP32_FILE, 128, threads=1)
+    ids = np.arange(10, 50, dtype=np.int64)[None]
+    none, past0 = graph.run(ids[:, :30], None, 0)
+    one, past1 = graph.run(ids[:, :30], None, 1)
+    assert none.shape == (1, 0, graph.vocab_size) and one.shape == (1, 1, graph.vocab_size)
+    for a, b in zip(past0.buffer.arrays, past1.buffer.arrays):
+        np.testing.assert_array_equal(a[:, :, :30], b[:, :, :30])
+    after0, _ = graph.run(ids[:, 30:], past0, 1)
+    after1, _ = graph.run(ids[:, 30:], past1, 1)
+    np.testing.assert_array_equal(after0, after1)
+    with pytest.raises(ValueError, match=">= 0"):
+        graph.run(ids, None, -1)
+
+
+def test_a_graph_of_an_older_export_is_refused(tiny_onnx_dir, tmp_path):
+    """The engine reads the mask as row lengths: a graph from an older export (which masked
+    padding itself) would silently compute something else, so it is refused by name."""
+    import onnx
+
+    from codeparrot_ls.engine import ModelLoadError, load_engine
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_onnx_dir, old)
+    model = onnx.load(str(old / mf.ONNX_INT8_FILE))
+    del model.metadata_props[:]
+    onnx.save(model, str(old / mf.ONNX_INT8_FILE))
+    with pytest.raises(ModelLoadError, match="older `codeparrot export`.*export the checkpoint again"):
+        load_engine(old)
 
 
 def test_cli_dispatch_and_optimize(tiny_checkpoint_dir, tmp_path):
@@ -162,9 +198,9 @@ def test_usage_error_exits_2(capsys):
     assert "checkpoint" in capsys.readouterr().err
 
 
-def test_an_opset_without_layer_normalization_exits_2(tiny_checkpoint_dir, tmp_path, capsys):
-    assert export_main(["--checkpoint", str(tiny_checkpoint_dir), "--output", str(tmp_path / "o"), "--opset", "16"]) == 2
-    assert "at least 17" in capsys.readouterr().err
+def test_an_opset_without_tensor_scatter_exits_2(tiny_checkpoint_dir, tmp_path, capsys):
+    assert export_main(["--checkpoint", str(tiny_checkpoint_dir), "--output", str(tmp_path / "o"), "--opset", "23"]) == 2
+    assert "at least 24" in capsys.readouterr().err
 
 
 def test_reexport_without_quantize_removes_stale_int8(tiny_onnx_dir, tiny_checkpoint_dir, tmp_path):

@@ -41,7 +41,7 @@ class ExportArgs:
     quantize: str = field(default="none", metadata={"help": "'int8': also write model.int8.onnx (dynamic quantization)",
                                                      "choices": ["none", "int8"]})
     optimize: bool = field(default=False, metadata={"help": "save ONNX Runtime's graph optimizations into the file; kept only if faster and at parity"})
-    opset: int = field(default=17, metadata={"help": "ONNX opset"})
+    opset: int = field(default=24, metadata={"help": "ONNX opset (at least 24: TensorScatter)"})
     tolerance: float = field(default=1e-3, metadata={"help": "max abs logits difference vs PyTorch (fp32 graph)"})
     eval_file: str = field(default="", metadata={"help": "Python file used for parity and int8 agreement (default: a stdlib module)"})
     eval_tokens: int = field(default=0, metadata={"help": "tokens of eval_file used (default: min(256, n_positions))"})
@@ -114,8 +114,8 @@ def run(args: ExportArgs) -> dict:
     check_checkpoint(ckpt)
     if args.eval_file and not Path(args.eval_file).is_file():
         raise ExportError(f"--eval_file {args.eval_file} is not a file")
-    if args.opset < 17:
-        raise ExportError(f"--opset {args.opset}: at least 17 is needed (LayerNormalization)")
+    if args.opset < 24:
+        raise ExportError(f"--opset {args.opset}: at least 24 is needed (TensorScatter writes the last layer's cache)")
     if out.resolve() == ckpt.resolve():
         raise ExportError("--output must differ from --checkpoint")
     model = load_checkpoint(ckpt)

@@ -6,16 +6,19 @@ made for it:
 * `GroupQueryAttention` (com.microsoft) with the KV cache in one preallocated buffer
   per layer: `past_key_values.*` and `present.*` are bound to the same memory, so a
   decode step writes one position in place instead of copying the whole cache (the
-  copy was 44 % of a decode step at 1,024 positions). It is causal, takes per-row
-  lengths, and an additive bias carries the left padding of batched prompts.
+  copy was 44 % of a decode step at 1,024 positions). It is causal and takes per-row
+  lengths, so no padding mask is added to the scores (10 % of its time in a prompt pass).
+* The last layer's keys and values are written into its cache by `TensorScatter`, and its
+  attention (then its MLP, the final norm and the output layer) runs only for the last
+  `logits_to_keep` positions: a prompt pass needs the logits of one position.
 * `FastGelu` for the MLP's tanh GELU with its bias; LayerNormalization as one node.
-* Everything after the last layer's attention (its output projection and MLP, the final
-  norm, the output layer) runs only on the last `logits_to_keep` positions.
 
 Inputs (codeparrot_ls/modelfiles.py names): input_ids [batch, seq], attention_mask
-[batch, past + seq] (1 = real token), position_ids [batch, seq], logits_to_keep (scalar),
-past key/value [batch, heads, capacity, head_dim] per layer. Outputs: logits
-[batch, keep, vocab] and present key/value, the same buffers as the past.
+[batch, past + seq] (only each row's sum is read: the row's length, its tokens at the start of
+its cache row), position_ids [batch, seq], logits_to_keep (scalar, 0 allowed), past key/value
+[batch, heads, capacity, head_dim] per layer. Outputs: logits [batch, keep, vocab] and present
+key/value, the same buffers as the past. The model's metadata carries the graph version
+(`modelfiles.ONNX_GRAPH_KEY`), which the engine checks.
 """
 
 from __future__ import annotations
@@ -25,8 +28,6 @@ import numpy as np
 from codeparrot_ls import modelfiles as mf
 
 MS_DOMAIN = "com.microsoft"
-# Added to the attention scores of padding positions: exp() of it is exactly 0 in fp32.
-PAD_BIAS = -1e9
 GELU_OPS = {"gelu_new": "FastGelu", "gelu_pytorch_tanh": "FastGelu", "gelu_fast": "FastGelu", "gelu": "Gelu"}
 
 
@@ -88,7 +89,7 @@ class _Graph:
         return outputs[0] if len(outputs) == 1 else outputs
 
 
-def build_graph(model, opset: int = 17):
+def build_graph(model, opset: int = 24):
     """An onnx.ModelProto computing `model` (a GPT2LMHeadModel in fp32) with a shared-buffer KV cache."""
     from onnx import TensorProto, helper
 
@@ -99,28 +100,26 @@ def build_graph(model, opset: int = 17):
     head_dim, eps = n_embd // n_head, float(cfg.layer_norm_epsilon)
     g = _Graph()
 
-    # Lengths and the padding bias, computed once for all layers.
-    batch = g.op("Shape", [mf.ONNX_INPUT_IDS], end=1)
+    # Per-row lengths, computed once for all layers. Row b's tokens fill positions [0, length)
+    # of its cache row; its length is the sum of its attention_mask row (so no padding is ever
+    # attended and no mask is added to the scores; OnnxEngine runs padded prompts row by row).
     seq = g.op("Shape", [mf.ONNX_INPUT_IDS], start=1, end=2)
     total = g.op("Shape", [mf.ONNX_ATTENTION_MASK], start=1, end=2)
     one = g.const("one_i64", np.array([1], np.int64))
-    # GroupQueryAttention wants, per row, the index of the last key (rows share one length here:
-    # padding is on the left and masked by the bias).
-    seqlens_k = g.op("Cast", [g.op("Expand", [g.op("Sub", [total, one]), batch])], to=TensorProto.INT32)
+    lengths = g.op("ReduceSum", [mf.ONNX_ATTENTION_MASK, one], keepdims=0)                    # [B]
+    seqlens_k = g.op("Cast", [g.op("Sub", [lengths, one])], to=TensorProto.INT32)           # index of the last key
     total_len = g.op("Cast", [g.op("Squeeze", [total])], to=TensorProto.INT32)
-    mask = g.op("Cast", [mf.ONNX_ATTENTION_MASK], to=TensorProto.FLOAT)
-    bias = g.op("Mul", [g.op("Sub", [g.const("one_f", np.array(1.0, np.float32)), mask]),
-                        g.const("pad_bias", np.array(PAD_BIAS, np.float32))])   # 0, or PAD_BIAS at padding
-    bias = g.op("Unsqueeze", [bias, g.const("axes_1_2", np.array([1, 2], np.int64))])        # [B, 1, 1, T]
-    bias_shape = g.op("Concat", [batch, one, seq, total], axis=0)
-    attn_bias = g.op("Expand", [bias, bias_shape])                                          # [B, 1, S, T]
+    write_at = g.op("Sub", [lengths, seq])                                                  # where this pass's keys go
 
     wte = g.const("wte", sd["transformer.wte.weight"])
     hidden = g.op("Add", [g.op("Gather", [wte, mf.ONNX_INPUT_IDS]),
                           g.op("Gather", [g.const("wpe", sd["transformer.wpe.weight"]), mf.ONNX_POSITION_IDS])])
     gelu = GELU_OPS[cfg.activation_function]
-    # Rows whose logits are asked for: the last `logits_to_keep` positions.
-    start = g.op("Neg", [g.op("Reshape", [mf.ONNX_LOGITS_TO_KEEP, one])])
+    # Rows whose logits are asked for: the last `logits_to_keep` positions (0: none, for a prompt
+    # chunk that only fills the cache; the last attention still needs one query row).
+    keep = g.op("Reshape", [mf.ONNX_LOGITS_TO_KEEP, one])
+    queries = g.op("Max", [keep, one])
+    rows = (g.op("Sub", [seq, keep]), g.op("Sub", [seq, queries]), g.op("Sub", [queries, keep]))
     int_max = g.const("int_max", np.array([np.iinfo(np.int64).max], np.int64))
     pending = None   # the previous sublayer's output and the bias still to add to it
     for i in range(n_layer):
@@ -131,16 +130,17 @@ def build_graph(model, opset: int = 17):
         else:
             x, hidden = _residual_norm(g, pending, hidden, w("ln_1.weight"), w("ln_1.bias"), eps)
         qkv = g.op("Add", [g.op("MatMul", [x, w("attn.c_attn.weight")]), w("attn.c_attn.bias")])
-        attn, _, _ = g.op(
-            "GroupQueryAttention",
-            [qkv, "", "", mf.past_key_name(i), mf.past_value_name(i), seqlens_k, total_len, "", "", "", attn_bias],
-            [f"attn_{i}", mf.present_key_name(i), mf.present_value_name(i)],
-            domain=MS_DOMAIN, num_heads=n_head, kv_num_heads=n_head)
-        if i == n_layer - 1:
-            # Past the last attention nothing feeds the cache: the rest of the layer (output
-            # projection, MLP, final norm) runs only on the rows whose logits are kept.
-            attn = g.op("Slice", [attn, start, int_max, one])
-            hidden = g.op("Slice", [hidden, start, int_max, one])
+        if i < n_layer - 1:
+            attn, _, _ = g.op(
+                "GroupQueryAttention",
+                [qkv, "", "", mf.past_key_name(i), mf.past_value_name(i), seqlens_k, total_len],
+                [f"attn_{i}", mf.present_key_name(i), mf.present_value_name(i)],
+                domain=MS_DOMAIN, num_heads=n_head, kv_num_heads=n_head)
+        else:
+            # Past the last layer's keys and values nothing feeds the cache: its attention (and
+            # everything after it) runs only on the rows whose logits are kept.
+            attn = _last_attention(g, i, qkv, rows, int_max, one, write_at, seqlens_k, total_len, n_head, head_dim)
+            hidden = g.op("Slice", [hidden, rows[0], int_max, one])
         pending = (g.op("MatMul", [attn, w("attn.c_proj.weight")]), w("attn.c_proj.bias"))
         x, hidden = _residual_norm(g, pending, hidden, w("ln_2.weight"), w("ln_2.bias"), eps)
         up = g.op("MatMul", [x, w("mlp.c_fc.weight")])
@@ -170,7 +170,31 @@ def build_graph(model, opset: int = 17):
                                                           helper.make_opsetid(MS_DOMAIN, 1)],
                                     producer_name="codeparrot export")
     model_proto.ir_version = min(model_proto.ir_version, 10)
+    helper.set_model_props(model_proto, {mf.ONNX_GRAPH_KEY: mf.ONNX_GRAPH_VERSION})
     return model_proto
+
+
+def _last_attention(g: _Graph, i: int, qkv: str, rows: tuple[str, str, str], int_max: str, one: str, write_at: str,
+                    seqlens_k: str, total_len: str, n_head: int, head_dim: int) -> str:
+    """The last layer's attention for the kept rows only: the new keys and values of every row
+    are written into the cache buffer in place (TensorScatter), then GroupQueryAttention reads
+    that buffer as a shared past, with no new keys of its own, for the last max(keep, 1)
+    queries. `rows`: where the kept rows, the query rows, and the kept part of those start."""
+    kept_start, query_start, kept_in_queries = rows
+    width = n_head * head_dim
+    q, k, v = g.op("Split", [qkv, g.const(f"split_{i}", np.array([width] * 3, np.int64))], 3, axis=-1)
+    batch_seq_heads = g.const("heads_shape", np.array([0, 0, n_head, head_dim], np.int64))
+    caches = []
+    for new, past, present in ((k, mf.past_key_name(i), mf.present_key_name(i)),
+                               (v, mf.past_value_name(i), mf.present_value_name(i))):
+        heads = g.op("Transpose", [g.op("Reshape", [new, batch_seq_heads])], perm=[0, 2, 1, 3])   # [B, H, S, D]
+        caches.append(g.op("TensorScatter", [past, heads, write_at], [present], axis=-2))
+    zero = g.const("zero_i64", np.array([0], np.int64))
+    no_keys = g.op("Slice", [k, zero, zero, one])                                            # [B, 0, width]
+    attn = g.op("GroupQueryAttention",
+                [g.op("Slice", [q, query_start, int_max, one]), no_keys, no_keys, caches[0], caches[1], seqlens_k,
+                 total_len], [f"attn_{i}"], domain=MS_DOMAIN, num_heads=n_head, kv_num_heads=n_head)
+    return g.op("Slice", [attn, kept_in_queries, int_max, one])
 
 
 def _residual_norm(g: _Graph, pending: tuple[str, str], residual: str, gamma: str, beta: str, eps: float):
