@@ -80,6 +80,19 @@ def test_logits_to_keep_zero_fills_the_cache_only(tiny_onnx_dir):
         graph.run(ids, None, -1)
 
 
+def test_logits_of_earlier_passes_stay_as_returned(tiny_onnx_dir):
+    """Small logits are written into a reused buffer; what a pass returned must not change."""
+    from codeparrot_ls.engine.onnx_engine import KVGraph
+
+    graph = KVGraph(tiny_onnx_dir / mf.ONNX_FP32_FILE, 128, threads=1)
+    first, past = graph.run(np.array([[11, 12, 13]], np.int64), None)
+    kept = first.copy()
+    second, past = graph.run(np.array([[14]], np.int64), past)
+    third, _ = graph.run(np.array([[15]], np.int64), past)
+    np.testing.assert_array_equal(first, kept)
+    assert first.shape == second.shape == third.shape and not np.array_equal(second, third)
+
+
 def test_a_graph_of_an_older_export_is_refused(tiny_onnx_dir, tmp_path):
     """The engine reads the mask as row lengths: a graph from an older export (which masked
     padding itself) would silently compute something else, so it is refused by name."""

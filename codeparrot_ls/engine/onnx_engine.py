@@ -33,6 +33,8 @@ MAX_DEFAULT_THREADS = 4
 # Inputs longer than this run in chunks on top of the growing cache: the causal
 # attention then skips most of the masked upper triangle (see docs/benchmarks.md).
 DEFAULT_PREFILL_CHUNK = 128
+# Logits of at most this many rows are written into a reused buffer (see KVGraph.run).
+SMALL_LOGITS_ROWS = 16
 
 
 def pick_onnx_file(model_dir: Path, precision: str = "auto") -> Path:
@@ -94,6 +96,7 @@ class KVGraph:
     """An exported graph in an InferenceSession, run with its KV buffers bound in place.
 
     Used by the engine and by `codeparrot export`'s checks (which have no model folder yet).
+    One pass at a time: buffers, their bindings and the logits buffers are reused across passes.
     """
 
     def __init__(self, path: Path, capacity: int, threads: int | None = None):
@@ -131,6 +134,7 @@ class KVGraph:
         self._keep = {1: np.array(1, np.int64)}
         self.vocab_size = int(self.session.get_outputs()[0].shape[2])
         self._wrap = ort.OrtValue.ortvalue_from_numpy
+        self._logits: dict[tuple[int, int], tuple[np.ndarray, object]] = {}   # output buffers by shape
 
     def new_buffer(self, batch: int) -> KVBuffer:
         # np.empty: pages are touched only as positions are written.
@@ -165,12 +169,20 @@ class KVGraph:
         io.bind_cpu_input(mf.ONNX_ATTENTION_MASK, np.ascontiguousarray(attention_mask, np.int64))
         io.bind_cpu_input(mf.ONNX_POSITION_IDS, np.ascontiguousarray(position_ids, np.int64))
         io.bind_cpu_input(mf.ONNX_LOGITS_TO_KEEP, keep)
-        # A fresh array per pass (its shape changes, and callers keep earlier logits), written
-        # by ONNX Runtime directly: fetching outputs back from the binding costs more than the copy.
-        logits = np.empty((batch, min(logits_to_keep, seq), self.vocab_size), np.float32)
-        io.bind_ortvalue_output(mf.ONNX_LOGITS, self._wrap(logits))
+        # Decode-sized logits go into a buffer kept per shape and callers get a copy (they may keep
+        # earlier logits): binding fresh memory every pass cost ~20 us more than the copy. Larger
+        # ones (a perplexity pass keeps every position) get fresh memory, not kept.
+        shape = (batch, min(logits_to_keep, seq))
+        small = shape[0] * shape[1] <= SMALL_LOGITS_ROWS
+        out = self._logits.get(shape) if small else None
+        if out is None:
+            buf = np.empty((*shape, self.vocab_size), np.float32)
+            out = (buf, self._wrap(buf))
+            if small:
+                self._logits[shape] = out
+        io.bind_ortvalue_output(mf.ONNX_LOGITS, out[1])
         self.session.run_with_iobinding(io)
-        return logits, OnnxPast(past.buffer, total)
+        return (out[0].copy() if small else out[0]), OnnxPast(past.buffer, total)
 
     def padded_prompts(self, input_ids, past: OnnxPast | None, logits_to_keep: int, attention_mask, run_row):
         """Prompts padded on the left, each run alone (by `run_row(ids, past, keep)`) into its own
