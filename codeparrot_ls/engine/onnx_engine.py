@@ -106,6 +106,10 @@ class KVGraph:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.inter_op_num_threads = 1
         so.intra_op_num_threads = int(threads) if threads else default_threads()
+        # Flush denormals to zero on the threads that run the graph: tiny attention weights and
+        # activations otherwise take the CPU's slow path. The default model's prompt pass: 19.0 vs
+        # 25.4 ms for 460 tokens, the same text; the effect on values is below 1e-37.
+        so.add_session_config_entry("session.set_denormal_as_zero", "1")
         try:
             # SkipLayerNormalization (the fused Add + LayerNorm) measured 2.6x slower than the two
             # nodes on a 128-token prompt chunk (92 vs 35 us at width 256).
