@@ -24,6 +24,7 @@ import numpy as np
 from codeparrot_ls import modelfiles as mf
 from codeparrot_ls.engine.base import Engine
 from codeparrot_ls.engine.decoding import token_table
+from codeparrot_ls.engine.denormals import flush_denormals_on_this_thread
 from codeparrot_ls.engine.loading import ModelLoadError, load_tokenizer, model_info
 
 PRECISIONS = ("auto", "int8", "fp32")
@@ -104,13 +105,11 @@ class KVGraph:
         import onnxruntime as ort
 
         so = ort.SessionOptions()
+        # Denormals flushed to zero on ONNX Runtime's threads (and on run()'s caller: denormals.py).
+        so.add_session_config_entry("session.set_denormal_as_zero", "1")
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.inter_op_num_threads = 1
         so.intra_op_num_threads = int(threads) if threads else default_threads()
-        # Flush denormals to zero on the threads that run the graph: tiny attention weights and
-        # activations otherwise take the CPU's slow path. The default model's prompt pass: 19.0 vs
-        # 25.4 ms for 460 tokens, the same text; the effect on values is below 1e-37.
-        so.add_session_config_entry("session.set_denormal_as_zero", "1")
         try:
             # SkipLayerNormalization (the fused Add + LayerNorm) measured 2.6x slower than the two
             # nodes on a 128-token prompt chunk (92 vs 35 us at width 256).
@@ -150,7 +149,8 @@ class KVGraph:
             position_ids=None):
         """One pass; `attention_mask` and `position_ids` default to all ones and the positions
         after the past. The graph reads a row's length from its mask (its tokens fill the start
-        of its cache row), so left-padded prompts (no past) run row by row (`_padded_prompts`)."""
+        of its cache row), so left-padded prompts (no past) run row by row (`padded_prompts`)."""
+        flush_denormals_on_this_thread()
         batch, seq = input_ids.shape
         if logits_to_keep < 0:
             raise ValueError(f"logits_to_keep must be >= 0, got {logits_to_keep}")
