@@ -324,6 +324,18 @@ def test_padded_prompts_run_row_by_row(onnx_fp32):
                for a, b in zip(past.buffer.arrays, short_past.buffer.arrays))
 
 
+@pytest.mark.parametrize("keep", [1, 5, 30])
+def test_a_batch_of_prompts_keeps_any_number_of_rows(onnx_fp32, keep):
+    """Unpadded rows too: the last layer attends for the kept rows of one row at a time."""
+    ids = np.array([prompt_ids(onnx_fp32, 30), prompt_ids(onnx_fp32, 30, offset=40)], np.int64)
+    for run in (onnx_fp32.forward, onnx_fp32.graph.run):
+        logits, past = run(ids, None, keep)
+        assert logits.shape == (2, keep, onnx_fp32.info.vocab_size) and past.length == 30
+        for b in range(2):
+            alone, _ = fresh(onnx_fp32).forward(ids[b:b + 1], None, keep)
+            assert np.abs(logits[b] - alone[0]).max() < 1e-4
+
+
 def test_padding_other_than_a_prompts_left_is_an_error(onnx_fp32):
     ids = np.array([prompt_ids(onnx_fp32, 12)] * 2, np.int64)
     holes = np.ones((2, 12), np.int64)

@@ -149,13 +149,14 @@ class KVGraph:
             position_ids=None):
         """One pass; `attention_mask` and `position_ids` default to all ones and the positions
         after the past. The graph reads a row's length from its mask (its tokens fill the start
-        of its cache row), so left-padded prompts (no past) run row by row (`padded_prompts`)."""
+        of its cache row), and GroupQueryAttention takes several new tokens for one row at a
+        time, so prompts of several rows or with padding run row by row (`row_by_row`)."""
         flush_denormals_on_this_thread()
         batch, seq = input_ids.shape
         if logits_to_keep < 0:
             raise ValueError(f"logits_to_keep must be >= 0, got {logits_to_keep}")
-        if attention_mask is not None and not attention_mask[:, -seq:].all():
-            return self.padded_prompts(input_ids, past, logits_to_keep, attention_mask, self.run)
+        if seq > 1 and (batch > 1 or (attention_mask is not None and not attention_mask[:, -seq:].all())):
+            return self.row_by_row(input_ids, past, logits_to_keep, attention_mask, self.run)
         if past is None:
             past = OnnxPast(self.new_buffer(batch), 0)
         total = past.length + seq
@@ -189,15 +190,16 @@ class KVGraph:
         self.session.run_with_iobinding(io)
         return (out[0].copy() if small else out[0]), OnnxPast(past.buffer, total)
 
-    def padded_prompts(self, input_ids, past: OnnxPast | None, logits_to_keep: int, attention_mask, run_row):
-        """Prompts padded on the left, each run alone (by `run_row(ids, past, keep)`) into its own
-        row of one cache: row b's tokens then sit at positions [0, length_b) and later passes
-        (the same mask with ones appended) give each row its own length. Positions restart at 0
-        for each row; logits of padding positions are zeros."""
+    def row_by_row(self, input_ids, past: OnnxPast | None, logits_to_keep: int, attention_mask, run_row):
+        """Prompts (padded on the left, if at all), each run alone by `run_row(ids, past, keep)`
+        into its own row of one cache: row b's tokens then sit at positions [0, length_b) and
+        later passes (the same mask with ones appended) give each row its own length. Positions
+        restart at 0 for each row; logits of padding positions are zeros."""
         batch, seq = input_ids.shape
         if past is not None and past.length:
-            raise ValueError("padding is only supported in a batch's first pass (prompts padded on the left)")
-        real = attention_mask[:, -seq:].astype(bool)
+            raise ValueError("several new tokens after a past run one row at a time (OnnxEngine.forward does), "
+                             "and padding is only supported in a batch's first pass (prompts padded on the left)")
+        real = (np.ones(input_ids.shape, bool) if attention_mask is None else attention_mask[:, -seq:].astype(bool))
         if any(not r.any() or not r[int(np.argmax(r)):].all() for r in real):
             raise ValueError("attention_mask: each row needs at least one token, and padding only on its left")
         buffer = self.new_buffer(batch)
@@ -248,12 +250,12 @@ class OnnxEngine(Engine):
 
     def forward(self, input_ids, past, logits_to_keep=1, attention_mask=None, position_ids=None):
         batch, seq = input_ids.shape
-        if batch > 1 and past is None and attention_mask is not None and not attention_mask.all():
-            return self.graph.padded_prompts(input_ids, past, logits_to_keep, attention_mask, self.forward)
+        if batch > 1 and seq > 1 and past is None:
+            return self.graph.row_by_row(input_ids, past, logits_to_keep, attention_mask, self.forward)
         if batch > 1 and past is not None and seq > 1:
             # GroupQueryAttention runs several new tokens after a past only for one row.
             return self._token_by_token(input_ids, past, logits_to_keep, attention_mask, position_ids)
-        chunk = self.prefill_chunk if batch == 1 else 0
+        chunk = self.prefill_chunk   # (several rows reach here only one token at a time)
         if not chunk or seq <= chunk:
             return self.graph.run(input_ids, past, logits_to_keep, attention_mask, position_ids)
         past_len, first_kept = self.past_length(past), seq - logits_to_keep
