@@ -72,6 +72,7 @@ class _Graph:
 
     def __init__(self):
         self.nodes, self.inits = [], []
+        self.float_tensors: list[str] = []   # outputs to declare float32 in the graph
 
     def const(self, name: str, array) -> str:
         from onnx import numpy_helper
@@ -165,7 +166,9 @@ def build_graph(model, opset: int = 24):
                    helper.make_tensor_value_info(mf.past_value_name(i), f32, kv_shape)]
         outputs += [helper.make_tensor_value_info(mf.present_key_name(i), f32, kv_shape),
                     helper.make_tensor_value_info(mf.present_value_name(i), f32, kv_shape)]
-    graph = helper.make_graph(g.nodes, "codeparrot_gpt2_kv", inputs, outputs, initializer=g.inits)
+    # Types ONNX's inference cannot give past com.microsoft ops (int8 quantization looks them up).
+    typed = [helper.make_tensor_value_info(name, f32, None) for name in g.float_tensors]
+    graph = helper.make_graph(g.nodes, "codeparrot_gpt2_kv", inputs, outputs, initializer=g.inits, value_info=typed)
     model_proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
                                                           helper.make_opsetid(MS_DOMAIN, 1)],
                                     producer_name="codeparrot export")
@@ -187,7 +190,9 @@ def _last_attention(g: _Graph, i: int, qkv: str, rows: tuple[str, str, str], int
     caches = []
     for new, past, present in ((k, mf.past_key_name(i), mf.present_key_name(i)),
                                (v, mf.past_value_name(i), mf.present_value_name(i))):
-        heads = g.op("Transpose", [g.op("Reshape", [new, batch_seq_heads])], perm=[0, 2, 1, 3])   # [B, H, S, D]
+        split_heads = g.op("Reshape", [new, batch_seq_heads])
+        g.float_tensors.append(split_heads)
+        heads = g.op("Transpose", [split_heads], perm=[0, 2, 1, 3])                             # [B, H, S, D]
         caches.append(g.op("TensorScatter", [past, heads, write_at], [present], axis=-2))
     zero = g.const("zero_i64", np.array([0], np.int64))
     no_keys = g.op("Slice", [k, zero, zero, one])                                            # [B, 0, width]
