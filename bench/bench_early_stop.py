@@ -42,7 +42,8 @@ from codeparrot_ls.completion import Completer, cut_at_stops, stops_for  # noqa:
 from codeparrot_ls.context import line_bounds, utf16_to_index  # noqa: E402
 from codeparrot_ls.engine import load_engine  # noqa: E402
 from codeparrot_ls.engine.base import GenerationRequest  # noqa: E402
-from codeparrot_ls.engine.decoding import _decode_utf8, _Row, token_table  # noqa: E402
+from codeparrot_ls.engine.decoding import _decode_utf8, _Row  # noqa: E402
+from codeparrot_ls.engine.tokens import token_table  # noqa: E402
 from codeparrot_ls.postprocess import CursorContext, postprocess  # noqa: E402
 from codeparrot_ls.settings import CompletionSettings  # noqa: E402
 from codeparrot_ls.status import DEFAULT_MODEL_DIR  # noqa: E402

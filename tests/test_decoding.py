@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from codeparrot_ls.engine import GenerationRequest, generate_batch, load_engine
-from codeparrot_ls.engine.decoding import _complete_text, _decode_utf8, token_table
+from codeparrot_ls.engine.decoding import _complete_text, _decode_utf8
+from codeparrot_ls.engine.tokens import token_table
 
 SOURCE = (Path(textwrap.__file__).parent / "pprint.py").read_text(encoding="utf-8")
 # Forces line breaks and indentation into the generated text: the model re-types it first.

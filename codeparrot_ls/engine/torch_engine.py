@@ -14,7 +14,7 @@ import numpy as np
 
 from codeparrot_ls import modelfiles as mf
 from codeparrot_ls.engine.base import Engine
-from codeparrot_ls.engine.decoding import token_table
+from codeparrot_ls.engine.tokens import token_table
 from codeparrot_ls.engine.loading import ModelLoadError, load_tokenizer, model_info, read_json
 
 
