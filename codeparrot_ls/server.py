@@ -30,13 +30,12 @@ from typing import Any
 from urllib.parse import unquote
 
 from lsprotocol import types
-from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
+from pygls.exceptions import JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
-from pygls.protocol import LanguageServerProtocol
-from pygls.workspace import TextDocument
 
 from codeparrot_ls import __version__
 from codeparrot_ls.positions import UTF16, PositionError, check_position, convert_column, encoding_name, split_lines, units
+from codeparrot_ls.protocol import CodeparrotProtocol, lsp_text_document
 from codeparrot_ls.scheduler import Scheduler
 from codeparrot_ls.settings import CompletionSettings
 from codeparrot_ls.status import ERROR, READY, ModelHolder, ModelStatus, default_model_dir, model_problem
@@ -50,57 +49,7 @@ SETTINGS_SECTION = "codeparrot"
 COMPLETION_LABEL = "codeparrot"         # shown beside each list item so it is never mistaken for another source
 MAX_OTHER_DOCUMENTS = 8                 # other open files offered to the context builder
 MAX_OTHER_CHARS = 1_000_000
-_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
 _SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-class CodeparrotProtocol(LanguageServerProtocol):
-    """Answers a request whose params do not fit the LSP schema with InvalidParams.
-
-    (pygls on its own logs such a request and never answers it, leaving the
-    editor waiting.)
-    """
-
-    def structure_message(self, data: dict[str, Any]):
-        try:
-            return super().structure_message(data)
-        except JsonRpcException as exc:
-            if "jsonrpc" in data and "method" in data and "id" in data:
-                return _BadRequest(data["id"], data["method"], exc)
-            raise
-
-    def handle_message(self, message):
-        if isinstance(message, _BadRequest):
-            log.warning("malformed params for %s (request %s)", message.method, message.id)
-            error = JsonRpcInvalidParams(f"malformed params for {message.method}")
-            self._send_response(message.id, None, error.to_response_error())
-            return
-        super().handle_message(message)
-
-
-class _BadRequest:
-    jsonrpc = LanguageServerProtocol.VERSION
-
-    def __init__(self, id_, method: str, error: Exception):
-        self.id, self.method, self.error = id_, method, error
-
-
-class LspTextDocument(TextDocument):
-    """pygls' document with LSP's line breaks (\n, \r\n, \r) only.
-
-    pygls splits lines with str.splitlines, which also breaks at form feeds, \x0b, \x1c-\x1e,
-    \x85, U+2028 and U+2029: an incremental edit below such a character lands on the wrong
-    line. Python files do contain form feeds.
-    """
-
-    @property
-    def lines(self):
-        return tuple(_LINE.findall(self.source))
-
-
-def _lsp_text_document(workspace, doc_uri, source=None, version=None, language_id=None):
-    return LspTextDocument(doc_uri, source=source, version=version, language_id=language_id,
-                           sync_kind=workspace._sync_kind, position_codec=workspace.position_codec)
 
 
 class CodeparrotServer(LanguageServer):
@@ -286,7 +235,7 @@ SERVER = CodeparrotServer()
 def initialize(ls: CodeparrotServer, params: types.InitializeParams) -> None:
     ls.loop = asyncio.get_running_loop()
     # pygls made the workspace just before this handler; no document is open yet.
-    ls.workspace._create_text_document = functools.partial(_lsp_text_document, ls.workspace)
+    ls.workspace._create_text_document = functools.partial(lsp_text_document, ls.workspace)
     options = _section(params.initialization_options)
     ls.apply_settings(options, "initializationOptions")
     engine = options.get("engine", ls.engine_choice)
