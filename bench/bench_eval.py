@@ -7,7 +7,8 @@ Line completion (the same positions, greedy, on the same model, in one run):
   batch B      B prompts per left-padded batch through `generate_batch`
 for the torch engine (checkpoint) and the ONNX engine (fp32 export). Reported: ms per
 position and speed-up over batch 1 of the same engine; and whether the predictions
-are equal to batch 1's (padding may change the last float bits, so a few may differ).
+are equal to batch 1's (a batch decodes its rows together, which may change the last float
+bits, so a few may differ).
 
 Sandbox: programs/s of the sandbox (`trainer.sandbox.run_python`, with namespaces when
 this machine allows them) vs `python -I -c` in a plain subprocess (the floor: an

@@ -308,51 +308,6 @@ def test_padded_batch_after_a_past_matches_single_rows(onnx_fp32):
     assert np.abs(logits[1] - alone1[0]).max() < 1e-4
 
 
-def test_padded_prompts_run_row_by_row(onnx_fp32):
-    """Each left-padded row is its own prompt: its logits and cache equal the row alone, its
-    tokens at the start of its cache row; logits asked for beyond a short row are zeros."""
-    ids = prompt_ids(onnx_fp32, 40)
-    rows = np.array([[0] * 30 + ids[:10], ids[:40]], np.int64)
-    mask = (np.arange(40) >= np.array([[30], [0]])).astype(np.int64)
-    logits, past = onnx_fp32.forward(rows, None, 12, attention_mask=mask)
-    short, short_past = fresh(onnx_fp32).forward(np.array([ids[:10]], np.int64), None, 10)
-    long, _ = fresh(onnx_fp32).forward(np.array([ids[:40]], np.int64), None, 12)
-    assert logits.shape == (2, 12, onnx_fp32.info.vocab_size) and past.length == 40
-    assert not logits[0, :2].any() and np.abs(logits[0, 2:] - short[0]).max() < 1e-4
-    assert np.abs(logits[1] - long[0]).max() < 1e-4
-    assert all(np.abs(a[0, :, :10] - b[0, :, :10]).max() < 1e-5
-               for a, b in zip(past.buffer.arrays, short_past.buffer.arrays))
-
-
-@pytest.mark.parametrize("keep", [1, 5, 30])
-def test_a_batch_of_prompts_keeps_any_number_of_rows(onnx_fp32, keep):
-    """Unpadded rows too: the last layer attends for the kept rows of one row at a time."""
-    ids = np.array([prompt_ids(onnx_fp32, 30), prompt_ids(onnx_fp32, 30, offset=40)], np.int64)
-    for run in (onnx_fp32.forward, onnx_fp32.graph.run):
-        logits, past = run(ids, None, keep)
-        assert logits.shape == (2, keep, onnx_fp32.info.vocab_size) and past.length == 30
-        for b in range(2):
-            alone, _ = fresh(onnx_fp32).forward(ids[b:b + 1], None, keep)
-            assert np.abs(logits[b] - alone[0]).max() < 1e-4
-
-
-def test_padding_other_than_a_prompts_left_is_an_error(onnx_fp32):
-    ids = np.array([prompt_ids(onnx_fp32, 12)] * 2, np.int64)
-    holes = np.ones((2, 12), np.int64)
-    holes[0, 5] = 0
-    with pytest.raises(ValueError, match="padding only on its left"):
-        onnx_fp32.forward(ids, None, 1, attention_mask=holes)
-    empty = np.ones((2, 12), np.int64)
-    empty[1] = 0
-    with pytest.raises(ValueError, match="at least one token"):
-        onnx_fp32.forward(ids, None, 1, attention_mask=empty)
-    _, past = onnx_fp32.forward(ids[:1], None, 1)
-    padded_after_past = np.ones((1, 24), np.int64)
-    padded_after_past[0, 12] = 0
-    with pytest.raises(ValueError, match="first pass"):
-        onnx_fp32.graph.run(ids[:1], past, 1, attention_mask=padded_after_past)
-
-
 def test_truncated_past_is_extended_in_place(onnx_fp32):
     """KV prefix reuse: a truncated past shares the buffer; extending it equals a cold run."""
     ids = prompt_ids(onnx_fp32, 50)

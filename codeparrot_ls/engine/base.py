@@ -85,7 +85,7 @@ class Engine(abc.ABC):
                 position_ids: np.ndarray | None = None) -> tuple[np.ndarray, Any]:
         """Run the model on `input_ids` [batch, seq] after `past` (None = empty cache).
 
-        Returns (logits [batch, logits_to_keep, vocab] as float32 numpy, new past).
+        Returns (logits [batch, min(logits_to_keep, seq), vocab] as float32 numpy, new past).
         `attention_mask` [batch, past + seq] and `position_ids` [batch, seq] default to
         all ones and consecutive positions; pass them for left-padded batches.
         The past object is opaque to callers (each engine keeps its own format). `past`

@@ -8,7 +8,8 @@ stand for are below 1e-37). ONNX Runtime flushes them on its own worker threads
 process's first session, while the thread that calls `run()` does its share of every pass,
 and the server loads the model on one thread and decodes on another. So each thread that
 runs passes sets the CPU's flush-to-zero and denormals-are-zero bits itself, through the C
-library's floating-point environment (x86-64 Linux; elsewhere this is a no-op).
+library's floating-point environment (x86-64 Linux; elsewhere this is a no-op). They stay set
+for whatever else that thread computes (numpy, torch): values below 1e-38 become 0 there too.
 """
 
 from __future__ import annotations
@@ -44,10 +45,13 @@ def flush_denormals_on_this_thread() -> bool:
 def _set_mxcsr_bits() -> bool:
     if not sys.platform.startswith("linux") or platform.machine() not in ("x86_64", "AMD64"):
         return False
-    path = ctypes.util.find_library("m")
-    if not path:
-        return False
-    libm = ctypes.CDLL(path)
+    try:
+        libm = ctypes.CDLL("libm.so.6")   # glibc's name: no search (find_library runs a subprocess)
+    except OSError:
+        path = ctypes.util.find_library("m")
+        if not path:
+            return False
+        libm = ctypes.CDLL(path)
     env = (ctypes.c_ubyte * _FENV_BYTES)()
     if libm.fegetenv(env) != 0:
         return False

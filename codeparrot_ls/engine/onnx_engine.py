@@ -32,8 +32,8 @@ PRECISIONS = ("auto", "int8", "fp32")
 # is too short to share among many spinning threads).
 MAX_DEFAULT_THREADS = 4
 # Inputs longer than this run in chunks on top of the growing cache: the causal attention
-# then skips most of the masked upper triangle. 1,024 tokens: 18.4 ms in chunks of 256 vs 20.5
-# in 128s and 19.9 in one pass (docs/benchmarks.md).
+# then skips most of the masked upper triangle. 1,024 tokens: 19.9 ms in chunks of 256 vs 21.6
+# in 128s and 20.1 in 512s (docs/benchmarks.md).
 DEFAULT_PREFILL_CHUNK = 256
 # Logits of at most this many rows are written into a reused buffer (see KVGraph.run).
 SMALL_LOGITS_ROWS = 16
@@ -111,8 +111,8 @@ class KVGraph:
         so.inter_op_num_threads = 1
         so.intra_op_num_threads = int(threads) if threads else default_threads()
         try:
-            # SkipLayerNormalization (the fused Add + LayerNorm) measured 2.6x slower than the two
-            # nodes on a 128-token prompt chunk (92 vs 35 us at width 256).
+            # ONNX Runtime's SkipLayerNormalization (Add + LayerNorm fused) is slower than the two
+            # nodes on prompt chunks (docs/benchmarks.md).
             self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"],
                                                 disabled_optimizers=["SkipLayerNormFusion"])
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
@@ -155,8 +155,9 @@ class KVGraph:
         batch, seq = input_ids.shape
         if logits_to_keep < 0:
             raise ValueError(f"logits_to_keep must be >= 0, got {logits_to_keep}")
-        if seq > 1 and (batch > 1 or (attention_mask is not None and not attention_mask[:, -seq:].all())):
-            return self.row_by_row(input_ids, past, logits_to_keep, attention_mask, self.run)
+        logits_to_keep = min(logits_to_keep, seq)   # (the graph would read a larger count from the end)
+        if needs_rows(input_ids, attention_mask):
+            return self.row_by_row(input_ids, past, logits_to_keep, attention_mask, position_ids, self.run)
         if past is None:
             past = OnnxPast(self.new_buffer(batch), 0)
         total = past.length + seq
@@ -190,11 +191,13 @@ class KVGraph:
         self.session.run_with_iobinding(io)
         return (out[0].copy() if small else out[0]), OnnxPast(past.buffer, total)
 
-    def row_by_row(self, input_ids, past: OnnxPast | None, logits_to_keep: int, attention_mask, run_row):
-        """Prompts (padded on the left, if at all), each run alone by `run_row(ids, past, keep)`
-        into its own row of one cache: row b's tokens then sit at positions [0, length_b) and
-        later passes (the same mask with ones appended) give each row its own length. Positions
-        restart at 0 for each row; logits of padding positions are zeros."""
+    def row_by_row(self, input_ids, past: OnnxPast | None, logits_to_keep: int, attention_mask, position_ids,
+                   run_row):
+        """Prompts (padded on the left, if at all), each run alone by `run_row(ids, past, keep,
+        None, positions)` into its own row of one cache: row b's tokens then sit at positions
+        [0, length_b) and later passes (the same mask with ones appended) give each row its own
+        length. Positions default to 0, 1, ... from each row's first token; logits of padding
+        positions are zeros."""
         batch, seq = input_ids.shape
         if past is not None and past.length:
             raise ValueError("several new tokens after a past run one row at a time (OnnxEngine.forward does), "
@@ -206,7 +209,8 @@ class KVGraph:
         logits = np.zeros((batch, min(logits_to_keep, seq), self.vocab_size), np.float32)
         for b in range(batch):
             ids = input_ids[b:b + 1, real[b]]
-            got, _ = run_row(ids, OnnxPast(buffer.row(b), 0), min(logits_to_keep, ids.shape[1]))
+            positions = None if position_ids is None else position_ids[b:b + 1, real[b]]
+            got, _ = run_row(ids, OnnxPast(buffer.row(b), 0), min(logits_to_keep, ids.shape[1]), None, positions)
             logits[b, logits.shape[1] - got.shape[1]:] = got[0]
         return logits, OnnxPast(buffer, seq)
 
@@ -250,8 +254,8 @@ class OnnxEngine(Engine):
 
     def forward(self, input_ids, past, logits_to_keep=1, attention_mask=None, position_ids=None):
         batch, seq = input_ids.shape
-        if batch > 1 and seq > 1 and past is None:
-            return self.graph.row_by_row(input_ids, past, logits_to_keep, attention_mask, self.forward)
+        if past is None and needs_rows(input_ids, attention_mask):
+            return self.graph.row_by_row(input_ids, past, logits_to_keep, attention_mask, position_ids, self.forward)
         if batch > 1 and past is not None and seq > 1:
             # GroupQueryAttention runs several new tokens after a past only for one row.
             return self._token_by_token(input_ids, past, logits_to_keep, attention_mask, position_ids)
@@ -291,6 +295,13 @@ class OnnxEngine(Engine):
     def close(self) -> None:
         self.graph = None
         self._prefix_cache = None
+
+
+def needs_rows(input_ids, attention_mask) -> bool:
+    """Whether a pass must run row by row: several new tokens in several rows, or with padding
+    (GroupQueryAttention takes several new tokens for one row at a time; the graph masks no padding)."""
+    batch, seq = input_ids.shape
+    return seq > 1 and (batch > 1 or (attention_mask is not None and not attention_mask[:, -seq:].all()))
 
 
 def _columns(attention_mask, position_ids, past_len: int, start: int, end: int):
