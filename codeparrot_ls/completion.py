@@ -188,6 +188,7 @@ class Completer:
             required_prefix=required,
             # One line: the "\n" stop already ends it.
             stop_when=early_stop_rule(required, cursor, stops) if self.early_stop and not one_line else None,
+            lookup_tokens=settings.lookup_tokens,
         )
         with self._engine_lock:
             generations = self.engine.generate(request)

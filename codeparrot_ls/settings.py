@@ -8,6 +8,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from codeparrot_ls.engine.lookup import DEFAULT_DRAFT_TOKENS
+
+
+# More draft tokens per pass cost more than right guesses save (a pass of 5 tokens costs ~1.5x one).
+MAX_LOOKUP_TOKENS = 16
+
 
 @dataclass
 class CompletionSettings:
@@ -25,6 +31,7 @@ class CompletionSettings:
     time_budget_ms: int = 1000        # wall-clock cap on one suggestion
     token_healing: bool = True
     min_chars: int = 2                # automatic suggestions with fewer visible characters are dropped
+    lookup_tokens: int = DEFAULT_DRAFT_TOKENS   # greedy: prompt-lookup draft tokens per pass; 0 turns them off
 
     def updated(self, options: dict[str, Any] | None) -> "CompletionSettings":
         """A copy with the known keys of `options` applied (camelCase or snake_case).
@@ -63,6 +70,8 @@ class CompletionSettings:
             raise ValueError("timeBudgetMs must be >= 1")
         if self.min_chars < 0:
             raise ValueError("minChars must be >= 0")
+        if not 0 <= self.lookup_tokens <= MAX_LOOKUP_TOKENS:
+            raise ValueError(f"lookupTokens must be between 0 and {MAX_LOOKUP_TOKENS}")
 
 
 def _snake(key: str) -> str:

@@ -196,3 +196,22 @@ def test_torch_engine_gives_the_same_greedy_suggestions(tiny_checkpoint_dir, com
         check(DOC, off, ch, b, s, False)
         same += [x.insert_text for x in a] == [x.insert_text for x in b]
     assert same >= 0.7 * len(range(0, len(DOC), 503))  # int8 ONNX vs fp32 torch may differ on close calls
+
+
+def test_lookup_tokens_setting_reaches_the_engine(completer):
+    """`lookupTokens` 0 decodes one token per pass; the default lets passes check drafts."""
+    seen = []
+    generate = completer.engine.generate
+
+    def recording(request):
+        seen.append(request.lookup_tokens)
+        return generate(request)
+
+    completer.engine.generate = recording
+    try:
+        for n in (0, 4):   # (different settings: no answer from the cache)
+            completer.complete("file:///project/lookup.py", DOC, 30, 0, SETTINGS.updated({"lookupTokens": n}),
+                               invoked=False)
+    finally:
+        del completer.engine.generate
+    assert seen == [0, 4]

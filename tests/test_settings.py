@@ -15,7 +15,8 @@ def test_original_is_unchanged():
 
 
 @pytest.mark.parametrize("options", [{"maxNewTokens": "many"}, {"maxNewTokens": 0}, {"enabled": 1},
-                                     {"stop": "\n"}, {"topP": 0}, {"suffixShare": 2}])
+                                     {"stop": "\n"}, {"topP": 0}, {"suffixShare": 2}, {"lookupTokens": -1},
+                                     {"lookupTokens": 17}, {"lookupTokens": 2.5}])
 def test_bad_values_raise_with_the_key(options):
     with pytest.raises(ValueError):
         CompletionSettings().updated(options)
@@ -27,3 +28,10 @@ def test_fim_is_on_off_or_the_models_choice():
     assert CompletionSettings(fim=True).updated({"fim": None}).fim is None
     with pytest.raises(ValueError, match="fim"):
         CompletionSettings().updated({"fim": "yes"})
+
+
+def test_lookup_tokens_default_to_the_engines_and_can_be_turned_off():
+    from codeparrot_ls.engine import GenerationRequest
+
+    assert CompletionSettings().lookup_tokens == GenerationRequest([1]).lookup_tokens > 0
+    assert CompletionSettings().updated({"lookupTokens": 0}).lookup_tokens == 0

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from codeparrot_ls.engine.lookup import DEFAULT_DRAFT_TOKENS
+
 
 @dataclass
 class ModelInfo:
@@ -56,7 +58,7 @@ class GenerationRequest:
     # the prompt or output, and checks the guess in one pass (0 = one token per pass). The
     # model's own greedy choice decides every token: the same text in fp32; an int8 graph
     # shares one activation scale across a pass, so a near-tie may break the other way.
-    lookup_tokens: int = 4
+    lookup_tokens: int = DEFAULT_DRAFT_TOKENS
 
 
 @dataclass

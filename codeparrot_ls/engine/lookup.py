@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 LOOKUP_NGRAM = 3   # the longest run of last tokens matched
+DEFAULT_DRAFT_TOKENS = 4   # draft tokens a greedy pass checks besides the real one
 
 
 class PromptLookup:
