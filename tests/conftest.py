@@ -99,3 +99,41 @@ def tok(tiny_tokenizer_dir):
     t = Tokenizer.from_file(str(tiny_tokenizer_dir / "tokenizer.json"))
     t.encode_special_tokens = True
     return t
+
+
+# Real code the tokenizer has not been trained on (the fixtures above train on other modules).
+PROMPT_SOURCE = (STDLIB / "pprint.py").read_text(encoding="utf-8")
+
+
+# Engines on the tiny model, one of each per test module (their KV prefix cache is state).
+
+
+@pytest.fixture(scope="module")
+def onnx_fp32(tiny_onnx_dir):
+    from codeparrot_ls.engine import load_engine
+
+    return load_engine(tiny_onnx_dir, precision="fp32", threads=1)
+
+
+@pytest.fixture(scope="module")
+def onnx_int8(tiny_onnx_dir):
+    from codeparrot_ls.engine import load_engine
+
+    return load_engine(tiny_onnx_dir, threads=1)
+
+
+@pytest.fixture(scope="module")
+def torch_engine(tiny_checkpoint_dir):
+    from codeparrot_ls.engine import load_engine
+
+    return load_engine(tiny_checkpoint_dir, threads=1)
+
+
+def prompt_ids(engine, n=64, offset=0):
+    return engine.tokenizer.encode(PROMPT_SOURCE).ids[offset: offset + n]
+
+
+def fresh(engine):
+    """Forget the previous call's KV cache so a run is cold."""
+    engine._prefix_cache = None
+    return engine

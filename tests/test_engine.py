@@ -16,35 +16,9 @@ import pytest
 
 from codeparrot_ls import modelfiles as mf
 from codeparrot_ls.engine import GenerationRequest, ModelLoadError, generate_batch, load_engine
+from conftest import PROMPT_SOURCE, fresh, prompt_ids
 
 ROOT = Path(__file__).resolve().parents[1]
-# Real code the tokenizer has not been trained on (conftest trains on other modules).
-PROMPT_SOURCE = (Path(textwrap.__file__).parent / "pprint.py").read_text(encoding="utf-8")
-
-
-@pytest.fixture(scope="module")
-def onnx_fp32(tiny_onnx_dir):
-    return load_engine(tiny_onnx_dir, precision="fp32", threads=1)
-
-
-@pytest.fixture(scope="module")
-def onnx_int8(tiny_onnx_dir):
-    return load_engine(tiny_onnx_dir, threads=1)
-
-
-@pytest.fixture(scope="module")
-def torch_engine(tiny_checkpoint_dir):
-    return load_engine(tiny_checkpoint_dir, threads=1)
-
-
-def prompt_ids(engine, n=64, offset=0):
-    return engine.tokenizer.encode(PROMPT_SOURCE).ids[offset: offset + n]
-
-
-def fresh(engine):
-    """Forget the previous call's KV cache so a run is cold."""
-    engine._prefix_cache = None
-    return engine
 
 
 def test_load_engine_picks_by_folder(onnx_int8, onnx_fp32, torch_engine, tiny_onnx_dir):

@@ -7,18 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from codeparrot_ls.engine import load_engine
-from test_engine import fresh, prompt_ids
-
-
-@pytest.fixture(scope="module")
-def onnx_fp32(tiny_onnx_dir):
-    return load_engine(tiny_onnx_dir, precision="fp32", threads=1)
-
-
-@pytest.fixture(scope="module")
-def torch_engine(tiny_checkpoint_dir):
-    return load_engine(tiny_checkpoint_dir, threads=1)
+from conftest import fresh, prompt_ids
 
 
 def test_padded_prompts_run_row_by_row(onnx_fp32):
