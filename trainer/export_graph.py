@@ -120,7 +120,8 @@ def build_graph(model, opset: int = 24):
     # chunk that only fills the cache; the last attention still needs one query row).
     keep = g.op("Reshape", [mf.ONNX_LOGITS_TO_KEEP, one])
     queries = g.op("Max", [keep, one])
-    rows = (g.op("Sub", [seq, keep]), g.op("Sub", [seq, queries]), g.op("Sub", [queries, keep]))
+    kept_start = g.op("Sub", [seq, keep])
+    queries_at = (g.op("Sub", [seq, queries]), g.op("Sub", [queries, keep]))   # query rows; kept among them
     int_max = g.const("int_max", np.array([np.iinfo(np.int64).max], np.int64))
     pending = None   # the previous sublayer's output and the bias still to add to it
     for i in range(n_layer):
@@ -140,8 +141,9 @@ def build_graph(model, opset: int = 24):
         else:
             # Past the last layer's keys and values nothing feeds the cache: its attention (and
             # everything after it) runs only on the rows whose logits are kept.
-            attn = _last_attention(g, i, qkv, rows, int_max, one, write_at, seqlens_k, total_len, n_head, head_dim)
-            hidden = g.op("Slice", [hidden, rows[0], int_max, one])
+            attn = _last_attention(g, i, qkv, queries_at, int_max, one, write_at, seqlens_k, total_len, n_head,
+                                   head_dim)
+            hidden = g.op("Slice", [hidden, kept_start, int_max, one])
         pending = (g.op("MatMul", [attn, w("attn.c_proj.weight")]), w("attn.c_proj.bias"))
         x, hidden = _residual_norm(g, pending, hidden, w("ln_2.weight"), w("ln_2.bias"), eps)
         up = g.op("MatMul", [x, w("mlp.c_fc.weight")])
@@ -177,13 +179,13 @@ def build_graph(model, opset: int = 24):
     return model_proto
 
 
-def _last_attention(g: _Graph, i: int, qkv: str, rows: tuple[str, str, str], int_max: str, one: str, write_at: str,
+def _last_attention(g: _Graph, i: int, qkv: str, queries_at: tuple[str, str], int_max: str, one: str, write_at: str,
                     seqlens_k: str, total_len: str, n_head: int, head_dim: int) -> str:
     """The last layer's attention for the kept rows only: the new keys and values of every row
     are written into the cache buffer in place (TensorScatter), then GroupQueryAttention reads
     that buffer as a shared past, with no new keys of its own, for the last max(keep, 1)
-    queries. `rows`: where the kept rows, the query rows, and the kept part of those start."""
-    _, query_start, kept_in_queries = rows
+    queries. `queries_at`: where the query rows start, and where the kept rows start among them."""
+    query_start, kept_in_queries = queries_at
     width = n_head * head_dim
     q, k, v = g.op("Split", [qkv, g.const(f"split_{i}", np.array([width] * 3, np.int64))], 3, axis=-1)
     batch_seq_heads = g.const("heads_shape", np.array([0, 0, n_head, head_dim], np.int64))

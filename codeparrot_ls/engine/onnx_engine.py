@@ -179,7 +179,7 @@ class KVGraph:
         # Decode-sized logits go into a buffer kept per shape and callers get a copy (they may keep
         # earlier logits): binding fresh memory every pass cost ~20 us more than the copy. Larger
         # ones (a perplexity pass keeps every position) get fresh memory, not kept.
-        shape = (batch, min(logits_to_keep, seq))
+        shape = (batch, logits_to_keep)
         small = shape[0] * shape[1] <= SMALL_LOGITS_ROWS
         out = self._logits.get(shape) if small else None
         if out is None:
