@@ -9,7 +9,7 @@ import random
 import pytest
 from conftest import sample_texts, write_corpus_shards
 
-from codeparrot_ls.prompt import END_OF_TEXT, FIM_PREFIX, quality_token, split_fim_document
+from codeparrot_ls.prompt import END_OF_TEXT, FIM_PREFIX, FIM_SUFFIX, quality_token, split_fim_document
 from trainer.data import PackedDataset, make_loader, shard_files
 
 SEQ = 64
@@ -99,7 +99,7 @@ def test_infinite_stream_cycles_and_shuffles_per_epoch(corpus, tiny_tokenizer_di
 
 
 def test_fim_documents_are_well_formed_and_round_trip(corpus, tiny_tokenizer_dir, tok, docs):
-    ds = dataset(corpus, tiny_tokenizer_dir, fim_rate=1.0, fim_spm_rate=0.5, seed=7)
+    ds = dataset(corpus, tiny_tokenizer_dir, fim_rate=1.0, fim_spm_rate=0.5, seed=7, fim_mode="document")
     flat = [t for s in sequences(ds) for t in s]
     eos = tok.token_to_id(END_OF_TEXT)
     pieces, current = [], []
@@ -121,8 +121,58 @@ def test_fim_documents_are_well_formed_and_round_trip(corpus, tiny_tokenizer_dir
     assert ds.stats.fim_documents == len(docs)
 
 
+def split_at(ids, eos):
+    out, current = [], []
+    for t in ids:
+        if t == eos:
+            out.append(current)
+            current = []
+        else:
+            current.append(t)
+    return out + [current]
+
+
+@pytest.mark.parametrize("rate", [1.0, 0.5])
+def test_context_fim_examples_fit_their_window_and_round_trip(corpus, tiny_tokenizer_dir, tok, rate):
+    plain = sequences(dataset(corpus, tiny_tokenizer_dir))
+    ds = dataset(corpus, tiny_tokenizer_dir, fim_rate=rate, seed=5)
+    fim = sequences(ds)
+    eos = tok.token_to_id(END_OF_TEXT)
+    assert len(fim) == len(plain) and all(len(w) == SEQ for w in fim)
+    made = complete = layouts = 0
+    seen = set()
+    for window, original in zip(fim, plain):
+        pieces, sources = split_at(window, eos), split_at(original, eos)
+        # The last piece may be cut where the window ends (3 sentinels per example make it longer).
+        for piece, source in zip(pieces[:-1], sources):
+            text = tok.decode(piece, skip_special_tokens=False)
+            if not text.startswith(FIM_PREFIX):
+                assert piece == source
+                continue
+            prefix, middle, suffix = split_fim_document(text)  # all three sentinels are inside
+            assert prefix + middle + suffix == tok.decode(source, skip_special_tokens=False)
+            seen.add("spm" if text.startswith(FIM_PREFIX + FIM_SUFFIX) else "psm")
+            complete += 1
+        made += sum(tok.decode(p, skip_special_tokens=False).startswith(FIM_PREFIX) for p in pieces)
+    assert made == ds.stats.fim_documents and complete > 5
+    assert seen == {"psm", "spm"}
+    fragments = sum(len([f for f in split_at(w, eos) if len(f) > 1]) for w in plain)
+    assert made / fragments == pytest.approx(rate, abs=0.15)
+
+
+def test_context_fim_is_the_default_and_document_fim_stays_available(corpus, tiny_tokenizer_dir, tok, docs):
+    eos = tok.token_to_id(END_OF_TEXT)
+    context = sequences(dataset(corpus, tiny_tokenizer_dir, fim_rate=1.0, seed=2))
+    document = sequences(dataset(corpus, tiny_tokenizer_dir, fim_rate=1.0, seed=2, fim_mode="document"))
+    # Context-level: a FIM example starts every window; document-level: only where a document starts.
+    assert all(w[0] == tok.token_to_id(FIM_PREFIX) for w in context if len(split_at(w, eos)[0]) > 1)
+    assert sum(w[0] == tok.token_to_id(FIM_PREFIX) for w in document) < len(document) / 2
+    with pytest.raises(ValueError, match="fim_mode"):
+        dataset(corpus, tiny_tokenizer_dir, fim_mode="sometimes")
+
+
 def test_fim_rate_is_honoured(corpus, tiny_tokenizer_dir, docs):
-    ds = dataset(corpus, tiny_tokenizer_dir, fim_rate=0.5, seed=1)
+    ds = dataset(corpus, tiny_tokenizer_dir, fim_rate=0.5, seed=1, fim_mode="document")
     sequences(ds)
     assert 0.3 < ds.stats.fim_documents / len(docs) < 0.7
     off = dataset(corpus, tiny_tokenizer_dir, fim_rate=0.0)

@@ -12,6 +12,13 @@ Several processes: the stream of document indices is dealt out round-robin to
 i % num_streams), so every rank and every DataLoader worker sees different
 documents and no document is seen twice in an epoch.
 
+Fill-in-the-middle is applied per context by default (Bavarian et al. 2022, context-level
+FIM): each packed window is split at its end-of-text tokens and each fragment is turned into
+a FIM example with probability `fim_rate`, so every example — prefix end, suffix, sentinels
+and middle — lies inside the window the model trains on, as a served prompt does. With
+`fim_mode="document"` whole documents are split before packing instead, so a long file's
+middle may land thousands of tokens and several windows away from its prefix.
+
 Determinism (what exact resume relies on): a stream's output depends only on
 (seed, epoch, stream index, number of streams), never on time or on torch's
 global RNG. Resuming therefore replays the stream and skips the batches already
@@ -38,6 +45,7 @@ from codeparrot_ls.prompt import (
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid")
+FIM_MODES = ("context", "document")
 
 
 def shard_files(corpus_dir: str | Path, split: str) -> list[Path]:
@@ -90,11 +98,13 @@ class PackedDataset(IterableDataset):
 
     def __init__(self, files: list[Path], tokenizer_file: str | Path, seq_length: int, batch_size: int, *,
                  infinite: bool, seed: int = 0, fim_rate: float = 0.0, fim_spm_rate: float = 0.5,
-                 quality_tokens: bool = False, shuffle_buffer: int = 0, sequences_per_buffer: int = 64,
+                 fim_mode: str = "context", quality_tokens: bool = False, shuffle_buffer: int = 0, sequences_per_buffer: int = 64,
                  chars_per_token: float = 3.6, rank: int = 0, world_size: int = 1, skip_batches: int = 0):
         super().__init__()
         if not 0.0 <= fim_rate <= 1.0 or not 0.0 <= fim_spm_rate <= 1.0:
             raise ValueError("fim_rate and fim_spm_rate must be in [0, 1]")
+        if fim_mode not in FIM_MODES:
+            raise ValueError(f"fim_mode must be one of {FIM_MODES}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
         self.files = [Path(f) for f in files]
@@ -102,6 +112,7 @@ class PackedDataset(IterableDataset):
         self.seq_length, self.batch_size = seq_length, batch_size
         self.infinite, self.seed = infinite, seed
         self.fim_rate, self.fim_spm_rate, self.quality_tokens = fim_rate, fim_spm_rate, quality_tokens
+        self.fim_mode = fim_mode
         self.shuffle_buffer = shuffle_buffer
         # Characters gathered before one batch-encode call (the seed's buffer size).
         self.buffer_chars = int(seq_length * chars_per_token * sequences_per_buffer)
@@ -148,7 +159,7 @@ class PackedDataset(IterableDataset):
     def pieces(self, record: dict, rng: random.Random) -> tuple[list[str], str | None]:
         """A document as its text pieces (1, or 3 for FIM) and the FIM layout (None: plain)."""
         text = record["content"]
-        if self.fim_rate and rng.random() < self.fim_rate:
+        if self.fim_mode == "document" and self.fim_rate and rng.random() < self.fim_rate:
             a, b = sorted(rng.randint(0, len(text)) for _ in range(2))
             layout = "spm" if rng.random() < self.fim_spm_rate else "psm"
             return [text[:a], text[a:b], text[b:]], layout
@@ -218,8 +229,10 @@ class PackedDataset(IterableDataset):
         self.stats.tokens += len(ids)
         carry.extend(ids)
         n_full = len(carry) // self.seq_length
-        for k in range(n_full):
-            seq = carry[k * self.seq_length:(k + 1) * self.seq_length]
+        windows = [carry[k * self.seq_length:(k + 1) * self.seq_length] for k in range(n_full)]
+        if self.fim_mode == "context" and self.fim_rate:
+            windows = [self.context_fim(w, rng) for w in windows]
+        for seq in windows:
             self.stats.sequences += 1
             if self.shuffle_buffer <= 0:
                 yield seq
@@ -230,6 +243,44 @@ class PackedDataset(IterableDataset):
                 shuffle[j], shuffle[-1] = shuffle[-1], shuffle[j]
                 yield shuffle.pop()
         del carry[:n_full * self.seq_length]
+
+    def context_fim(self, window: list[int], rng: random.Random) -> list[int]:
+        """The window with each fragment between end-of-text tokens made a FIM example at `fim_rate`.
+
+        A chosen fragment is decoded, cut at two random characters and its three pieces
+        tokenized apart, as the server tokenizes a prefix and a suffix. The sentinels make
+        the window 3 tokens longer per example: it is cut back to its length at the end.
+        """
+        eos = self.token_ids[END_OF_TEXT]
+        fragments, start = [], 0
+        for i, t in enumerate(window + [eos]):
+            if t == eos:
+                fragments.append(window[start:i])
+                start = i + 1
+        chosen = [len(f) > 1 and rng.random() < self.fim_rate for f in fragments]
+        if not any(chosen):
+            return window
+        tok = self.load_tokenizer()
+        texts = tok.decode_batch([f for f, c in zip(fragments, chosen) if c], skip_special_tokens=False)
+        plans = []
+        for text in texts:
+            a, b = sorted(rng.randint(0, len(text)) for _ in range(2))
+            plans.append(("spm" if rng.random() < self.fim_spm_rate else "psm", [text[:a], text[a:b], text[b:]]))
+        encoded = tok.encode_batch([p for _, pieces in plans for p in pieces], add_special_tokens=False)
+        out: list[int] = []
+        made = 0
+        for fragment, is_fim in zip(fragments, chosen):
+            if len(out) >= len(window):
+                break
+            if is_fim:
+                prefix, middle, suffix = (e.ids for e in encoded[3 * made:3 * made + 3])
+                out.extend(fim_document_ids(prefix, middle, suffix, self.token_ids, plans[made][0]))
+                made += 1
+            else:
+                out.extend(fragment)
+            out.append(eos)
+        self.stats.fim_documents += made
+        return out[:len(window)]
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         stream, num_streams, skip = self._stream_position()

@@ -33,7 +33,7 @@ from trainer.pretrain_args import PretrainArguments, UsageError, check_args, par
 
 # Arguments that shape the data stream: changing one on --resume changes the data that follows.
 DATA_ARGS = ("corpus", "seq_length", "batch_size", "gradient_accumulation_steps", "seed", "fim_rate",
-             "fim_spm_rate", "quality_tokens", "shuffle_buffer")
+             "fim_spm_rate", "fim_mode", "quality_tokens", "shuffle_buffer")
 
 
 def parameter_groups(model, weight_decay: float) -> list[dict]:
@@ -160,8 +160,8 @@ def run(args: PretrainArguments) -> int:
         raise UsageError(f"{resume_dir} was written by {state.get('world_size')} processes, this run has "
                          f"{accelerator.num_processes}: the data position would not be exact")
     tokenizer_file = Path(args.tokenizer) / "tokenizer.json"
-    if resume_dir:
-        model = GPT2LMHeadModel.from_pretrained(resume_dir)
+    if resume_dir or args.init_from:
+        model = GPT2LMHeadModel.from_pretrained(resume_dir or args.init_from, dtype=torch.float32)
     else:
         try:
             model = build_model(args.model_size, Tokenizer.from_file(str(tokenizer_file)), args.model_config)
@@ -193,7 +193,7 @@ def run(args: PretrainArguments) -> int:
 
     files = shard_files(args.corpus, "train")
     data_kw = dict(seq_length=seq_length, batch_size=args.batch_size, seed=args.seed, fim_rate=args.fim_rate,
-                   fim_spm_rate=args.fim_spm_rate, quality_tokens=args.quality_tokens,
+                   fim_spm_rate=args.fim_spm_rate, fim_mode=args.fim_mode, quality_tokens=args.quality_tokens,
                    rank=accelerator.process_index, world_size=accelerator.num_processes)
     train_data = PackedDataset(files, tokenizer_file, infinite=True, shuffle_buffer=args.shuffle_buffer,
                                skip_batches=state.get("batches_consumed", 0), **data_kw)
@@ -235,7 +235,7 @@ def run(args: PretrainArguments) -> int:
     tokens_per_step = args.batch_size * seq_length * args.gradient_accumulation_steps * accelerator.num_processes
     if accelerator.is_main_process:
         log.info("model %s: %.2f M parameters; %d processes on %s, mixed precision %s; %d tokens per step",
-                 args.model_size, counts["total"] / 1e6, accelerator.num_processes, accelerator.device,
+                 args.init_from or args.model_size, counts["total"] / 1e6, accelerator.num_processes, accelerator.device,
                  args.mixed_precision, tokens_per_step)
     config = {k: v for k, v in asdict(args).items() if isinstance(v, (int, float, str, bool))}
     accelerator.init_trackers("pretrain", config=config)

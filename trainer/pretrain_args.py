@@ -17,6 +17,8 @@ class PretrainArguments:
     output: str | None = field(default=None, metadata={"help": "run folder: checkpoints, final/, metrics"})
     model_size: str = field(default="tiny", metadata={"help": "size preset: test, tiny, mini, small, xl"})
     model_config: str | None = field(default=None, metadata={"help": "JSON/YAML GPT2Config fields over the preset"})
+    init_from: str | None = field(default=None, metadata={
+        "help": "start from this checkpoint folder's weights (its shape; the tokenizer must be the same)"})
     seq_length: int | None = field(default=None, metadata={"help": "tokens per sequence (default: model positions)"})
     batch_size: int = field(default=8, metadata={"help": "sequences per process per micro-step"})
     gradient_accumulation_steps: int = 1
@@ -35,6 +37,9 @@ class PretrainArguments:
     logging_steps: int = 10
     fim_rate: float = 0.5
     fim_spm_rate: float = 0.5
+    fim_mode: str = field(default="context", metadata={
+        "help": "context: FIM examples cut from each packed window (fit the context); document: whole files, "
+                "before packing"})
     quality_tokens: bool = field(default=False, metadata={"help": "a quality token at each document start"})
     shuffle_buffer: int = field(default=256, metadata={"help": "sequences in the shuffle buffer; 0: off"})
     dataloader_workers: int = field(default=1, metadata={"help": "tokenizing processes per rank; 0: inline"})
@@ -123,3 +128,24 @@ def check_args(args: PretrainArguments) -> None:
         raise UsageError("--loss-chunk-size must be at least 0")
     if not (0 <= args.fim_rate <= 1 and 0 <= args.fim_spm_rate <= 1):
         raise UsageError("--fim-rate and --fim-spm-rate must be in [0, 1]")
+    if args.fim_mode not in ("context", "document"):
+        raise UsageError("--fim-mode must be context or document")
+    if args.init_from:
+        check_init_from(Path(args.init_from), Path(args.tokenizer) / "tokenizer.json")
+
+
+def check_init_from(folder: Path, tokenizer_file: Path) -> None:
+    """A checkpoint folder whose vocabulary is the run's tokenizer's, or a UsageError saying why not."""
+    from tokenizers import Tokenizer
+
+    if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
+        hint = " (an ONNX export folder: use the checkpoint it was exported from)" if any(folder.glob("*.onnx")) else ""
+        raise UsageError(f"--init-from {folder}: not a checkpoint folder (config.json and *.safetensors){hint}")
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    vocab = Tokenizer.from_file(str(tokenizer_file)).get_vocab()
+    own = folder / "tokenizer.json"
+    if own.is_file() and Tokenizer.from_file(str(own)).get_vocab() != vocab:
+        raise UsageError(f"--init-from {folder}: its tokenizer differs from --tokenizer {tokenizer_file.parent}")
+    if config.get("vocab_size", 0) < len(vocab):
+        raise UsageError(f"--init-from {folder}: vocabulary {config.get('vocab_size')} is smaller than the "
+                         f"tokenizer's {len(vocab)}")
