@@ -39,7 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from codeparrot_ls.completion import Completer, cut_at_stops, stops_for  # noqa: E402
-from codeparrot_ls.context import line_bounds, utf16_to_index  # noqa: E402
+from codeparrot_ls.positions import locate  # noqa: E402
 from codeparrot_ls.engine import load_engine  # noqa: E402
 from codeparrot_ls.engine.base import GenerationRequest  # noqa: E402
 from codeparrot_ls.engine.decoding import _decode_utf8, _Row  # noqa: E402
@@ -82,8 +82,7 @@ class Recorder:
 def oracle_tokens(engine, position, request: GenerationRequest, token_ids: list[int], shown: str | None) -> int:
     """Fewest of `token_ids` whose text post-processes (as the Completer does) to `shown`."""
     text, line, col = position
-    start, end = line_bounds(text, line)
-    cursor = CursorContext.from_document(text, start + utf16_to_index(text[start:end], col))
+    cursor = CursorContext.from_document(text, locate(text, line, col).offset)
     required = request.required_prefix
     _, later = stops_for(required, request.stop)
     pieces, raw = token_table(engine).pieces, b""
@@ -165,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, c in (("on", on), ("off", off)) if i % 2 else (("off", off), ("on", on)):
             c.engine._prefix_cache = None  # cold: the same work for both
             t0 = time.perf_counter()
-            out = c.complete(uri, text, line, col, SETTINGS, invoked=False)
+            out = c.complete(uri, text, locate(text, line, col).offset, SETTINGS, invoked=False)
             row[name + "_ms"] = (time.perf_counter() - t0) * 1e3
             row[name + "_tokens"] = c.stats.last_generated_tokens
             row[name + "_text"] = out[0].insert_text if out else None

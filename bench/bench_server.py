@@ -222,6 +222,7 @@ def capture_prompts(onnx_dir: Path, positions, threads: int) -> list[tuple[list[
     """Prompt ids, generated-token count and in-process time of the server's own pipeline at each position."""
     from codeparrot_ls.completion import Completer
     from codeparrot_ls.engine import load_engine
+    from codeparrot_ls.positions import locate
     from codeparrot_ls.settings import CompletionSettings
 
     engine = load_engine(onnx_dir, threads=threads)
@@ -240,7 +241,7 @@ def capture_prompts(onnx_dir: Path, positions, threads: int) -> list[tuple[list[
     for i, (text, line, col) in enumerate(positions):
         seen.clear()
         t0 = time.perf_counter()
-        completer.complete(f"file:///capture/{i}.py", text, line, col, settings, invoked=False)
+        completer.complete(f"file:///capture/{i}.py", text, locate(text, line, col).offset, settings, invoked=False)
         out.append((*seen[0], (time.perf_counter() - t0) * 1e3))
     engine.close()
     return out

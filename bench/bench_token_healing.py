@@ -35,7 +35,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from codeparrot_ls.completion import Completer  # noqa: E402
-from codeparrot_ls.context import index_to_utf16  # noqa: E402
 from codeparrot_ls.engine import load_engine  # noqa: E402
 from codeparrot_ls.settings import CompletionSettings  # noqa: E402
 from trainer.eval_data import DataStats  # noqa: E402
@@ -57,10 +56,7 @@ def run(completer: Completer, positions, settings: CompletionSettings) -> dict:
     t0 = time.perf_counter()
     for i, pos in enumerate(positions):
         text = pos.prefix + pos.suffix
-        line = pos.prefix.count("\n")
-        line_start = pos.prefix.rfind("\n") + 1
-        character = index_to_utf16(pos.prefix[line_start:], len(pos.prefix) - line_start)
-        out = completer.complete(f"file:///held-out/{i}.py", text, line, character, settings, invoked=False)
+        out = completer.complete(f"file:///held-out/{i}.py", text, len(pos.prefix), settings, invoked=False)
         healed += bool(completer.stats.last_healed)
         prediction = out[0].insert_text.split("\n", 1)[0].rstrip() if out else ""
         empty += not prediction

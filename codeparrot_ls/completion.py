@@ -30,7 +30,7 @@ from tokenizers import Tokenizer
 
 from codeparrot_ls import prompt as P
 from codeparrot_ls.cache import CachedSuggestion, SuggestionCache
-from codeparrot_ls.context import ContextBuilder, line_bounds, utf16_to_index
+from codeparrot_ls.context import ContextBuilder
 from codeparrot_ls.engine.base import Engine, GenerationRequest
 from codeparrot_ls.healing import heal
 from codeparrot_ls.postprocess import CursorContext, postprocess, settled_length
@@ -39,9 +39,7 @@ from codeparrot_ls.settings import CompletionSettings
 
 @dataclass
 class Suggestion:
-    insert_text: str
-    range_start_character: int   # UTF-16 code units on the cursor's line: [start, end) is replaced
-    range_end_character: int
+    insert_text: str             # inserted at the cursor ("\n" line breaks)
     from_cache: bool
     finish_reason: str
 
@@ -135,13 +133,15 @@ class Completer:
         self.stats = CompletionStats()
         self._engine_lock = threading.Lock()  # the engine serves one generation at a time
 
-    def complete(self, uri: str, text: str, line: int, character: int,
+    def complete(self, uri: str, text: str, offset: int,
                  settings: CompletionSettings, invoked: bool,
                  other_documents: Sequence[tuple[str, str]] = (),
                  is_cancelled: Callable[[], bool] | None = None) -> list[Suggestion]:
+        """Suggestions at `offset` (code points) of `text`, whose line breaks are all "\n"
+        (`codeparrot_ls.positions.locate` gives both)."""
         t0 = time.perf_counter()
-        start, end = line_bounds(text, line)                    # ValueError outside the document
-        offset = start + utf16_to_index(text[start:end], character)
+        if not 0 <= offset <= len(text):
+            raise ValueError(f"offset {offset} outside a document of {len(text)} characters")
         self.stats.requests += 1
         if not settings.enabled:
             return []
@@ -150,7 +150,7 @@ class Completer:
         if cached is not None:
             self.stats.cache_hits += 1
             self.stats.last_ms = (time.perf_counter() - t0) * 1e3
-            return [Suggestion(c.text, character, character, True, c.finish_reason) for c in cached]
+            return [Suggestion(c.text, True, c.finish_reason) for c in cached]
         if is_cancelled is not None and is_cancelled():
             self.stats.cancelled += 1
             return []
@@ -158,7 +158,7 @@ class Completer:
         cursor = CursorContext.from_document(text, offset)
         one_line = settings.single_line or cursor.mid_line
         others = [(u, t) for u, t in other_documents if u != uri]
-        ctx = self.builder.build(text, offset, line, settings, others, uri=uri)
+        ctx = self.builder.build(text, offset, text.count("\n", 0, offset), settings, others, uri=uri)
         prefix_ids, required = ctx.prefix_ids, ""
         if settings.token_healing:
             healed = heal(self.tokenizer, ctx.prefix, ctx.prefix_ids, self.healing_policy)
@@ -222,7 +222,7 @@ class Completer:
         if is_cancelled is not None and is_cancelled():
             self.stats.cancelled += 1
             return []
-        return [Suggestion(s.text, character, character, False, s.finish_reason) for s in shown.values()]
+        return [Suggestion(s.text, False, s.finish_reason) for s in shown.values()]
 
     @staticmethod
     def _settings_key(settings: CompletionSettings) -> tuple:

@@ -1,6 +1,9 @@
 """Document + cursor -> the prompt: prefix, suffix and snippets from other open files,
 fitted to a token budget with the model's real tokenizer.
 
+The document comes with every line break written "\n" and the cursor as a code-point
+offset into it (`codeparrot_ls.positions.locate` makes both from the client's position).
+
 Layout of the prompt token ids (every piece tokenized separately)::
 
     [snippet block, <|endoftext|>]  [quality token]  FIM prompt (or the bare prefix)
@@ -45,66 +48,6 @@ MIN_SNIPPET_ROOM = 16
 # Ranked windows a request looks at: at most 8 are kept, and overlapping neighbours of a kept
 # one or windows that do not fit are skipped, so the best 64 are more than enough.
 SNIPPET_CANDIDATES = 64
-
-
-# ----------------------------------------------------------------------------- positions
-
-def line_bounds(text: str, line: int) -> tuple[int, int]:
-    """(start, end) str indices of `line` (0-based; end excludes the '\\n').
-
-    Raises ValueError when the document has no such line.
-    """
-    if line < 0:
-        raise ValueError(f"position outside the document: line {line} is negative")
-    start = 0
-    for _ in range(line):
-        nl = text.find("\n", start)
-        if nl < 0:
-            raise ValueError(f"position outside the document: line {line} but the document has "
-                             f"{text.count(chr(10)) + 1} lines")
-        start = nl + 1
-    end = text.find("\n", start)
-    return start, (len(text) if end < 0 else end)
-
-
-def utf16_to_index(line_text: str, character: int) -> int:
-    """Index into `line_text` of a position given in UTF-16 code units (LSP's default).
-
-    Characters outside the Basic Multilingual Plane (emoji, ...) are two UTF-16 units.
-    Raises ValueError past the end of the line or inside a surrogate pair.
-    """
-    if character < 0:
-        raise ValueError(f"position outside the document: character {character} is negative")
-    if line_text.isascii():
-        if character > len(line_text):
-            raise ValueError(f"position outside the document: character {character} past the end "
-                             f"of a line of {len(line_text)} UTF-16 units")
-        return character
-    units = 0
-    for i, ch in enumerate(line_text):
-        if units == character:
-            return i
-        units += 2 if ord(ch) > 0xFFFF else 1
-        if units > character:
-            raise ValueError(f"position inside a surrogate pair: character {character}")
-    if units == character:
-        return len(line_text)
-    raise ValueError(f"position outside the document: character {character} past the end "
-                     f"of a line of {units} UTF-16 units")
-
-
-def index_to_utf16(line_text: str, index: int) -> int:
-    """UTF-16 code units in `line_text[:index]`."""
-    head = line_text[:index]
-    if head.isascii():
-        return len(head)
-    return len(head) + sum(1 for ch in head if ord(ch) > 0xFFFF)
-
-
-def position_to_offset(text: str, line: int, character: int) -> int:
-    """str index in `text` of the LSP position (line, UTF-16 character)."""
-    start, end = line_bounds(text, line)
-    return start + utf16_to_index(text[start:end], character)
 
 
 # ----------------------------------------------------------------------------- token counts
@@ -153,7 +96,8 @@ class PromptContext:
         """The prompt, optionally with other prefix ids (token healing backs the prefix up)."""
         pre = self.prefix_ids if prefix_ids is None else list(prefix_ids)
         if self.layout == "l2r":
-            return [*self.head_ids, *pre]
+            # At the start of a document the prompt is where training documents start.
+            return [*self.head_ids, *pre] or [self.special_ids[P.END_OF_TEXT]]
         return [*self.head_ids, *P.fim_prompt_ids(pre, self.suffix_ids, self.special_ids, self.layout)]
 
 

@@ -1,33 +1,81 @@
-"""LSP positions: lines and columns in the client's code units.
+"""The one position model: an LSP position becomes a code-point offset, once, at the edge.
 
-LSP counts columns in UTF-16 code units unless client and server agree on
-another encoding at initialize. The completion pipeline always works in UTF-16
-(`Completer.complete` takes and returns UTF-16 columns); these helpers check a
-client position against the document and convert columns between encodings.
+LSP documents may break lines with "\\n", "\\r\\n" or "\\r" (mixed in one document, too),
+and columns count code units of the encoding negotiated at initialize (UTF-16 unless
+client and server agreed on UTF-8 or UTF-32). The server converts the client's position
+with `locate`, which also gives the document with every line break written "\\n": the
+completion pipeline (context, cache, post-processing) works only on that text and that
+offset, the way the model saw code in training. Suggestions go back through
+`to_document_newlines`, so accepting one never mixes line endings.
+
+Positions that do not exist are answered, not refused: a column past the end of its line
+is the end of the line (as LSP says), one inside a character (between the two UTF-16
+halves of an emoji) is the start of that character, a negative one is 0, and a line past
+the end of the document has no cursor (`locate` gives None: an empty answer).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 UTF8, UTF16, UTF32 = "utf-8", "utf-16", "utf-32"
+_CHUNK = 1 << 16   # line starts are found by counting "\n" a chunk at a time (C speed)
 
 
-class PositionError(ValueError):
-    """A position that does not exist in the document."""
+@dataclass(frozen=True)
+class Cursor:
+    text: str        # the document, every line break written "\n"
+    offset: int      # code points into `text`
+    line: int
+    character: int   # the column in the client's code units (clamped into the line)
+    newline: str     # the document's line break (`document_newline`)
 
 
-def split_lines(text: str) -> list[str]:
-    """The document's lines without their line endings (LSP line breaks: \\n, \\r\\n, \\r).
+def normalize_newlines(text: str) -> str:
+    """`text` with every LSP line break ("\\r\\n", "\\r", "\\n") written "\\n"."""
+    if "\r" not in text:
+        return text
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
-    A document ending in a line break has one more, empty line: the cursor can sit there.
-    """
-    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+def to_document_newlines(text: str, newline: str) -> str:
+    """Text for the document: its line breaks (any kind) written `newline`."""
+    text = normalize_newlines(text)
+    return text if newline == "\n" else text.replace("\n", newline)
+
+
+def document_newline(source: str) -> str:
+    """The document's line break: the most common kind ("\\n" on a tie or with none), as
+    VS Code decides a file's end of line; in a mixed document suggestions follow the most."""
+    if "\r" not in source:
+        return "\n"
+    crlf = source.count("\r\n")
+    counts = {"\n": source.count("\n") - crlf, "\r\n": crlf, "\r": source.count("\r") - crlf}
+    best = max(counts.values())
+    return next(k for k, v in counts.items() if v == best)
+
+
+def line_start(text: str, line: int) -> int | None:
+    """Offset where `line` starts in "\\n"-text, or None past the last line."""
+    if line <= 0:
+        return 0 if line == 0 else None
+    pos, left = 0, line
+    while True:
+        end = min(pos + _CHUNK, len(text))
+        n = text.count("\n", pos, end)
+        if n >= left:
+            break
+        if end == len(text):
+            return None
+        pos, left = end, left - n
+    for _ in range(left):
+        pos = text.index("\n", pos) + 1
+    return pos
 
 
 def units(s: str, encoding: str) -> int:
     """Length of `s` in code units of `encoding`."""
-    if encoding == UTF32:
-        return len(s)
-    if s.isascii():
+    if encoding == UTF32 or s.isascii():
         return len(s)
     if encoding == UTF8:
         return len(s.encode("utf-8", "surrogatepass"))
@@ -36,41 +84,31 @@ def units(s: str, encoding: str) -> int:
 
 
 def column_to_index(line: str, column: int, encoding: str) -> int:
-    """Index into `line` (code points) of a column in `encoding` code units.
-
-    Raises PositionError when the column is past the end of the line or falls
-    inside one character (e.g. between the two UTF-16 halves of an emoji).
-    """
-    if column < 0:
-        raise PositionError(f"negative column {column}")
+    """Index into `line` (code points) of a column in `encoding` code units, clamped: past
+    the end is the end, inside a character is its start, negative is 0."""
+    if column <= 0:
+        return 0
     if encoding == UTF32 or line.isascii():
-        if column > len(line):
-            raise PositionError(f"column {column} is past the end of the line ({len(line)} characters)")
-        return column
+        return min(column, len(line))
     count = 0
     for index, char in enumerate(line):
-        if count == column:
-            return index
         count += units(char, encoding)
         if count > column:
-            raise PositionError(f"column {column} falls inside the character {char!r}")
-    if count == column:
-        return len(line)
-    raise PositionError(f"column {column} is past the end of the line ({count} {encoding} code units)")
+            return index
+    return len(line)
 
 
-def convert_column(line: str, column: int, source: str, target: str) -> int:
-    """A column in `source` code units, expressed in `target` code units."""
-    if source == target:
-        return column
-    return units(line[: column_to_index(line, column, source)], target)
-
-
-def check_position(lines: list[str], line: int, column: int, encoding: str) -> int:
-    """Validate a client position; returns the index (code points) of the column in its line."""
-    if line < 0 or line >= len(lines):
-        raise PositionError(f"line {line} is past the end of the document ({len(lines)} lines)")
-    return column_to_index(lines[line], column, encoding)
+def locate(source: str, line: int, character: int, encoding: str = UTF16) -> Cursor | None:
+    """The cursor at the client's (line, character) in `source`, or None when the document
+    has no such line."""
+    text = normalize_newlines(source)
+    start = line_start(text, line)
+    if start is None:
+        return None
+    end = text.find("\n", start)
+    line_text = text[start:(len(text) if end < 0 else end)]
+    index = column_to_index(line_text, character, encoding)
+    return Cursor(text, start + index, line, units(line_text[:index], encoding), document_newline(source))
 
 
 def encoding_name(kind) -> str:

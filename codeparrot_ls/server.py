@@ -34,7 +34,7 @@ from pygls.exceptions import JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
 
 from codeparrot_ls import __version__
-from codeparrot_ls.positions import UTF16, PositionError, check_position, convert_column, encoding_name, split_lines, units
+from codeparrot_ls.positions import encoding_name, locate, normalize_newlines, to_document_newlines
 from codeparrot_ls.protocol import CodeparrotProtocol, lsp_text_document
 from codeparrot_ls.scheduler import Scheduler
 from codeparrot_ls.settings import CompletionSettings
@@ -111,41 +111,34 @@ class CodeparrotServer(LanguageServer):
 
     # -- completions ----------------------------------------------------------------------------
     async def suggest(self, uri: str, position: types.Position, invoked: bool):
-        """Suggestions at `position`, their ranges in the client's position encoding."""
+        """Suggestions at `position` as (insert text, range), the text in the document's line
+        breaks and the range in the client's position encoding. A position past the document's
+        last line gets none; a column past the end of its line is the end (LSP's rule)."""
         key = unquote(uri)
         doc = self.workspace.text_documents.get(key)
         if doc is None:
             raise JsonRpcInvalidParams(f"unknown document {uri}: open it with textDocument/didOpen first")
-        text = doc.source
-        lines = split_lines(text)
-        encoding = encoding_name(self.workspace.position_encoding)
-        try:
-            index = check_position(lines, position.line, position.character, encoding)
-        except PositionError as exc:
-            raise JsonRpcInvalidParams(f"bad position {position.line}:{position.character} in {uri}: {exc}") from None
         completer = self.model.completer
         if not self.settings.enabled or completer is None:
             return []
-        line_text = lines[position.line]
-        column16 = units(line_text[:index], UTF16)
-        text = _tokenizable(text)
-        settings = self.settings
+        cursor = locate(doc.source, position.line, position.character,
+                        encoding_name(self.workspace.position_encoding))
+        if cursor is None:
+            log.info("no line %d in %s (%d lines): no suggestion", position.line, uri, len(doc.lines))
+            return []
+        text, offset, settings = _tokenizable(cursor.text), cursor.offset, self.settings
         others = self.other_documents(key)
-        line = position.line
 
         def job(is_cancelled):
-            return completer.complete(uri, text, line, column16, settings, invoked,
+            return completer.complete(uri, text, offset, settings, invoked,
                                       other_documents=others, is_cancelled=is_cancelled)
 
         finished, suggestions = await self.scheduler.run(key, job)
         if not finished or not suggestions:
             return []
-        out = []
-        for s in suggestions:
-            start = convert_column(line_text, s.range_start_character, UTF16, encoding)
-            end = convert_column(line_text, s.range_end_character, UTF16, encoding)
-            out.append((s, types.Range(types.Position(line, start), types.Position(line, end))))
-        return out
+        at = types.Position(cursor.line, cursor.character)
+        return [(s, to_document_newlines(s.insert_text, cursor.newline), types.Range(at, at))
+                for s in suggestions]
 
     def touch(self, key: str) -> None:
         self.touched.pop(key, None)
@@ -173,7 +166,7 @@ class CodeparrotServer(LanguageServer):
         doc = self.workspace.text_documents.get(key)
         if doc is None or not _is_python(doc) or len(doc.source) > MAX_OTHER_CHARS:
             return None
-        return _tokenizable(doc.source)
+        return _tokenizable(normalize_newlines(doc.source))
 
     def index_for_snippets(self, key: str) -> None:
         """Cut a newly opened document into snippet windows now, not in the first request
@@ -277,9 +270,9 @@ async def inline_completion(ls: CodeparrotServer, params: types.InlineCompletion
     invoked = params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked
     results = await ls.suggest(params.text_document.uri, params.position, invoked)
     return types.InlineCompletionList(items=[
-        types.InlineCompletionItem(insert_text=s.insert_text, range=r,
+        types.InlineCompletionItem(insert_text=text, range=r,
                                    command=ls.accept_command(params.text_document.uri, s))
-        for s, r in results])
+        for s, text, r in results])
 
 
 @SERVER.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(resolve_provider=False))
@@ -289,9 +282,8 @@ async def completion(ls: CodeparrotServer, params: types.CompletionParams) -> ty
         return types.CompletionList(is_incomplete=False, items=[])
     results = await ls.suggest(params.text_document.uri, params.position, invoked=False)
     items = []
-    for rank, (s, r) in enumerate(results):
-        # insertText replaces the range, which may start before the cursor (token healing): the
-        # client filters the typed part of the range against filterText, so both hold the whole text.
+    for rank, (s, text, r) in enumerate(results):
+        # The edit inserts at the cursor; filterText is the same text (clients filter on it).
         first = next((ln for ln in s.insert_text.splitlines() if ln.strip()), s.insert_text).strip()
         items.append(types.CompletionItem(
             label=first if len(first) <= 60 else first[:57] + "...",
@@ -300,9 +292,9 @@ async def completion(ls: CodeparrotServer, params: types.CompletionParams) -> ty
             detail="codeparrot-ls (local model)",
             documentation=_code_block(ls, s.insert_text),
             sort_text=f"~{COMPLETION_LABEL}{rank:02d}",   # after every other source's items
-            filter_text=s.insert_text,
+            filter_text=text,
             insert_text_format=types.InsertTextFormat.PlainText,
-            text_edit=types.TextEdit(range=r, new_text=s.insert_text),
+            text_edit=types.TextEdit(range=r, new_text=text),
             command=ls.accept_command(params.text_document.uri, s)))
     return types.CompletionList(is_incomplete=True, items=items)
 

@@ -137,3 +137,76 @@ def fresh(engine):
     """Forget the previous call's KV cache so a run is cold."""
     engine._prefix_cache = None
     return engine
+
+
+# The tiny model is trained to reproduce SAMPLE (the `memorized_model_dir` fixture); the editor
+# gets SAMPLE without one line, so a right suggestion exists and is known: the missing line.
+SAMPLE = '''\
+import os
+import sys
+
+
+def read_lines(path):
+    with open(path) as handle:
+        return handle.read().splitlines()
+
+
+def main(argv):
+    total = 0
+    for name in argv:
+        lines = read_lines(name)
+        total += len(lines)
+    print(total)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
+'''
+MISSING_LINE = 13                               # "        total += len(lines)"
+EDITED = "\n".join(line for i, line in enumerate(SAMPLE.split("\n")) if i != MISSING_LINE)
+
+
+@pytest.fixture(scope="session")
+def memorized_model_dir(tmp_path_factory, tiny_checkpoint_dir) -> Path:
+    """The tiny checkpoint trained on SAMPLE until it reproduces it, exported to ONNX (fp32).
+
+    A random model's greedy output is mostly dropped by the server's post-processing; this
+    one has a right answer the test can expect, and the ONNX engine is the one users run.
+    """
+    import shutil
+
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import GPT2LMHeadModel
+
+    from trainer.export import main as export_main
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)        # a tiny model: more threads only contend on a busy machine
+    try:
+        torch.manual_seed(0)
+        model = GPT2LMHeadModel.from_pretrained(tiny_checkpoint_dir)
+        tok = Tokenizer.from_file(str(tiny_checkpoint_dir / "tokenizer.json"))
+        ids = torch.tensor([tok.encode(SAMPLE).ids])
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        model.train()
+        for _ in range(200):
+            loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            if loss.item() < 0.02:
+                break
+        assert loss.item() < 0.05, f"the tiny model did not learn the sample (loss {loss.item():.3f})"
+        checkpoint = tmp_path_factory.mktemp("memorized_checkpoint")
+        model.eval()
+        model.save_pretrained(checkpoint)
+    finally:
+        torch.set_num_threads(threads)
+    for f in tiny_checkpoint_dir.iterdir():     # the tokenizer files
+        if not (checkpoint / f.name).exists():
+            shutil.copy(f, checkpoint / f.name)
+    out = tmp_path_factory.mktemp("memorized_onnx")
+    assert export_main(["--checkpoint", str(checkpoint), "--output", str(out)]) == 0
+    return out

@@ -1,8 +1,8 @@
 """The whole pipeline with a real (tiny, random) model: ONNX as served, torch once.
 
 A random model writes nonsense, so these tests check invariants that must hold for any
-model: every suggestion passes the post-processing rules, ranges are valid UTF-16
-ranges at the cursor, typing along is served from the cache, cancellation stops work.
+model: every suggestion passes the post-processing rules, typing along is served from the
+cache, cancellation stops work. (Positions and ranges: test_positions.py, test_server.py.)
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pytest
 
 from codeparrot_ls import prompt as P
 from codeparrot_ls.completion import Completer, stops_for
-from codeparrot_ls.context import index_to_utf16, position_to_offset
 from codeparrot_ls.healing import last_pretoken_start
+from codeparrot_ls.positions import line_start
 from codeparrot_ls.postprocess import CursorContext, postprocess
 from codeparrot_ls.settings import CompletionSettings
 
@@ -35,18 +35,15 @@ def completer(tiny_onnx_dir):
 
 
 def positions(text: str, step: int):
-    """(line, utf16 character, str offset) at every `step`-th character."""
-    for off in range(0, len(text), step):
-        start = text.rfind("\n", 0, off) + 1
-        yield text.count("\n", 0, off), index_to_utf16(text[start:], off - start), off
+    """Every `step`-th offset."""
+    return range(0, len(text), step)
 
 
-def check(text: str, off: int, character: int, suggestions, settings, invoked: bool) -> None:
+def check(text: str, off: int, suggestions, settings, invoked: bool) -> None:
     ctx = CursorContext.from_document(text, off)
     assert len(suggestions) <= (settings.num_candidates if invoked else 1)
     assert len({s.insert_text for s in suggestions}) == len(suggestions)
     for s in suggestions:
-        assert s.range_start_character == s.range_end_character == character
         one_line = settings.single_line or ctx.mid_line
         min_chars = 1 if invoked else settings.min_chars
         assert postprocess(s.insert_text, ctx, one_line, min_chars) == s.insert_text, s
@@ -55,35 +52,35 @@ def check(text: str, off: int, character: int, suggestions, settings, invoked: b
             assert "\n" not in s.insert_text
 
 
-def test_positions_outside_the_document_raise(completer):
-    for line, ch in [(10_000, 0), (0, 10_000), (-1, 0)]:
-        with pytest.raises(ValueError, match="outside the document"):
-            completer.complete(URI, DOC, line, ch, SETTINGS, invoked=False)
+def test_offsets_outside_the_document_raise(completer):
+    for off in (len(DOC) + 1, -1):
+        with pytest.raises(ValueError, match="outside a document"):
+            completer.complete(URI, DOC, off, SETTINGS, invoked=False)
 
 
 @pytest.mark.slow
 def test_every_suggestion_passes_the_rules(completer):
     shown = 0
-    for i, (line, ch, off) in enumerate(positions(DOC, 211)):
+    for i, off in enumerate(positions(DOC, 211)):
         invoked = i % 3 == 0
-        out = completer.complete(URI, DOC, line, ch, SETTINGS, invoked=invoked)
-        check(DOC, off, ch, out, SETTINGS, invoked)
+        out = completer.complete(URI, DOC, off, SETTINGS, invoked=invoked)
+        check(DOC, off, out, SETTINGS, invoked)
         shown += len(out)
     assert shown > 0  # the pipeline does show suggestions
 
 
 def test_single_line_mode_and_extra_stops(completer):
     s = CompletionSettings(max_new_tokens=16, time_budget_ms=60_000, single_line=True, stop=["e"])
-    for line, ch, off in positions(DOC, 401):
-        out = completer.complete(URI, DOC, line, ch, s, invoked=False)
-        check(DOC, off, ch, out, s, False)
+    for off in positions(DOC, 401):
+        out = completer.complete(URI, DOC, off, s, invoked=False)
+        check(DOC, off, out, s, False)
 
 
 def test_typing_along_is_answered_from_the_cache(completer):
     base = completer.stats.model_runs
     uri = "file:///project/typing.py"
-    for line, ch, off in positions(DOC, 97):
-        out = completer.complete(uri, DOC, line, ch, SETTINGS, invoked=False)
+    for off in positions(DOC, 97):
+        out = completer.complete(uri, DOC, off, SETTINGS, invoked=False)
         if out and len(out[0].insert_text) >= 3 and "\n" not in out[0].insert_text[:2]:
             break
     else:
@@ -92,37 +89,34 @@ def test_typing_along_is_answered_from_the_cache(completer):
     text = out[0].insert_text
     for k in (1, 2):  # type the suggestion's first characters
         doc = DOC[:off] + text[:k] + DOC[off:]
-        again = completer.complete(uri, doc, line, ch + k, SETTINGS, invoked=False)
+        again = completer.complete(uri, doc, off + k, SETTINGS, invoked=False)
         assert [s.insert_text for s in again] == [text[k:]] and again[0].from_cache
-        assert again[0].range_start_character == ch + k
     assert completer.stats.model_runs == runs > base
     # Typing something else runs the model again.
     doc = DOC[:off] + "\x01" + DOC[off:]
-    completer.complete(uri, doc, line, ch + 1, SETTINGS, invoked=False)
+    completer.complete(uri, doc, off + 1, SETTINGS, invoked=False)
     assert completer.stats.model_runs == runs + 1
 
 
 def test_successive_prompts_while_typing_reuse_the_kv_cache(completer):
     anchor = "        if self.num_candidates < 1"
     off = DOC.index(anchor) + len(anchor)
-    line = DOC.count("\n", 0, off)
     s = CompletionSettings(max_new_tokens=4, time_budget_ms=60_000)
     doc = DOC
     for k, ch in enumerate(" or"):
         doc = doc[:off + k] + ch + doc[off + k:]
-        completer.complete("file:///kv.py", doc, line, len(anchor) + k + 1, s, invoked=False)
+        completer.complete("file:///kv.py", doc, off + k + 1, s, invoked=False)
         if k:
             assert completer.stats.last_reused_tokens >= completer.stats.last_prompt_tokens - 8
 
 
 def test_token_healing_backs_up_over_the_half_typed_word(completer):
     doc = DOC + "\nimport os\nos.pa"
-    line = doc.count("\n")
-    completer.complete(URI, doc, line, 5, SETTINGS, invoked=False)
+    completer.complete(URI, doc, len(doc), SETTINGS, invoked=False)
     assert completer.stats.last_healed == doc[last_pretoken_start(completer.tokenizer, doc):]
     assert completer.stats.last_healed.endswith("pa")
     no_heal = CompletionSettings(max_new_tokens=4, time_budget_ms=60_000, token_healing=False)
-    completer.complete(URI, doc, line, 5, no_heal, invoked=False)
+    completer.complete(URI, doc, len(doc), no_heal, invoked=False)
     assert completer.stats.last_healed == ""
 
 
@@ -130,16 +124,16 @@ def test_single_line_healing_keeps_the_line_break_in_the_prompt(completer):
     always = Completer(completer.engine, healing_policy="always")
     doc = "def scale(values, factor):\n    "
     s = CompletionSettings(max_new_tokens=6, time_budget_ms=60_000, single_line=True)
-    out = always.complete("file:///sl.py", doc, 1, 4, s, invoked=False)
+    out = always.complete("file:///sl.py", doc, len(doc), s, invoked=False)
     assert always.stats.last_healed == "    "   # re-typed: the indentation, not the "\n"
-    check(doc, len(doc), 4, out, s, False)
-    always.complete("file:///ml.py", doc, 1, 4, SETTINGS, invoked=False)
+    check(doc, len(doc), out, s, False)
+    always.complete("file:///ml.py", doc, len(doc), SETTINGS, invoked=False)
     assert always.stats.last_healed.endswith("\n    ")  # multi-line: the whole last pre-token
     # The default policy leaves a cursor after the full indentation alone (a boundary for
     # the code pre-tokenizer) but heals at a line start.
-    completer.complete("file:///ml.py", doc, 1, 4, SETTINGS, invoked=False)
+    completer.complete("file:///ml.py", doc, len(doc), SETTINGS, invoked=False)
     assert completer.stats.last_healed == ""
-    completer.complete("file:///ls.py", doc[:-4], 1, 0, SETTINGS, invoked=False)
+    completer.complete("file:///ls.py", doc[:-4], len(doc) - 4, SETTINGS, invoked=False)
     assert completer.stats.last_healed.endswith("\n")
 
 
@@ -149,18 +143,23 @@ def test_stops_that_could_match_in_the_healed_text_are_applied_afterwards():
     assert stops_for("", ["\ndef "]) == (["\ndef "], [])
 
 
-def test_non_ascii_lines_use_utf16_ranges(completer):
+def test_the_start_of_an_empty_document(completer):
+    for fim in (True, False):   # a left-to-right prompt of nothing starts like a training document
+        s = CompletionSettings(max_new_tokens=4, time_budget_ms=60_000, fim=fim, min_chars=1)
+        check("", 0, completer.complete("file:///empty.py", "", 0, s, invoked=False), s, False)
+
+
+def test_non_ascii_documents(completer):
     doc = "greeting = '😀 héllo'  # 😀\nname = greeting.upper("
-    line, ch = 1, len("name = greeting.upper(")
-    out = completer.complete("file:///u.py", doc, line, ch, SETTINGS, invoked=True)
-    check(doc, len(doc), ch, out, SETTINGS, True)
+    out = completer.complete("file:///u.py", doc, len(doc), SETTINGS, invoked=True)
+    check(doc, len(doc), out, SETTINGS, True)
     first = "greeting = '😀 "
-    out = completer.complete("file:///u.py", doc, 0, len(first) + 1, SETTINGS, invoked=True)  # 😀 = 2 units
-    check(doc, len(first), len(first) + 1, out, SETTINGS, True)
+    out = completer.complete("file:///u.py", doc, len(first), SETTINGS, invoked=True)
+    check(doc, len(first), out, SETTINGS, True)
 
 
 def test_cancellation_returns_nothing_and_stops_decoding(completer):
-    assert completer.complete(URI, DOC, 5, 0, SETTINGS, invoked=False, is_cancelled=lambda: True) == []
+    assert completer.complete(URI, DOC, 100, SETTINGS, invoked=False, is_cancelled=lambda: True) == []
     calls = []
 
     def cancel_after_three() -> bool:
@@ -168,17 +167,19 @@ def test_cancellation_returns_nothing_and_stops_decoding(completer):
         return len(calls) > 3
 
     s = CompletionSettings(max_new_tokens=48, time_budget_ms=60_000)
-    assert completer.complete("file:///c.py", DOC, 60, 0, s, invoked=False, is_cancelled=cancel_after_three) == []
+    assert completer.complete("file:///c.py", DOC, line_start(DOC, 60), s, invoked=False,
+                              is_cancelled=cancel_after_three) == []
     assert len(calls) <= 6  # checked before every token: stopped right after the flag flipped
 
 
 def test_disabled_and_other_documents(completer):
-    assert completer.complete(URI, DOC, 5, 0, CompletionSettings(enabled=False), invoked=True) == []
+    assert completer.complete(URI, DOC, 100, CompletionSettings(enabled=False), invoked=True) == []
     other = (DATA / "model_module.py").read_text(encoding="utf-8")
-    out = completer.complete(URI, DOC, 60, 0, SETTINGS, invoked=False,
+    off = line_start(DOC, 60)
+    out = completer.complete(URI, DOC, off, SETTINGS, invoked=False,
                              other_documents=[("file:///project/model.py", other), (URI, DOC)])
-    check(DOC, position_to_offset(DOC, 60, 0), 0, out, SETTINGS, False)
-    assert completer.builder.build(DOC, position_to_offset(DOC, 60, 0), 60, SETTINGS,
+    check(DOC, off, out, SETTINGS, False)
+    assert completer.builder.build(DOC, off, 60, SETTINGS,
                                    [("file:///project/model.py", other)]).snippets  # they were used
 
 
@@ -190,10 +191,10 @@ def test_torch_engine_gives_the_same_greedy_suggestions(tiny_checkpoint_dir, com
     s = CompletionSettings(max_new_tokens=8, time_budget_ms=60_000)
     fresh = Completer(completer.engine)  # same ONNX engine, empty cache
     same = 0
-    for line, ch, off in positions(DOC, 503):
-        a = fresh.complete("file:///t.py", DOC, line, ch, s, invoked=False)
-        b = torch_completer.complete("file:///t.py", DOC, line, ch, s, invoked=False)
-        check(DOC, off, ch, b, s, False)
+    for off in positions(DOC, 503):
+        a = fresh.complete("file:///t.py", DOC, off, s, invoked=False)
+        b = torch_completer.complete("file:///t.py", DOC, off, s, invoked=False)
+        check(DOC, off, b, s, False)
         same += [x.insert_text for x in a] == [x.insert_text for x in b]
     assert same >= 0.7 * len(range(0, len(DOC), 503))  # int8 ONNX vs fp32 torch may differ on close calls
 
@@ -210,7 +211,7 @@ def test_lookup_tokens_setting_reaches_the_engine(completer):
     completer.engine.generate = recording
     try:
         for n in (0, 4):   # (different settings: no answer from the cache)
-            completer.complete("file:///project/lookup.py", DOC, 30, 0, SETTINGS.updated({"lookupTokens": n}),
+            completer.complete("file:///project/lookup.py", DOC, line_start(DOC, 30), SETTINGS.updated({"lookupTokens": n}),
                                invoked=False)
     finally:
         del completer.engine.generate

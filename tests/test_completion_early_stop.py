@@ -14,7 +14,7 @@ import pytest
 
 from codeparrot_ls import prompt as P
 from codeparrot_ls.completion import Completer, _stop_starts, early_stop_rule
-from codeparrot_ls.context import index_to_utf16
+from codeparrot_ls.positions import line_start
 from codeparrot_ls.postprocess import CursorContext
 from codeparrot_ls.settings import CompletionSettings
 from codeparrot_ls.status import default_model_dir
@@ -50,7 +50,7 @@ def test_stop_starts_lists_whole_and_unfinished_matches():
 
 
 def cursors(n: int, seed: int = 0):
-    """(uri, document, line, UTF-16 column): the end of a line (the rest of the file below,
+    """(uri, document, line, offset): the end of a line (the rest of the file below,
     or the file ending there), a new line opened and indented like the next one, a line cut
     at a random column (often inside a word: token healing), or a random point inside a
     line (one-line suggestions)."""
@@ -76,7 +76,7 @@ def cursors(n: int, seed: int = 0):
         else:
             doc, line = text, k
             col = rng.randint(len(lines[k]) - len(lines[k].lstrip()), len(lines[k]))
-        yield f"file:///{path.name}#{i}", doc, line, index_to_utf16(doc.split("\n")[line], col)
+        yield f"file:///{path.name}#{i}", doc, line, line_start(doc, line) + col
 
 
 def compare(engine_on, engine_off, n: int) -> tuple[int, int, int, int, int]:
@@ -84,13 +84,13 @@ def compare(engine_on, engine_off, n: int) -> tuple[int, int, int, int, int]:
     suggestions shown, requests that stopped early, those of them with a healed prompt)."""
     on, off = Completer(engine_on), Completer(engine_off, early_stop=False)
     shown = stopped = healed = 0
-    for i, (uri, doc, line, col) in enumerate(cursors(n)):
+    for i, (uri, doc, line, offset) in enumerate(cursors(n)):
         settings, invoked = {6: (INVOKED_GREEDY, True), 3: (EXTRA_STOPS, False)}.get(i % 7, (AUTOMATIC, False))
         results = []
         for c in (on, off):
             c.engine._prefix_cache = None
-            results.append([s.insert_text for s in c.complete(uri, doc, line, col, settings, invoked)])
-        assert results[0] == results[1], (uri, line, col)
+            results.append([s.insert_text for s in c.complete(uri, doc, offset, settings, invoked)])
+        assert results[0] == results[1], (uri, line, offset)
         assert on.stats.last_generated_tokens <= off.stats.last_generated_tokens
         shown += bool(results[0])
         stopped += on.stats.last_generated_tokens < off.stats.last_generated_tokens

@@ -1,4 +1,4 @@
-"""Context building (positions, token budget, FIM layout, snippets) and token healing,
+"""Context building (token budget, FIM layout, snippets) and token healing,
 with the real tiny tokenizer and real standard-library source as documents."""
 
 from __future__ import annotations
@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from codeparrot_ls import prompt as P
-from codeparrot_ls.context import (ContextBuilder, index_to_utf16, position_to_offset,
-                                   utf16_to_index)
+from codeparrot_ls.context import ContextBuilder
 from codeparrot_ls.healing import heal, last_pretoken_start, should_heal
 from codeparrot_ls.settings import CompletionSettings
 
@@ -31,33 +30,6 @@ def at(text: str, needle: str, after: int = 0) -> tuple[int, int]:
     """(offset, line) just after the first `needle`."""
     off = text.index(needle) + len(needle) + after
     return off, text.count("\n", 0, off)
-
-
-# ----------------------------------------------------------------------------- positions
-
-def test_utf16_positions_with_emoji_and_accents():
-    line = "s = 'héllo 😀 wörld'"
-    # 😀 is two UTF-16 units: everything after it is one unit further in UTF-16.
-    i = line.index("w")
-    assert utf16_to_index(line, i + 1) == i
-    assert index_to_utf16(line, i) == i + 1
-    assert utf16_to_index(line, line.index("😀")) == line.index("😀")
-    with pytest.raises(ValueError, match="surrogate"):
-        utf16_to_index(line, line.index("😀") + 1)
-    assert utf16_to_index(line, len(line) + 1) == len(line)  # end of line
-    with pytest.raises(ValueError, match="outside the document"):
-        utf16_to_index(line, len(line) + 2)
-
-
-def test_position_to_offset_lines_and_errors():
-    text = "a = 1\n😀 = 2\n\nlast"
-    assert position_to_offset(text, 0, 0) == 0
-    assert text[position_to_offset(text, 1, 2):].startswith(" = 2")
-    assert position_to_offset(text, 2, 0) == text.index("\n\n") + 1
-    assert position_to_offset(text, 3, 4) == len(text)
-    for line, ch in [(4, 0), (-1, 0), (0, 6), (0, -1)]:
-        with pytest.raises(ValueError, match="outside the document"):
-            position_to_offset(text, line, ch)
 
 
 # ----------------------------------------------------------------------------- budget and layout

