@@ -86,7 +86,18 @@ def bench_line_completion(model: Path, engine_kind: str, data: Path, args) -> No
     engine.close()
 
 
-def bench_sandbox(n: int) -> None:
+def _load_module(path: str):
+    """Another version of trainer/sandbox.py (e.g. `git show REV:trainer/sandbox.py > old.py`), to compare."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("old_sandbox", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["old_sandbox"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def bench_sandbox(n: int, old_path: str | None = None) -> None:
     import resource
 
     from trainer.eval_humaneval import check_completion, load_problems
@@ -105,6 +116,11 @@ def bench_sandbox(n: int) -> None:
     def checked(p):
         assert check_completion(p, p["canonical_solution"]).passed
 
+    paths = [("bare subprocess", bare), ("run_python", boxed), ("check_completion", checked)]
+    if old_path:
+        old = _load_module(old_path)
+        paths.insert(1, ("old run_python", lambda p: old.run_python(full[p["task_id"]]).passed or 1 / 0))
+
     def cpu() -> float:
         return sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
                    for f in ("ru_utime", "ru_stime"))
@@ -112,7 +128,7 @@ def bench_sandbox(n: int) -> None:
     print(f"  isolation: {isolation().describe()['mode']}; {len(problems)} HumanEval reference solutions")
     for workers in (1, 2):
         row = []
-        for name, fn in (("bare subprocess", bare), ("run_python", boxed), ("check_completion", checked)):
+        for name, fn in paths:
             t, c = time.perf_counter(), cpu()
             with ThreadPoolExecutor(workers) as pool:
                 list(pool.map(fn, problems))
@@ -129,10 +145,11 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--programs", type=int, default=40, help="HumanEval problems for the sandbox benchmark")
     ap.add_argument("--sandbox-only", action="store_true", help="only the sandbox benchmark")
+    ap.add_argument("--old-sandbox", help="another trainer/sandbox.py to time on the same programs")
     args = ap.parse_args()
     if args.sandbox_only:
         print(f"sandbox: {args.programs} programs")
-        bench_sandbox(args.programs)
+        bench_sandbox(args.programs, args.old_sandbox)
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -146,7 +163,7 @@ def main() -> int:
         bench_line_completion(ckpt, "torch", data, args)
         bench_line_completion(onnx, "onnx", data, args)
     print(f"sandbox: {args.programs} programs")
-    bench_sandbox(args.programs)
+    bench_sandbox(args.programs, args.old_sandbox)
     return 0
 
 

@@ -29,6 +29,7 @@ import functools
 import json
 import math
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -251,6 +252,12 @@ def check_solution(program: str, entry_point: str, test: str, context: str = "",
                                        env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, stdin=subprocess.PIPE,
                                        stdout=subprocess.DEVNULL, stderr=err, pass_fds=(req_w, rep_r),
                                        start_new_session=True)
+        for res, value in ((resource.RLIMIT_AS, cfg["rlimits"]["RLIMIT_AS"]),
+                           (resource.RLIMIT_CPU, cfg["rlimits"]["RLIMIT_CPU"])):
+            try:  # whatever data the program sends, the checker's memory and time stay bounded
+                resource.prlimit(checker.pid, res, (value, value))
+            except (OSError, AttributeError):
+                pass
         for fd in (req_r, req_w, rep_r, rep_w):  # only the two processes hold the pipes now
             os.close(fd)
         tx, rx = req_w, rep_r
