@@ -21,6 +21,7 @@ request. Decoding policy:
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +36,8 @@ from codeparrot_ls.engine.base import Engine, GenerationRequest
 from codeparrot_ls.healing import heal
 from codeparrot_ls.postprocess import CursorContext, postprocess, settled_length
 from codeparrot_ls.settings import CompletionSettings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -56,6 +59,7 @@ class CompletionStats:
     last_prompt_tokens: int = 0
     last_reused_tokens: int = 0
     last_generated_tokens: int = 0
+    last_definitions: int = 0    # workspace definitions in the last prompt
     last_ms: float = 0.0
 
 
@@ -136,7 +140,7 @@ class Completer:
     def complete(self, uri: str, text: str, offset: int,
                  settings: CompletionSettings, invoked: bool,
                  other_documents: Sequence[tuple[str, str]] = (),
-                 is_cancelled: Callable[[], bool] | None = None) -> list[Suggestion]:
+                 is_cancelled: Callable[[], bool] | None = None, repo=None) -> list[Suggestion]:
         """Suggestions at `offset` (code points) of `text`, whose line breaks are all "\n"
         (`codeparrot_ls.positions.locate` gives both)."""
         t0 = time.perf_counter()
@@ -158,7 +162,8 @@ class Completer:
         cursor = CursorContext.from_document(text, offset)
         one_line = settings.single_line or cursor.mid_line
         others = [(u, t) for u, t in other_documents if u != uri]
-        ctx = self.builder.build(text, offset, text.count("\n", 0, offset), settings, others, uri=uri)
+        line = text.count("\n", 0, offset)
+        ctx = self.builder.build(text, offset, line, settings, others, uri=uri, repo=repo)
         prefix_ids, required = ctx.prefix_ids, ""
         if settings.token_healing:
             healed = heal(self.tokenizer, ctx.prefix, ctx.prefix_ids, self.healing_policy)
@@ -171,6 +176,10 @@ class Completer:
                 required = required[cut:]
         prompt_ids = ctx.prompt_ids(prefix_ids)
         self.stats.last_healed = required
+        self.stats.last_definitions = len(ctx.definitions)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("prompt for %s:%d: %d tokens; before the document:\n%s", uri, line + 1, len(prompt_ids),
+                      self.tokenizer.decode(ctx.head_ids, skip_special_tokens=False))
 
         stops = [*P.PYTHON_STOP_SEQUENCES, *settings.stop, *(["\n"] if one_line else [])]
         engine_stops, later_stops = stops_for(required, stops)

@@ -91,6 +91,7 @@ class PromptContext:
     snippets: list[Snippet] = field(default_factory=list)
     prefix_start_line: int = 0
     suffix_end_line: int = 0    # last document line (inclusive) with text in the suffix
+    definitions: list = field(default_factory=list)   # repo_context.FoundDefinition, most relevant first
 
     def prompt_ids(self, prefix_ids: Sequence[int] | None = None) -> list[int]:
         """The prompt, optionally with other prefix ids (token healing backs the prefix up)."""
@@ -121,9 +122,12 @@ class ContextBuilder:
         self.quality_id = self.special_ids.get(P.BEST_QUALITY_TOKEN) if self.quality_conditioning else None
 
     def build(self, text: str, offset: int, line: int, settings,
-              other_documents: Sequence[tuple[str, str]] = (), uri: str | None = None) -> PromptContext:
+              other_documents: Sequence[tuple[str, str]] = (), uri: str | None = None,
+              repo=None) -> PromptContext:
         """The context at `offset` (on `line`). With `uri`, the window's first line is kept
-        from the previous request on the same document while it fits (see `_grow_prefix`)."""
+        from the previous request on the same document while it fits (see `_grow_prefix`).
+        `repo` (a codeparrot_ls.repo_context.RepoContext) adds the workspace's definitions
+        and windows when `settings.workspace_context` is on."""
         use_fim = self.supports_fim and (self.fim_default if settings.fim is None else settings.fim)
         layout = self.layout if use_fim else "l2r"
         n_fixed = (3 if use_fim else 0) + (1 if self.quality_id is not None else 0)
@@ -137,10 +141,15 @@ class ContextBuilder:
         line_end = text.find("\n", offset)
         line_end = len(text) if line_end < 0 else line_end
 
-        head_ids, snippets = [], []
-        if other_documents and settings.other_files_tokens > 0 and self.eos_id is not None:
-            head_ids, snippets = self._snippet_block(text, line_start, other_documents,
-                                                     min(settings.other_files_tokens, budget // 4))
+        head_ids, snippets, definitions = [], [], []
+        findings = None
+        if repo is not None and settings.workspace_context and self.eos_id is not None:
+            findings = repo.gather(uri, text, line)
+        open_budget = min(settings.other_files_tokens, budget // 4) if other_documents else 0
+        repo_budget = int(budget * settings.workspace_share) if findings else 0
+        if open_budget + repo_budget > 0 and self.eos_id is not None:
+            head_ids, snippets, definitions = self._snippet_block(
+                text, line_start, other_documents, open_budget, findings, repo_budget, repo)
         if self.quality_id is not None:
             head_ids = [*head_ids, self.quality_id]
         budget -= len(head_ids) - (1 if self.quality_id is not None else 0)
@@ -163,7 +172,11 @@ class ContextBuilder:
                 self._sticky.clear()
             self._sticky[uri] = start_line
         return PromptContext(prefix_text, suffix_text, prefix_ids, suffix_ids, head_ids, layout,
-                             self.special_ids, snippets, start_line, end_line)
+                             self.special_ids, snippets, start_line, end_line, definitions)
+
+    def forget(self, uri: str) -> None:
+        """Drop what the builder keeps between requests on `uri` (its prefix window's start)."""
+        self._sticky.pop(uri, None)
 
     # -- prefix / suffix growth ------------------------------------------------------
 
@@ -263,7 +276,11 @@ class ContextBuilder:
 
     # -- other documents ---------------------------------------------------------------
 
-    def _snippet_block(self, text, line_start, other_documents, budget):
+    def _snippet_block(self, text, line_start, other_documents, budget, findings=None, repo_budget=0, repo=None):
+        """The leading block: windows of other documents (open ones, and workspace files the
+        imports lead to), then definitions of imported names, most relevant last, then
+        end-of-text. Definitions take `repo_budget` first (most relevant first); windows get
+        `budget` plus what the definitions left."""
         # Query: identifiers of the lines above the cursor's line (stable while typing on it).
         q_start = line_start
         for _ in range(QUERY_LINES):
@@ -271,8 +288,22 @@ class ContextBuilder:
                 break
             q_start = text.rfind("\n", 0, q_start - 1) + 1
         query = identifiers(text[q_start:line_start])
-        chosen, used = [], 1  # 1: the end-of-text separator
-        for snip in rank_snippets(query, other_documents, self.snippet_index, limit=SNIPPET_CANDIDATES):
+        definitions, used = [], 1  # 1: the end-of-text separator
+        for found in (findings.definitions if findings else ()):
+            n = self.counter.counts([_definition_text(found)])[0]
+            if used + n <= repo_budget:
+                definitions.append(found)
+                used += n
+            elif repo_budget - used < MIN_SNIPPET_ROOM:
+                break
+        head_budget = budget + repo_budget
+        budget = head_budget - (used - 1)   # windows: the rest
+        ranked = rank_snippets(query, other_documents, self.snippet_index, limit=SNIPPET_CANDIDATES)
+        if findings and findings.documents:
+            ranked += rank_snippets(query, findings.documents, repo.windows, limit=SNIPPET_CANDIDATES)
+            ranked.sort(key=lambda s: -s.score)   # stable: open documents first on ties
+        chosen, used = [], 1
+        for snip in ranked:
             room = budget - used
             if room < MIN_SNIPPET_ROOM:
                 break
@@ -299,9 +330,17 @@ class ContextBuilder:
                 used += n
             if used >= budget - 8 or len(chosen) >= 8:
                 break
-        if not chosen:
-            return [], []
+        if not chosen and not definitions:
+            return [], [], []
         # Most relevant last: nearest to the current document.
         block = "".join(format_snippet(s) for s in reversed(chosen))
-        ids = self.counter.encode(block)[:budget - 1]
-        return [*ids, self.eos_id], chosen
+        label = None
+        for found in reversed(definitions):   # one `# file` line for neighbours from the same file
+            block += _definition_text(found, with_label=found.label != label)
+            label = found.label
+        ids = self.counter.encode(block)[:head_budget - 1]
+        return [*ids, self.eos_id], chosen, definitions
+
+
+def _definition_text(found, with_label: bool = True) -> str:
+    return (f"# {found.label}\n" if with_label else "") + found.definition.text + "\n"

@@ -8,7 +8,11 @@
 | textDocument/completion                  | the same suggestions as list items, only for clients |
 |                                          | without inline completion                            |
 | textDocument/didOpen, didChange, didClose| incremental sync (pygls' workspace); a change cancels|
-|                                          | the document's pending suggestion; recency of use    |
+|                                          | the document's pending suggestion; recency of use;   |
+|                                          | the workspace index takes open buffers as the truth  |
+| textDocument/didSave,                    | the workspace index re-reads those files (the watcher|
+| workspace/didChangeWatchedFiles          | is registered when the client allows it)             |
+| workspace/didChangeWorkspaceFolders      | the workspace index is rebuilt for the new folders   |
 | workspace/didChangeConfiguration         | new settings (bad values are reported and ignored)  |
 | workspace/executeCommand                 | `codeparrot.acceptCompletion`, `codeparrot.stats`     |
 | shutdown                                 | stops decoding, releases the model                    |
@@ -36,6 +40,8 @@ from pygls.lsp.server import LanguageServer
 from codeparrot_ls import __version__
 from codeparrot_ls.positions import encoding_name, locate, normalize_newlines, to_document_newlines
 from codeparrot_ls.protocol import CodeparrotProtocol, lsp_text_document
+from codeparrot_ls.repo_context import path_to_uri, uri_to_path
+from codeparrot_ls.repo_service import RepoService
 from codeparrot_ls.scheduler import Scheduler
 from codeparrot_ls.settings import CompletionSettings
 from codeparrot_ls.status import ERROR, READY, ModelHolder, ModelStatus, default_model_dir, model_problem
@@ -67,6 +73,7 @@ class CodeparrotServer(LanguageServer):
         self.touched: dict[str, None] = {}        # document URIs, least recently used first
         self.client_ready = False                 # `initialized` received: notifications may flow
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.repo = RepoService(open_text=self.open_text)
 
     def configure(self, model: str | None, source: str, engine: str, threads: int | None,
                   holder: ModelHolder | None = None) -> None:
@@ -108,6 +115,7 @@ class CodeparrotServer(LanguageServer):
             self.window_show_message(types.ShowMessageParams(types.MessageType.Warning, message))
             return
         log.info("settings from %s: %s", origin, self.settings)
+        self.repo.settings_changed(self.settings)
 
     # -- completions ----------------------------------------------------------------------------
     async def suggest(self, uri: str, position: types.Position, invoked: bool):
@@ -128,10 +136,11 @@ class CodeparrotServer(LanguageServer):
             return []
         text, offset, settings = _tokenizable(cursor.text), cursor.offset, self.settings
         others = self.other_documents(key)
+        repo = self.repo.context_for(settings)
 
         def job(is_cancelled):
             return completer.complete(uri, text, offset, settings, invoked,
-                                      other_documents=others, is_cancelled=is_cancelled)
+                                      other_documents=others, is_cancelled=is_cancelled, repo=repo)
 
         finished, suggestions = await self.scheduler.run(key, job)
         if not finished or not suggestions:
@@ -168,6 +177,11 @@ class CodeparrotServer(LanguageServer):
             return None
         return _tokenizable(normalize_newlines(doc.source))
 
+    def open_text(self, path: str) -> str | None:
+        """The buffer of the open document at `path` (the truth for it), else None."""
+        doc = self.workspace.text_documents.get(unquote(path_to_uri(path)))
+        return _tokenizable(normalize_newlines(doc.source)) if doc is not None else None
+
     def index_for_snippets(self, key: str) -> None:
         """Cut a newly opened document into snippet windows now, not in the first request
         that uses it (~5 ms per 100 KB, before that request's first token)."""
@@ -189,6 +203,7 @@ class CodeparrotServer(LanguageServer):
                 "scheduler": self.scheduler.stats.as_dict(), "running": self.scheduler.running(),
                 "completer": vars(self.model.completer.stats).copy() if self.model.completer else None,
                 "snippetDocuments": len(self.model.completer.builder.snippet_index) if self.model.completer else 0,
+                "workspace": self.repo.stats(),
                 "torchImported": "torch" in sys.modules,
                 "positionEncoding": encoding_name(self.workspace.position_encoding),
                 "settings": vars(self.settings).copy()}
@@ -231,6 +246,7 @@ def initialize(ls: CodeparrotServer, params: types.InitializeParams) -> None:
     ls.workspace._create_text_document = functools.partial(lsp_text_document, ls.workspace)
     options = _section(params.initialization_options)
     ls.apply_settings(options, "initializationOptions")
+    ls.repo.start(RepoService.roots_from(params), ls.settings)
     engine = options.get("engine", ls.engine_choice)
     if ls.startup_model:
         if options.get("model") and options["model"] != ls.startup_model:
@@ -254,6 +270,12 @@ async def initialized(ls: CodeparrotServer, params: types.InitializedParams) -> 
     ls.client_ready = True
     ls.send_status(ls.model.status)
     caps = ls.client_capabilities
+    watched = caps and caps.workspace and caps.workspace.did_change_watched_files
+    if watched and watched.dynamic_registration:
+        try:
+            await ls.client_register_capability_async(RepoService.watch_registration())
+        except Exception as exc:
+            log.info("registering the file watcher failed: %s", exc)
     if caps and caps.workspace and caps.workspace.configuration:
         try:
             config = await ls.workspace_configuration_async(
@@ -304,6 +326,7 @@ def did_open(ls: CodeparrotServer, params: types.DidOpenTextDocumentParams) -> N
     key = unquote(params.text_document.uri)
     ls.touch(key)
     ls.index_for_snippets(key)
+    ls.repo.opened(key, _tokenizable(normalize_newlines(params.text_document.text)))
 
 
 @SERVER.feature(types.TEXT_DOCUMENT_DID_CHANGE)
@@ -311,6 +334,9 @@ def did_change(ls: CodeparrotServer, params: types.DidChangeTextDocumentParams) 
     key = unquote(params.text_document.uri)
     ls.touch(key)
     ls.scheduler.cancel(key, "changed")
+    doc = ls.workspace.text_documents.get(key)
+    if doc is not None:
+        ls.repo.changed(key, _tokenizable(normalize_newlines(doc.source)))
 
 
 @SERVER.feature(types.TEXT_DOCUMENT_DID_CLOSE)
@@ -318,6 +344,23 @@ def did_close(ls: CodeparrotServer, params: types.DidCloseTextDocumentParams) ->
     key = unquote(params.text_document.uri)
     ls.touched.pop(key, None)
     ls.scheduler.cancel(key, "closed")
+    ls.repo.closed(key)
+
+
+@SERVER.feature(types.TEXT_DOCUMENT_DID_SAVE)
+def did_save(ls: CodeparrotServer, params: types.DidSaveTextDocumentParams) -> None:
+    ls.repo.saved(unquote(params.text_document.uri))
+
+
+@SERVER.feature(types.WORKSPACE_DID_CHANGE_WATCHED_FILES)
+def did_change_watched_files(ls: CodeparrotServer, params: types.DidChangeWatchedFilesParams) -> None:
+    ls.repo.files_changed(params.changes)
+
+
+@SERVER.feature(types.WORKSPACE_DID_CHANGE_WORKSPACE_FOLDERS)
+def did_change_workspace_folders(ls: CodeparrotServer, params: types.DidChangeWorkspaceFoldersParams) -> None:
+    roots = [f.uri for f in ls.workspace.folders.values()] if ls.workspace.folders else []
+    ls.repo.set_roots([p for p in (uri_to_path(u) for u in roots) if p], ls.settings)
 
 
 @SERVER.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
@@ -350,3 +393,4 @@ def stats(ls: CodeparrotServer, *args: Any) -> dict[str, Any]:
 def shutdown(ls: CodeparrotServer, params: None) -> None:
     ls.scheduler.shutdown()
     ls.model.close()
+    ls.repo.close()

@@ -32,6 +32,11 @@ class CompletionSettings:
     token_healing: bool = True
     min_chars: int = 2                # automatic suggestions with fewer visible characters are dropped
     lookup_tokens: int = DEFAULT_DRAFT_TOKENS   # greedy: prompt-lookup draft tokens per pass; 0 turns them off
+    workspace_context: bool = True    # definitions of imported names and windows from the workspace index
+    workspace_share: float = 0.3      # share of the prompt budget the workspace context may take
+    workspace_max_files: int = 10_000           # the index stops at this many files ...
+    workspace_max_bytes: int = 64_000_000       # ... or at this many bytes of source
+    workspace_max_file_bytes: int = 1_000_000   # bigger files are skipped
 
     def updated(self, options: dict[str, Any] | None) -> "CompletionSettings":
         """A copy with the known keys of `options` applied (camelCase or snake_case).
@@ -70,8 +75,18 @@ class CompletionSettings:
             raise ValueError("timeBudgetMs must be >= 1")
         if self.min_chars < 0:
             raise ValueError("minChars must be >= 0")
+        if not 0.0 <= self.workspace_share <= 0.75:
+            raise ValueError("workspaceShare must be between 0 and 0.75")
+        for name in ("workspace_max_files", "workspace_max_bytes", "workspace_max_file_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{_camel(name)} must be >= 1")
         if not 0 <= self.lookup_tokens <= MAX_LOOKUP_TOKENS:
             raise ValueError(f"lookupTokens must be between 0 and {MAX_LOOKUP_TOKENS}")
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(w.title() for w in rest)
 
 
 def _snake(key: str) -> str:

@@ -8,6 +8,7 @@ engine, every setting and the timings.
 
     codeparrot evaluate --model runs/tiny --task perplexity --data corpus/valid-00000.jsonl.gz
     codeparrot evaluate --model export/ --task line-completion --data heldout/ --positions 1000
+    codeparrot evaluate --model export/ --task repo-completion --data heldout/flask --positions 200
     codeparrot evaluate --model export/ --task humaneval --num-samples 20 --temperatures 0.2 0.8
 """
 
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from trainer.eval_common import ENGINES, ModelFolderError, open_engine
 
-TASKS = ("perplexity", "line-completion", "humaneval")
+TASKS = ("perplexity", "line-completion", "repo-completion", "humaneval")
 
 
 @dataclass
@@ -31,7 +32,8 @@ class EvaluateArgs:
     model: str = field(metadata={"help": "checkpoint folder (torch) or exported ONNX folder"})
     task: str = field(metadata={"help": "what to measure", "choices": list(TASKS)})
     data: str | None = field(default=None, metadata={
-        "help": "perplexity / line-completion: a folder of .py files or corpus shards (*.jsonl.gz), or one file"})
+        "help": "perplexity / line-completion: a folder of .py files or corpus shards (*.jsonl.gz), or one file; "
+                "repo-completion: one repository folder"})
     output: str | None = field(default=None, metadata={"help": "write the results as JSON to this file"})
     engine: str = field(default="auto", metadata={"help": "auto: ONNX when the folder has it, else torch",
                                                   "choices": list(ENGINES)})
@@ -46,7 +48,8 @@ class EvaluateArgs:
     stride: int | None = field(default=None, metadata={
         "help": "perplexity: new tokens scored per window after the first (default: context / 2)"})
     # line completion
-    positions: int = field(default=500, metadata={"help": "line-completion: number of sampled positions"})
+    positions: int = field(default=500, metadata={
+        "help": "line-completion: number of sampled positions; repo-completion: per group (cross-file, ordinary)"})
     cursor: str = field(default="indent", metadata={
         "help": "line-completion: cursor after the indentation (whole line) or at a random point in the line",
         "choices": ["indent", "random"]})
@@ -74,7 +77,7 @@ class EvaluateArgs:
 
 
 def run_task(engine, args: EvaluateArgs) -> dict:
-    if args.task in ("perplexity", "line-completion") and not args.data:
+    if args.task in ("perplexity", "line-completion", "repo-completion") and not args.data:
         raise ValueError(f"--data is required for --task {args.task}")
     for name in ("batch_size", "limit", "positions", "num_samples", "workers", "max_new_tokens", "context", "stride"):
         value = getattr(args, name)
@@ -94,6 +97,11 @@ def run_task(engine, args: EvaluateArgs) -> dict:
         batch = args.batch_size or (8 if engine.info.engine == "torch" else 1)
         return evaluate_line_completion(engine, args.data, count, args.seed, args.cursor, args.fim, args.fim_layout,
                                         max_new, batch, args.token_healing, args.suffix_share)
+    if args.task == "repo-completion":
+        from trainer.eval_repo_completion import evaluate_repo_completion
+
+        count = min(args.positions, args.limit) if args.limit is not None else args.positions
+        return evaluate_repo_completion(engine, args.data, count, args.seed, args.cursor, args.max_new_tokens or 48)
     from trainer.eval_humaneval import evaluate_humaneval
 
     if any(t < 0 for t in args.temperatures) or not 0 < args.top_p <= 1:

@@ -1,0 +1,258 @@
+"""What the workspace index gives one completion request.
+
+1. Definitions: the current document's imports (read from its buffer, statement by
+   statement) bind local names to workspace modules; every use of such a name in the lines
+   around the cursor (`helper(...)`, `mod.func`, `pkg.mod.Class.method`) resolves, through
+   submodules and re-exports (`from .app import Flask as Flask`, `import *`), to the
+   definition it names. Nearest use first; names only imported come after all used ones.
+2. Files: the workspace files those imports resolve to, for similarity-ranked windows
+   (codeparrot_ls/snippets.py ranks them together with the other open documents).
+
+The cursor's own line is never read, so typing on it never changes what is found (the
+prompt's head stays the same and the engine's KV prefix reuse keeps working). The current
+document's copy on disk is never used, and an open document's buffer replaces its copy on
+disk (`open_text`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from codeparrot_ls.definitions import Binding, Definition, import_bindings, package_of
+from codeparrot_ls.snippets import SnippetIndex
+from codeparrot_ls.workspace import IndexedFile, WorkspaceIndex, module_names
+
+SCAN_ABOVE = 120             # lines above the cursor searched for uses of imported names
+SCAN_BELOW = 20
+IMPORT_ONLY_DISTANCE = 1_000_000
+MAX_DEFINITIONS = 24
+MAX_FILES = 6
+MAX_REEXPORT_DEPTH = 3
+_CHAIN = re.compile(r"(?<![\w.])[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
+
+
+@dataclass
+class FoundDefinition:
+    path: str
+    label: str              # path from its workspace folder: the `# label` line above it
+    definition: Definition
+    distance: int           # lines between the cursor and the nearest use
+
+
+@dataclass
+class RepoFindings:
+    definitions: list[FoundDefinition]     # most relevant first
+    documents: list[tuple[str, str]]       # (uri, text) of workspace files, most relevant first
+
+
+def _line_bounds(text: str, line: int) -> tuple[int, int]:
+    start = 0
+    for _ in range(line):
+        nl = text.find("\n", start)
+        if nl < 0:
+            return len(text), len(text)
+        start = nl + 1
+    end = text.find("\n", start)
+    return start, len(text) if end < 0 else end
+
+
+def path_to_uri(path: str) -> str:
+    from pathlib import Path
+
+    return Path(path).as_uri()
+
+
+def uri_to_path(uri: str) -> str | None:
+    from pygls.uris import to_fs_path
+
+    return to_fs_path(uri) if uri.startswith("file:") else None
+
+
+class RepoContext:
+    """Reads the index for requests; keeps small caches (parsed import statements, the text
+    of recently used files, their snippet windows)."""
+
+    def __init__(self, index: WorkspaceIndex, open_text: Callable[[str], str | None] | None = None,
+                 max_cached_files: int = 64):
+        self.index = index
+        self.open_text = open_text or (lambda path: None)
+        self.windows = SnippetIndex(max_documents=max_cached_files)
+        self._statements: dict = {}
+        self._texts: OrderedDict[str, tuple[int, str]] = OrderedDict()
+        self._max_texts = max_cached_files
+        self._lock = threading.Lock()
+        self._last: dict = {}          # uri -> (key, findings) of its last request
+        self._labels: dict[str, str] = {}
+
+    def gather(self, uri: str | None, text: str, line: int) -> RepoFindings:
+        """What the index offers at `line` of the document `uri` whose buffer is `text`.
+        Everything but the cursor's line decides it: the last answer per document is kept
+        for the requests made while typing on that line."""
+        bounds = _line_bounds(text, line)
+        key = (line, self.index.version, hash(text[:bounds[0]]), hash(text[bounds[1]:]))
+        with self._lock:
+            hit = self._last.get(uri)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        findings = self._gather(uri, text, line)
+        with self._lock:
+            if len(self._last) > 64:
+                self._last.clear()
+            self._last[uri] = (key, findings)
+        return findings
+
+    def _gather(self, uri: str | None, text: str, line: int) -> RepoFindings:
+        path = uri_to_path(uri) if uri else None
+        path = os.path.abspath(path) if path else None
+        bindings, import_lines = import_bindings(text, self._package(path), self._statements)
+        if not bindings:
+            return RepoFindings([], [])
+        uses = self._uses(text, line, bindings, import_lines)
+        found: dict[tuple[str, str], FoundDefinition] = {}
+        files: dict[str, None] = {}
+        for distance, chain in uses:
+            b = bindings[chain[0]]
+            target = self._resolve(b.module, ([b.attr] if b.attr else []) + chain[1:])
+            if target is None:
+                continue
+            entry, definition = target
+            if entry.path == path:
+                continue
+            files.setdefault(entry.path)
+            key = (entry.path, definition.name)
+            if key not in found:
+                found[key] = FoundDefinition(entry.path, self._label(entry.path), definition, distance)
+                if len(found) >= MAX_DEFINITIONS:
+                    break
+        for name in sorted(bindings, key=lambda n: abs(import_lines[n] - line)):   # modules imported, used or not
+            if len(files) >= MAX_FILES:
+                break
+            b = bindings[name]
+            entry = self._module_file(b)
+            if entry is not None and entry.path != path:
+                files.setdefault(entry.path)
+        documents = []
+        for p in list(files)[:MAX_FILES]:
+            t = self._text(p)
+            if t is not None:
+                documents.append((path_to_uri(p), t))
+        return RepoFindings(list(found.values()), documents)
+
+    def cross_module_lines(self, uri: str, text: str) -> dict[int, list[str]]:
+        """Lines of a document (not imports) that use a name defined in another module of the
+        workspace, with those names: where the evaluation puts its cross-file positions."""
+        path = os.path.abspath(uri_to_path(uri) or "")
+        bindings, _ = import_bindings(text, self._package(path), self._statements)
+        out: dict[int, list[str]] = {}
+        for n, content in enumerate(text.split("\n")):
+            if not bindings or content.lstrip().startswith(("import ", "from ", "#")):
+                continue
+            for m in _CHAIN.finditer(content):
+                chain = m.group().split(".")
+                b = bindings.get(chain[0])
+                hit = b and self._resolve(b.module, ([b.attr] if b.attr else []) + chain[1:])
+                if hit and hit[0].path != path:
+                    out.setdefault(n, []).append(hit[1].name)
+        return out
+
+    # -- helpers ------------------------------------------------------------------------
+    def _package(self, path: str | None) -> str | None:
+        if path is None:
+            return None
+        entry = self.index.file(path)
+        if entry is not None:
+            names, is_package = entry.modules, entry.is_package
+        else:
+            names, is_package = module_names(path, self.index.root_of(path))
+        return package_of(names[0], is_package) if names else ""
+
+    @staticmethod
+    def _uses(text: str, line: int, bindings: dict[str, Binding], import_lines: dict[str, int]):
+        """(distance, name chain) of uses of imported names near the cursor, nearest first."""
+        lines = text.split("\n")
+        first = max(line - SCAN_ABOVE, 0)
+        uses: dict[tuple[str, ...], int] = {}
+        for n in range(first, min(line + SCAN_BELOW + 1, len(lines))):
+            content = lines[n]
+            if n == line or content.lstrip().startswith(("import ", "from ")):
+                continue
+            for m in _CHAIN.finditer(content):
+                chain = tuple(m.group().split("."))
+                if chain[0] in bindings:
+                    d = abs(n - line)
+                    if d < uses.get(chain, IMPORT_ONLY_DISTANCE * 2):
+                        uses[chain] = d
+        for name, at in import_lines.items():    # imported but not used nearby
+            uses.setdefault((name,), IMPORT_ONLY_DISTANCE + abs(at - line))
+        return sorted(((d, list(c)) for c, d in uses.items()), key=lambda x: (x[0], x[1]))
+
+    def _resolve(self, module: str, rest: list[str], depth: int = 0) -> tuple[IndexedFile, Definition] | None:
+        while rest and self.index.has_module(f"{module}.{rest[0]}"):
+            module, rest = f"{module}.{rest[0]}", rest[1:]
+        entry = self.index.module(module)
+        if not rest or entry is None or entry.summary is None:
+            return None
+        summary = entry.summary
+        definition = summary.definitions.get(rest[0])
+        if definition is not None:
+            return entry, definition
+        if depth >= MAX_REEXPORT_DEPTH:
+            return None
+        b = summary.bindings.get(rest[0])
+        if b is not None and b.module != module:
+            return self._resolve(b.module, ([b.attr] if b.attr else []) + rest[1:], depth + 1)
+        for star in summary.star_imports:
+            hit = self._resolve(star, rest, depth + 1)
+            if hit is not None:
+                return hit
+        return None
+
+    def _module_file(self, b: Binding) -> IndexedFile | None:
+        if b.attr is not None:
+            sub = self.index.module(f"{b.module}.{b.attr}")
+            if sub is not None:
+                return sub
+        return self.index.module(b.module)
+
+    def _label(self, path: str) -> str:
+        label = self._labels.get(path)
+        if label is None:
+            if len(self._labels) > 100_000:
+                self._labels.clear()
+            label = self._labels[path] = self._make_label(path)
+        return label
+
+    def _make_label(self, path: str) -> str:
+        root = self.index.root_of(path)
+        rel = os.path.relpath(path, os.path.dirname(root.rstrip(os.sep))) if root else os.path.basename(path)
+        return rel.replace(os.sep, "/")
+
+    def _text(self, path: str) -> str | None:
+        """A workspace file's text: its open buffer, else its copy on disk (cached while its
+        indexed modification time holds)."""
+        buffer = self.open_text(path)
+        if buffer is not None:
+            return buffer
+        entry = self.index.file(path)
+        if entry is None:
+            return None
+        with self._lock:
+            hit = self._texts.get(path)
+            if hit is not None and hit[0] == entry.mtime_ns:
+                self._texts.move_to_end(path)
+                return hit[1]
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read(self.index.max_file_bytes + 1)
+        except (OSError, UnicodeDecodeError):
+            return None
+        with self._lock:
+            self._texts[path] = (entry.mtime_ns, text)
+            while len(self._texts) > self._max_texts:
+                self._texts.popitem(last=False)
+        return text

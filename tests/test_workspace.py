@@ -1,0 +1,213 @@
+"""The workspace index (codeparrot_ls/workspace.py), module summaries (definitions.py) and
+what a request gathers from them (repo_context.py), on small workspaces made here and on
+real standard-library source."""
+
+from __future__ import annotations
+
+import os
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from codeparrot_ls import prompt as P
+from codeparrot_ls.context import ContextBuilder
+from codeparrot_ls.definitions import Binding, import_bindings, import_statements, resolve_relative, summarize
+from codeparrot_ls.repo_context import RepoContext
+from codeparrot_ls.settings import CompletionSettings
+from codeparrot_ls.workspace import WorkspaceIndex, is_ignored, module_names, parse_gitignore
+
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+
+
+def write(root: Path, files: dict[str, str]) -> None:
+    for rel, text in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+
+
+def built(roots, **bounds) -> WorkspaceIndex:
+    index = WorkspaceIndex(**bounds)
+    index.start([str(r) for r in roots])
+    assert index.wait(60)
+    return index
+
+
+# ----------------------------------------------------------------------------- definitions
+
+def test_summary_keeps_signatures_class_members_and_constants():
+    src = ('import os\nfrom .base import Base as B\nLIMIT = 10\nBIG = ' + repr("x" * 200) + '\n'
+           '@decorate\nasync def fetch(url: str, *, retries=3) -> bytes:\n    """Doc."""\n    return b""\n'
+           'class Client(B):\n    """A client."""\n    timeout: float = 5.0\n'
+           '    def __init__(self, host, port=80):\n        self.host = host\n'
+           '    @property\n    def address(self):\n        return self.host\n')
+    s = summarize(src, "pkg.client")
+    d = s.definitions
+    assert d["LIMIT"].text == "LIMIT = 10" and d["BIG"].text == "BIG = ..."
+    assert d["fetch"].text == "@decorate\nasync def fetch(url: str, *, retries=3) -> bytes: ..."
+    assert d["Client"].text == ("class Client(B):\n    timeout: float = 5.0\n    def __init__(self, host, port=80): ...\n"
+                                "    @property\n    def address(self): ...")
+    assert s.bindings == {"os": Binding("os"), "B": Binding("pkg.base", "Base")}
+    with pytest.raises(SyntaxError):
+        summarize("def broken(:\n", "m")
+
+
+def test_real_module_summary_and_relative_imports():
+    s = summarize((STDLIB / "json" / "decoder.py").read_text(encoding="utf-8"), "json.decoder")
+    assert s.definitions["JSONDecoder"].text.startswith("class JSONDecoder(object):\n    def __init__(self, *, object_hook=None")
+    assert s.bindings["scanner"] == Binding("json", "scanner")          # from json import scanner
+    assert resolve_relative("mod", 2, "a.b.c") == "a.b.mod"
+    assert resolve_relative(None, 1, "a") == "a" and resolve_relative("x", 3, "a") is None
+
+
+def test_imports_of_a_document_that_does_not_parse():
+    text = ("import os.path\nfrom . import (\n    sibling,\n    other as o,\n)\n"
+            "def f(:\n    from .deep.mod import thing\n    import x as\n")
+    assert [line for line, _ in import_statements(text)] == [0, 1, 6, 7]
+    bindings, lines = import_bindings(text, "pkg")
+    assert bindings == {"os": Binding("os"), "sibling": Binding("pkg", "sibling"), "o": Binding("pkg", "other"),
+                        "thing": Binding("pkg.deep.mod", "thing")}
+    assert lines["thing"] == 6
+
+
+# ----------------------------------------------------------------------------- the index
+
+def test_gitignore_rules():
+    rules = parse_gitignore("# c\nbuild/\n*.gen.py\n/top.py\n!keep.gen.py\ndocs/**/out.py\n", "/r")
+    assert is_ignored(rules, "/r/build", True) and not is_ignored(rules, "/r/build", False)
+    assert is_ignored(rules, "/r/a/b/x.gen.py", False) and not is_ignored(rules, "/r/a/keep.gen.py", False)
+    assert is_ignored(rules, "/r/top.py", False) and not is_ignored(rules, "/r/sub/top.py", False)
+    assert is_ignored(rules, "/r/docs/a/b/out.py", False) and is_ignored(rules, "/r/docs/out.py", False)
+
+
+def test_module_names_follow_packages_and_the_root(tmp_path):
+    write(tmp_path, {"src/pkg/__init__.py": "", "src/pkg/sub/__init__.py": "", "src/pkg/sub/m.py": "",
+                     "ns/plain.py": ""})
+    assert module_names(str(tmp_path / "src/pkg/sub/m.py"), str(tmp_path)) == (("pkg.sub.m", "src.pkg.sub.m"), False)
+    assert module_names(str(tmp_path / "src/pkg/__init__.py"), str(tmp_path))[0][0] == "pkg"
+    assert module_names(str(tmp_path / "ns/plain.py"), str(tmp_path))[0] == ("plain", "ns.plain")
+
+
+def test_bounds_bad_files_and_updates(tmp_path):
+    write(tmp_path, {f"pkg/m{i}.py": f"def f{i}(a):\n    return a\n" for i in range(6)})
+    write(tmp_path, {"pkg/__init__.py": "", "site-packages/dep.py": "x = 1\n", "node_modules/n.py": "",
+                     "pkg/__pycache__/c.py": "", "bad.py": "def f(:\n"})
+    (tmp_path / "bin.py").write_bytes(b"\0\1\2")
+    index = built([tmp_path, tmp_path / "missing"])
+    st = index.stats()
+    assert st["files"] == 8 and st["unparsable"] == 1
+    assert st["skipped"] == {"excludedFolder": 3, "binary": 1, "syntaxError": 1, "missingFolder": 1}
+    assert index.module("pkg.m3").summary.definitions["f3"].text == "def f3(a): ..."
+
+    few = built([tmp_path], max_files=3)
+    assert few.stats()["files"] == 3 and few.stats()["truncated"] == "maxFiles"
+    small = built([tmp_path], max_bytes=60)
+    assert small.stats()["bytes"] <= 60 and small.stats()["truncated"] == "maxBytes"
+
+    # A change on disk, a new file, a deleted file.
+    (tmp_path / "pkg/m0.py").write_text("def renamed(b):\n    return b\n")
+    (tmp_path / "pkg/new.py").write_text("NEW = 1\n")
+    (tmp_path / "pkg/m1.py").unlink()
+    for name in ("m0", "new", "m1"):
+        index.refresh(str(tmp_path / f"pkg/{name}.py"))
+    assert index.wait(30)
+    assert "renamed" in index.module("pkg.m0").summary.definitions
+    assert index.module("pkg.new") is not None and index.module("pkg.m1") is None
+    assert index.stats()["files"] == 8 and index.stats()["bytes"] == sum(
+        p.stat().st_size for p in tmp_path.rglob("*.py") if p.parent.name == "pkg" or p.name == "bad.py")
+
+
+def test_an_open_buffer_replaces_the_file_on_disk(tmp_path):
+    write(tmp_path, {"lib.py": "def on_disk(): ...\n"})
+    index = built([tmp_path])
+    index.set_buffer(str(tmp_path / "lib.py"), "def in_buffer(x): ...\n")
+    assert index.wait(30)
+    assert set(index.module("lib").summary.definitions) == {"in_buffer"}
+    index.refresh(str(tmp_path / "lib.py"))      # a watcher event while open: the buffer stays the truth
+    assert index.wait(30) and set(index.module("lib").summary.definitions) == {"in_buffer"}
+    index.set_buffer(str(tmp_path / "lib.py"), None)   # closed without saving: back to the disk
+    assert index.wait(30) and set(index.module("lib").summary.definitions) == {"on_disk"}
+
+
+# ----------------------------------------------------------------------------- a request
+
+PROJECT = {
+    "app/__init__.py": "from .models import User as User\n",
+    "app/models.py": "class User:\n    def __init__(self, name, email=None): ...\n    def greet(self, loud=False): ...\n",
+    "app/util/__init__.py": "",
+    "app/util/text.py": "def slugify(value, sep='-'):\n    return value\n\nMAX_SLUG = 40\n",
+    "app/views.py": ("from app import User\nfrom .util import text\nimport app.util.text as T\n\n\n"
+                     "def show(name):\n    user = User(name)\n    slug = text.slugify(name)\n    n = T.MAX_SLUG\n"
+                     "    return \n"),
+}
+
+
+def test_uses_near_the_cursor_resolve_through_reexports_and_submodules(tmp_path):
+    write(tmp_path, PROJECT)
+    repo = RepoContext(built([tmp_path]))
+    views = tmp_path / "app/views.py"
+    text = PROJECT["app/views.py"]
+    found = repo.gather(views.as_uri(), text, line=9)
+    assert [(f.definition.name, f.distance, f.label) for f in found.definitions] == [
+        ("MAX_SLUG", 1, f"{tmp_path.name}/app/util/text.py"), ("slugify", 2, f"{tmp_path.name}/app/util/text.py"),
+        ("User", 3, f"{tmp_path.name}/app/models.py")]
+    assert [u.split(tmp_path.name)[1] for u, _ in found.documents] == [
+        "/app/util/text.py", "/app/models.py", "/app/__init__.py"]   # then modules imported, by distance
+    # The cursor's own line is not read: typing on it gives the very same answer.
+    assert repo.gather(views.as_uri(), text.replace("return \n", "return text.slugify(\n"), line=9) is found
+    # The document's copy on disk is never its own context.
+    assert all(f.path != str(views) for f in found.definitions)
+
+
+def test_definitions_lead_the_prompt_within_the_budget(tmp_path, tok):
+    write(tmp_path, PROJECT)
+    repo = RepoContext(built([tmp_path]))
+    builder = ContextBuilder(tok, P.special_token_ids(tok.get_vocab()), n_positions=1024, supports_fim=True)
+    text = PROJECT["app/views.py"]
+    uri = (tmp_path / "app/views.py").as_uri()
+    ctx = builder.build(text, len(text), 9, CompletionSettings(), uri=uri, repo=repo)
+    head = tok.decode(ctx.head_ids, skip_special_tokens=False)
+    assert head.endswith("def slugify(value, sep='-'): ...\nMAX_SLUG = 40\n<|endoftext|>")
+    assert "class User:\n    def __init__(self, name, email=None): ..." in head
+    off = builder.build(text, len(text), 9, CompletionSettings(workspace_context=False), uri=uri, repo=repo)
+    assert off.head_ids == [] and off.definitions == []
+    for share in (0.05, 0.1, 0.3):
+        settings = CompletionSettings(workspace_share=share)
+        ctx = builder.build(text, len(text), 9, settings, uri=uri, repo=repo)
+        assert len(ctx.head_ids) <= int((1024 - settings.max_new_tokens - 3) * share)
+        assert len(ctx.prompt_ids()) <= 1024 - settings.max_new_tokens
+
+
+def test_symlink_loops_and_unreadable_folders_are_counted(tmp_path):
+    write(tmp_path, {"a/x.py": "X = 1\n"})
+    os.symlink(tmp_path / "a", tmp_path / "a" / "again")
+    os.symlink(tmp_path / "nowhere", tmp_path / "a" / "dangling.py")
+    st = built([tmp_path]).stats()
+    assert st["files"] == 1 and st["skipped"]["symlinkLoop"] == 1
+
+
+# ----------------------------------------------------------------------------- the evaluation
+
+def test_repo_completion_evaluation_runs_both_groups_with_and_without_context(tmp_path, tiny_onnx_dir):
+    import json
+
+    from trainer.evaluate import main
+
+    write(tmp_path / "repo", PROJECT)
+    out = tmp_path / "rc.json"
+    rc = main(["--model", str(tiny_onnx_dir), "--task", "repo-completion", "--data", str(tmp_path / "repo"),
+               "--positions", "5", "--max_new_tokens", "4", "--output", str(out)])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    res = report["results"]
+    # views.py uses User, text.slugify and T.MAX_SLUG on three lines: all of them are drawn.
+    cross = report["samples"]["cross_file_with_workspace"]
+    assert sorted(s["target"] for s in cross) == ["n = T.MAX_SLUG", "slug = text.slugify(name)", "user = User(name)"]
+    assert res["cross_file_with_workspace"]["mean_definitions"] > 0
+    assert res["cross_file_without_workspace"]["mean_definitions"] == 0
+    assert res["ordinary_with_workspace"]["positions"] == 5
+    assert res["cross_file_gain"]["edit_similarity"] == pytest.approx(
+        res["cross_file_with_workspace"]["edit_similarity"] - res["cross_file_without_workspace"]["edit_similarity"])
+    assert report["index"]["files"] == 5
+    assert main(["--model", str(tiny_onnx_dir), "--task", "repo-completion", "--data", str(tmp_path / "nothing")]) == 2
