@@ -98,19 +98,46 @@ def bindings_of(tree_body, package: str | None) -> tuple[dict[str, Binding], lis
 _ELLIPSIS = ast.Expr(ast.Constant(...))
 
 
-def _function_stub(node) -> str:
-    """`def name(args) -> ret: ...` with its decorators, written by `ast.unparse`."""
+def _header_source(lines: list[str], node) -> str | None:
+    """A def/class header as written, decorators included, dedented, ending in its colon;
+    None where this simple reading could be wrong (a `#` on the header's lines):
+    `ast.unparse` writes those."""
+    first = min([d.lineno for d in node.decorator_list], default=node.lineno) - 1
+    body = node.body[0]
+    if body.lineno > len(lines):
+        return None
+    chunk = lines[first:body.lineno - 1]
+    head = lines[body.lineno - 1].encode("utf-8")[:body.col_offset].decode("utf-8", "replace")
+    if head.strip():   # the body shares the header's last line: `def f(): return 1`
+        chunk.append(head)
+    while chunk and not chunk[-1].strip():
+        chunk.pop()
+    if not chunk or any("#" in ln for ln in chunk):
+        return None
+    text = textwrap.dedent("\n".join(chunk)).rstrip()
+    return text if text.endswith(":") else None
+
+
+def _function_stub(node, lines: list[str]) -> str:
+    """`def name(args) -> ret: ...` with its decorators."""
+    header = _header_source(lines, node)
+    if header is not None:
+        return header + " ..."
     stub = copy.copy(node)
     stub.body = [_ELLIPSIS]
     return ast.unparse(stub).replace(":\n    ...", ": ...")
 
 
-def _constant(node) -> list[tuple[str, ast.stmt]]:
-    """(name, stub node) for `NAME = value` / `NAME: T = value`; a long value becomes `...`."""
+def _constant(node, lines: list[str]) -> list[tuple[str, str]]:
+    """(name, stub) for `NAME = value` / `NAME: T = value`; a long value becomes `...`."""
     targets = node.targets if isinstance(node, ast.Assign) else [node.target]
     names = [t.id for t in targets if isinstance(t, ast.Name)]
     if not names:
         return []
+    if node.lineno == node.end_lineno and node.value is not None:
+        row = lines[node.lineno - 1].strip()
+        if len(row) <= MAX_CONSTANT_CHARS and "#" not in row and ";" not in row:
+            return [(n, row) for n in names]
     value = node.value
     if value is None or len(ast.unparse(value)) > MAX_CONSTANT_CHARS:
         value = ast.Constant(...)
@@ -120,39 +147,43 @@ def _constant(node) -> list[tuple[str, ast.stmt]]:
             stub = ast.AnnAssign(ast.Name(n, ast.Store()), node.annotation, value, 1, lineno=node.lineno)
         else:
             stub = ast.Assign([ast.Name(n, ast.Store())], value, lineno=node.lineno)
-        out.append((n, stub))
+        out.append((n, ast.unparse(stub)))
     return out
 
 
-def _class_stub(node: ast.ClassDef) -> str:
-    members: list[ast.stmt] = []
+def _class_stub(node: ast.ClassDef, lines: list[str]) -> str:
+    header = _header_source(lines, node)
+    if header is None:
+        bare = copy.copy(node)
+        bare.body = [_ELLIPSIS]
+        header = ast.unparse(bare).rsplit("\n", 1)[0]
+    members: list[str] = []
     for item in node.body:
         if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            member = copy.copy(item)
-            member.body = [_ELLIPSIS]
-            members.append(member)
+            members.extend(_function_stub(item, lines).split("\n"))
         elif isinstance(item, (ast.Assign, ast.AnnAssign)):
-            members.extend(s for _, s in _constant(item))
-    stub = copy.copy(node)
-    stub.body = members or [_ELLIPSIS]
-    lines = [ln for ln in ast.unparse(stub).replace(":\n        ...", ": ...").split("\n") if ln.strip()]
-    return "\n".join(lines[:MAX_CLASS_LINES + 1 + len(node.decorator_list)])
+            members.extend(stub for _, stub in _constant(item, lines))
+        if len(members) >= MAX_CLASS_LINES:
+            break
+    body = members[:MAX_CLASS_LINES] or ["..."]
+    return header + "\n" + "\n".join("    " + ln for ln in body)
 
 
 def summarize(source: str, module: str, is_package: bool = False) -> ModuleSummary:
     """The definitions and import bindings of a module's top level. SyntaxError (and
     ValueError for NUL bytes) propagate: the caller counts the file as unparsable."""
     tree = ast.parse(source)
+    lines = source.split("\n")
     defs: dict[str, Definition] = {}
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            defs[node.name] = Definition(node.name, "function", _function_stub(node))
+            defs[node.name] = Definition(node.name, "function", _function_stub(node, lines))
         elif isinstance(node, ast.ClassDef):
-            defs[node.name] = Definition(node.name, "class", _class_stub(node))
+            defs[node.name] = Definition(node.name, "class", _class_stub(node, lines))
         elif isinstance(node, (ast.Assign, ast.AnnAssign)):
-            for name, stub in _constant(node):
+            for name, stub in _constant(node, lines):
                 if not name.startswith("__"):
-                    defs[name] = Definition(name, "constant", ast.unparse(stub))
+                    defs[name] = Definition(name, "constant", stub)
     bindings, stars = bindings_of(tree.body, package_of(module, is_package))
     return ModuleSummary(defs, bindings, stars)
 

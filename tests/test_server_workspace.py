@@ -154,7 +154,7 @@ async def test_definitions_from_other_modules_reach_the_prompt_and_follow_edits(
         # The names used on the line above come last, nearest the document; the class only
         # imported before them.
         assert ("# ws/pkg/geometry.py\nclass Shape:\n    sides = 0\n    def __init__(self, name, *points): ...\n"
-                "    def area(self, precise: bool=True) -> float: ...\n"
+                "    def area(self, precise: bool = True) -> float: ...\n"
                 "def scale_vector(vector, factor, *, clamp=False): ...\nUNIT_SCALE = 2.5\n<|endoftext|>") in log
         assert "def built" not in log and "vendored" not in log and "secret" not in log
 

@@ -51,6 +51,10 @@ def test_summary_keeps_signatures_class_members_and_constants():
     assert s.bindings == {"os": Binding("os"), "B": Binding("pkg.base", "Base")}
     with pytest.raises(SyntaxError):
         summarize("def broken(:\n", "m")
+    # Headers as written; one with a comment is written by ast.unparse instead.
+    d = summarize("def f(a,\n      b=(1, 2)): return 1\ndef g(x):  # note\n    return x\nclass C: pass\n", "m").definitions
+    assert d["f"].text == "def f(a,\n      b=(1, 2)): ..."
+    assert d["g"].text == "def g(x): ..." and d["C"].text == "class C:\n    ..."
 
 
 def test_real_module_summary_and_relative_imports():
