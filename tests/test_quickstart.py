@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -21,8 +22,8 @@ def test_quickstart_runs_every_stage_then_skips_them(tmp_path):
     for i, module in enumerate(SAMPLE_MODULES):
         shutil.copy(STDLIB / module, source / f"m{i}.py")
     out = tmp_path / "qs"
-    cmd = [sys.executable, "-m", "trainer.cli", "quickstart", "--output", str(out), "--source", str(source),
-           "--minutes", "0.1", "--vocab_size", "1024", "--model_size", "test", "--eval_positions", "8"]
+    cmd = [sys.executable, "-m", "trainer.cli", "quickstart", "--from_scratch", "--output", str(out),
+           "--source", str(source), "--minutes", "0.1", "--vocab_size", "1024", "--model_size", "test", "--eval_positions", "8"]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     for stage in ("corpus/stats.json", "tokenizer/report.json", "train/final/config.json",
@@ -40,6 +41,30 @@ def test_quickstart_runs_every_stage_then_skips_them(tmp_path):
     second = subprocess.run(cmd + ["--demo", "false"], capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
     assert second.stdout.count("already done, skipped") == 5
+
+
+@pytest.mark.slow
+def test_quickstart_fine_tunes_by_default_and_serves_the_result(tmp_path, tiny_checkpoint_dir):
+    source = tmp_path / "src"
+    source.mkdir()
+    for module in ("bisect.py", "colorsys.py", "calendar.py", "gzip.py", "sched.py"):
+        shutil.copy(STDLIB / module, source / module)
+    out = tmp_path / "qs"
+    cmd = [sys.executable, "-m", "trainer.cli", "quickstart", "--output", str(out), "--source", str(source),
+           "--init_from", str(tiny_checkpoint_dir), "--minutes", "0.2", "--eval_positions", "4"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "codeparrot finetune" in done.stdout and "held-out perplexity" in done.stdout
+    assert "the server suggested" in done.stdout or "with no suggestion" in done.stdout
+    assert (out / "comparison.md").is_file() and "serving" in json.loads((out / "model" / "export.json").read_text())
+    assert not (out / "tokenizer").exists()   # no tokenizer of its own: the shipped model's is kept
+
+
+def test_the_default_fine_tuning_source_is_this_project():
+    from trainer.quickstart import own_source
+
+    folders = [Path(f) for f in own_source()]
+    assert [f.name for f in folders] == ["codeparrot_ls", "trainer"] and all((f / "__init__.py").is_file() for f in folders)
 
 
 def test_quickstart_rejects_a_bad_duration(capsys):

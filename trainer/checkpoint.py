@@ -97,15 +97,21 @@ def remove_partial_saves(output: Path) -> None:
 def remove_run(output: Path) -> None:
     """Delete what a previous run left in OUTPUT (checkpoints, final model, pointer, metrics)."""
     output = Path(output)
-    for name in (CHECKPOINTS, FINAL):
+    for name in (CHECKPOINTS, FINAL, "best"):
         shutil.rmtree(output / name, ignore_errors=True)
     for name in (LATEST, "metrics.jsonl"):
         (output / name).unlink(missing_ok=True)
 
 
+# Files of a checkpoint folder that are not the tokenizer's: never copied as tokenizer files
+# (with --init-from the tokenizer folder is a checkpoint).
+NOT_TOKENIZER = frozenset({"config.json", "generation_config.json", "model.safetensors", "pytorch_model.bin",
+                           STATE_FILE, "best.json"})
+
+
 def copy_tokenizer_files(tokenizer_dir: Path, dest: Path) -> None:
     for f in Path(tokenizer_dir).iterdir():
-        if f.is_file():
+        if f.is_file() and f.name not in NOT_TOKENIZER and not (dest / f.name).exists():
             shutil.copy(f, dest / f.name)
 
 
@@ -161,3 +167,92 @@ def publish_final(output: Path, checkpoint: Path) -> Path:
     os.rename(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+# --- starting from a trained model (`--init-from`) and keeping the best one (`--keep-best`) ---
+
+BEST = "best"
+BEST_FILE = "best.json"
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+ONNX_MARKERS = ("model.onnx", "model.int8.onnx", "export.json")
+
+
+def default_checkpoint() -> Path:
+    """The shipped default model's training checkpoint (kept next to its ONNX export)."""
+    from codeparrot_ls.status import DEFAULT_MODEL_DIR
+
+    return DEFAULT_MODEL_DIR / "checkpoint"
+
+
+def resolve_init(spec: str) -> Path:
+    """`default`, a checkpoint folder, or a pretrain run folder (its final/): the folder to load.
+
+    Raises FileNotFoundError / ValueError with a message that says what to pass instead.
+    """
+    if spec == "default":
+        path = default_checkpoint()
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"--init-from default: the default model's training checkpoint is not in "
+                                    f"{path} (this installation has only its ONNX export); pass a checkpoint folder")
+    else:
+        path = Path(spec).expanduser()
+        if path.is_dir() and not (path / "config.json").is_file() and (path / FINAL / "config.json").is_file():
+            path = path / FINAL  # a pretrain run folder
+    if not path.is_dir():
+        raise FileNotFoundError(f"--init-from {spec}: no such folder")
+    has_weights = any((path / f).is_file() for f in WEIGHT_FILES)
+    if not has_weights and any((path / f).is_file() for f in ONNX_MARKERS):
+        raise ValueError(f"--init-from {spec}: an exported ONNX folder cannot be trained; pass the training "
+                         "checkpoint it was exported from (a folder with config.json and model.safetensors)")
+    if not ((path / "config.json").is_file() and has_weights):
+        raise ValueError(f"--init-from {spec}: not a checkpoint folder (needs config.json and model.safetensors)")
+    if not (path / "tokenizer.json").is_file():
+        raise ValueError(f"--init-from {spec}: no tokenizer.json next to the weights")
+    return path
+
+
+def check_init(path: Path, tokenizer_dir: Path | None = None) -> None:
+    """The checkpoint at `path` fits its own tokenizer, and `tokenizer_dir` (if given) is that tokenizer."""
+    from tokenizers import Tokenizer
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--init-from {path}: unreadable config.json ({exc})") from exc
+    if config.model_type != "gpt2":
+        raise ValueError(f"--init-from {path}: a {config.model_type!r} model; this trainer trains GPT-2 models")
+    own = Tokenizer.from_file(str(path / "tokenizer.json")).get_vocab()
+    if len(own) > config.vocab_size:
+        raise ValueError(f"--init-from {path}: its tokenizer has {len(own)} tokens but the model only "
+                         f"{config.vocab_size} embeddings: they do not belong together")
+    if tokenizer_dir is not None and Path(tokenizer_dir).resolve() != path.resolve():
+        given = Tokenizer.from_file(str(Path(tokenizer_dir) / "tokenizer.json")).get_vocab()
+        if given != own:
+            raise ValueError(f"--tokenizer {tokenizer_dir} is not the tokenizer of --init-from {path}: "
+                             "a model keeps the tokenizer it was trained with (leave --tokenizer out)")
+
+
+def best_loss(output: Path) -> float | None:
+    """The eval loss of OUTPUT/best, or None when there is none."""
+    return read_best(output)["eval_loss"] if (Path(output) / BEST / BEST_FILE).is_file() else None
+
+
+def save_best(model, tokenizer_dir: Path, output: Path, info: dict) -> Path:
+    """Replace OUTPUT/best (HF files + best.json) atomically with `model` (main process only)."""
+    output = Path(output)
+    tmp, best, old = output / (TMP_PREFIX + BEST), output / BEST, output / (TMP_PREFIX + BEST + "-old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    copy_tokenizer_files(tokenizer_dir, tmp)
+    (tmp / BEST_FILE).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+    shutil.rmtree(old, ignore_errors=True)
+    if best.exists():
+        os.rename(best, old)
+    os.rename(tmp, best)
+    shutil.rmtree(old, ignore_errors=True)
+    return best
+
+
+def read_best(output: Path) -> dict:
+    return json.loads((Path(output) / BEST / BEST_FILE).read_text(encoding="utf-8"))

@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "tokenizer": ("trainer.tokenizer", "train a byte-level BPE tokenizer for code"),
     "init-model": ("trainer.model", "build a fresh model from a size preset and print its size"),
     "pretrain": ("trainer.pretrain", "pretrain a GPT-2-style model with Accelerate"),
+    "finetune": ("trainer.finetune", "adapt a trained model to your own code and show the gain"),
     "evaluate": ("trainer.evaluate", "perplexity, line completion and HumanEval pass@k"),
     "complete": ("trainer.complete", "print completions of a prompt or a file position"),
     "export": ("trainer.export", "export a checkpoint to ONNX with a KV cache (optionally int8)"),

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -151,6 +152,8 @@ def run(args: PretrainArguments) -> int:
         if args.overwrite and not args.resume:
             ckpt.remove_run(output)
         output.mkdir(parents=True, exist_ok=True)
+        if not args.resume:  # a best model from an earlier, unfinished run is not this run's
+            shutil.rmtree(output / ckpt.BEST, ignore_errors=True)
         ckpt.remove_partial_saves(output)
     accelerator.wait_for_everyone()
 
@@ -160,8 +163,11 @@ def run(args: PretrainArguments) -> int:
         raise UsageError(f"{resume_dir} was written by {state.get('world_size')} processes, this run has "
                          f"{accelerator.num_processes}: the data position would not be exact")
     tokenizer_file = Path(args.tokenizer) / "tokenizer.json"
-    if resume_dir or args.init_from:
-        model = GPT2LMHeadModel.from_pretrained(resume_dir or args.init_from, dtype=torch.float32)
+    if resume_dir:
+        model = GPT2LMHeadModel.from_pretrained(resume_dir, dtype=torch.float32)
+    elif args.init_from:  # trained in fp32 whatever precision the checkpoint was stored in
+        model = GPT2LMHeadModel.from_pretrained(args.init_from, dtype=torch.float32)
+        log.info("starting from %s", args.init_from)
     else:
         try:
             model = build_model(args.model_size, Tokenizer.from_file(str(tokenizer_file)), args.model_config)
@@ -254,6 +260,22 @@ def run(args: PretrainArguments) -> int:
     def ckpt_kill() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
+    best = ckpt.best_loss(output) if resume_dir else None
+
+    def evaluate_and_keep_best() -> None:
+        nonlocal best
+        valid = PackedDataset(valid_files, tokenizer_file, infinite=False, shuffle_buffer=0, **data_kw)
+        eval_loss, ppl = evaluate(accelerator, model, valid, args.eval_batches)
+        metrics.write({"step": step, "tokens": tokens_seen, "eval_loss": eval_loss, "perplexity": ppl})
+        accelerator.log({"eval_loss": eval_loss, "perplexity": ppl}, step=step)
+        log.info("step %d: eval loss %.4f, perplexity %.2f", step, eval_loss, ppl)
+        if args.keep_best and accelerator.is_main_process and math.isfinite(eval_loss) \
+                and (best is None or eval_loss < best):
+            best = eval_loss
+            ckpt.save_best(lm, Path(args.tokenizer), output, {"step": step, "eval_loss": eval_loss, "perplexity": ppl})
+
+    if args.keep_best and not resume_dir:
+        evaluate_and_keep_best()  # the starting point: training must beat it to replace it
     start = window_start = time.perf_counter()
     window_cpu = time.process_time()  # this process's CPU time (all its threads; not data workers)
     window_loss, window_steps, last_saved, status = 0.0, 0, (step if resume_dir else None), 0
@@ -323,11 +345,7 @@ def run(args: PretrainArguments) -> int:
             window_loss, window_steps, window_start, window_cpu = 0.0, 0, time.perf_counter(), time.process_time()
         if args.eval_steps and (step % args.eval_steps == 0 or step == args.max_steps or bool(flags[1] > 0)):
             eval_start, eval_cpu = time.perf_counter(), time.process_time()
-            valid = PackedDataset(valid_files, tokenizer_file, infinite=False, shuffle_buffer=0, **data_kw)
-            eval_loss, ppl = evaluate(accelerator, model, valid, args.eval_batches)
-            metrics.write({"step": step, "tokens": tokens_seen, "eval_loss": eval_loss, "perplexity": ppl})
-            accelerator.log({"eval_loss": eval_loss, "perplexity": ppl}, step=step)
-            log.info("step %d: eval loss %.4f, perplexity %.2f", step, eval_loss, ppl)
+            evaluate_and_keep_best()
             # evaluation time is not training throughput
             window_start, window_cpu = window_start + time.perf_counter() - eval_start, window_cpu + time.process_time() - eval_cpu
         if args.fault_kill_at_step == step:
@@ -346,6 +364,9 @@ def run(args: PretrainArguments) -> int:
     if status == 0:
         path = save(final=True) if last_saved != step else ckpt.latest_checkpoint(output)
         if accelerator.is_main_process:
+            if args.keep_best and (output / ckpt.BEST).is_dir():
+                path = output / ckpt.BEST
+                log.info("keeping the best evaluated model: %s", ckpt.read_best(output))
             final = ckpt.publish_final(output, path)
             log.info("done at step %d: model in %s", step, final)
     accelerator.wait_for_everyone()

@@ -15,10 +15,13 @@ class PretrainArguments:
     corpus: str | None = field(default=None, metadata={"help": "folder of train-*/valid-*.jsonl.gz shards"})
     tokenizer: str | None = field(default=None, metadata={"help": "tokenizer folder (tokenizer.json)"})
     output: str | None = field(default=None, metadata={"help": "run folder: checkpoints, final/, metrics"})
+    init_from: str | None = field(default=None, metadata={
+        "help": "start from this checkpoint's weights (`default`: the shipped model's; a checkpoint or run folder); "
+                "its tokenizer and shape are kept, --model-size is ignored"})
+    keep_best: bool = field(default=False, metadata={
+        "help": "final/ is the checkpoint with the lowest eval loss, the starting point included"})
     model_size: str = field(default="tiny", metadata={"help": "size preset: test, tiny, mini, small, xl"})
     model_config: str | None = field(default=None, metadata={"help": "JSON/YAML GPT2Config fields over the preset"})
-    init_from: str | None = field(default=None, metadata={
-        "help": "start from this checkpoint folder's weights (its shape; the tokenizer must be the same)"})
     seq_length: int | None = field(default=None, metadata={"help": "tokens per sequence (default: model positions)"})
     batch_size: int = field(default=8, metadata={"help": "sequences per process per micro-step"})
     gradient_accumulation_steps: int = 1
@@ -104,6 +107,19 @@ def read_config(path: str) -> dict:
 
 
 def check_args(args: PretrainArguments) -> None:
+    if args.init_from:
+        from trainer.checkpoint import check_init, resolve_init
+
+        try:
+            init = resolve_init(args.init_from)
+            if args.tokenizer and not (Path(args.tokenizer) / "tokenizer.json").is_file():
+                raise ValueError(f"--tokenizer {args.tokenizer}: no tokenizer.json there")
+            check_init(init, Path(args.tokenizer) if args.tokenizer else None)
+        except (OSError, ValueError) as exc:
+            raise UsageError(str(exc)) from exc
+        args.init_from, args.tokenizer = str(init), str(init)  # the model keeps its own tokenizer
+    if args.keep_best and not args.eval_steps:
+        raise UsageError("--keep-best needs evaluations (--eval-steps above 0)")
     for name in ("corpus", "tokenizer", "output"):
         if not getattr(args, name):
             raise UsageError(f"--{name} is required")
@@ -130,22 +146,3 @@ def check_args(args: PretrainArguments) -> None:
         raise UsageError("--fim-rate and --fim-spm-rate must be in [0, 1]")
     if args.fim_mode not in ("context", "document"):
         raise UsageError("--fim-mode must be context or document")
-    if args.init_from:
-        check_init_from(Path(args.init_from), Path(args.tokenizer) / "tokenizer.json")
-
-
-def check_init_from(folder: Path, tokenizer_file: Path) -> None:
-    """A checkpoint folder whose vocabulary is the run's tokenizer's, or a UsageError saying why not."""
-    from tokenizers import Tokenizer
-
-    if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
-        hint = " (an ONNX export folder: use the checkpoint it was exported from)" if any(folder.glob("*.onnx")) else ""
-        raise UsageError(f"--init-from {folder}: not a checkpoint folder (config.json and *.safetensors){hint}")
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    vocab = Tokenizer.from_file(str(tokenizer_file)).get_vocab()
-    own = folder / "tokenizer.json"
-    if own.is_file() and Tokenizer.from_file(str(own)).get_vocab() != vocab:
-        raise UsageError(f"--init-from {folder}: its tokenizer differs from --tokenizer {tokenizer_file.parent}")
-    if config.get("vocab_size", 0) < len(vocab):
-        raise UsageError(f"--init-from {folder}: vocabulary {config.get('vocab_size')} is smaller than the "
-                         f"tokenizer's {len(vocab)}")

@@ -1,8 +1,15 @@
-"""`codeparrot quickstart`: the whole chain on this machine's standard library.
+"""`codeparrot quickstart`: a model of your code, measured and served, in one command.
 
-corpus -> tokenizer -> pretrain (for --minutes) -> export (ONNX int8) -> evaluate
--> a demonstration: the real language server, started as editors start it,
-answers an inline completion for a sample file.
+By default it fine-tunes the shipped model on --source (`codeparrot finetune`: your files
+split into train and held-out, training for --minutes, ONNX int8 export, a before/after
+table on the held-out files). With no --source it fine-tunes on this project's own
+Python source, which is on every machine that runs it and in no training set.
+
+--from-scratch runs the whole chain on this machine's standard library instead:
+corpus -> tokenizer -> pretrain (for --minutes) -> export (ONNX int8) -> evaluate.
+
+Either way it ends with a demonstration: the real language server, started as editors
+start it, answers an inline completion for a sample file.
 
 Every stage writes into its own folder under --output and is skipped when its
 result is already there, so running the command again is fast; a pretraining
@@ -44,9 +51,14 @@ DEMO_SUFFIX = '''
 @dataclass
 class QuickstartArguments:
     output: str = field(default="runs/quickstart", metadata={"help": "folder for every stage's result"})
-    minutes: float = field(default=8.0, metadata={"help": "pretraining time (the other stages take about a minute more on 2 cores)"})
     source: list[str] = field(default_factory=list, metadata={
-        "help": "corpus sources (folders, .jsonl[.gz], hf:NAME); default: this Python's standard library"})
+        "help": "your code (folders, .jsonl[.gz]; with --from-scratch also hf:NAME); default: this project's "
+                "source (fine-tuning) or this Python's standard library (--from-scratch)"})
+    from_scratch: bool = field(default=False, metadata={
+        "help": "train a new tokenizer and model from scratch instead of fine-tuning the shipped model"})
+    init_from: str = field(default="default", metadata={"help": "fine-tuning: the checkpoint to start from"})
+    minutes: float | None = field(default=None, metadata={
+        "help": "training time (default: 10 to fine-tune, 8 from scratch; the other stages take minutes more)"})
     vocab_size: int = field(default=16384, metadata={"help": "tokenizer vocabulary size"})
     model_size: str = field(default="tiny", metadata={"help": "model size preset (see `codeparrot init-model`)"})
     eval_positions: int = field(default=200, metadata={"help": "line-completion positions scored on the valid split"})
@@ -65,7 +77,37 @@ def _run(module_main, argv: list[str], what: str) -> None:
         raise SystemExit(f"quickstart: the {what} stage failed (exit code {code}); see the messages above")
 
 
+def own_source() -> list[str]:
+    """This project's Python packages: present wherever the quickstart runs, in no training set."""
+    import codeparrot_ls
+    import trainer
+
+    return [str(Path(codeparrot_ls.__file__).parent), str(Path(trainer.__file__).parent)]
+
+
+def run_finetune(args: QuickstartArguments) -> int:
+    from trainer import finetune
+
+    sources = args.source or own_source()
+    argv = ["--output", args.output, "--init-from", args.init_from, "--minutes", str(args.minutes),
+            "--positions", str(args.eval_positions), *(a for s in sources for a in ("--source", s))]
+    print("  $ codeparrot finetune " + " ".join(shlex.quote(a) for a in argv), flush=True)
+    code = finetune.main(argv)
+    if code:
+        return code
+    model = Path(args.output).resolve() / "model"
+    if args.demo:
+        print("\n[demonstration] the language server completes a sample file with the fine-tuned model", flush=True)
+        demo(model)
+    print(f"\nYour model: {model}")
+    print(f"  Neovim:     require('codeparrot').setup({{ model = {json.dumps(str(model))} }})")
+    print(f"  VS Code:    set \"codeparrot.model\": {json.dumps(str(model))} in settings.json")
+    return 0
+
+
 def run(args: QuickstartArguments) -> int:
+    if not args.from_scratch:
+        return run_finetune(args)
     out = Path(args.output).resolve()
     out.mkdir(parents=True, exist_ok=True)
     corpus, tokenizer, train = out / "corpus", out / "tokenizer", out / "train"
@@ -241,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = HfArgumentParser(QuickstartArguments, prog="codeparrot quickstart",
                               description="the whole chain, from source files to a served model")
     (args,) = parser.parse_args_into_dataclasses(args=argv)
+    if args.minutes is None:
+        args.minutes = 8.0 if args.from_scratch else 10.0
     if args.minutes <= 0:
         parser.error("--minutes must be positive")
     return run(args)

@@ -1,0 +1,326 @@
+"""`codeparrot finetune`: adapt a trained model to your own code in minutes, and show the gain.
+
+    codeparrot finetune --source ~/src/myproject --output runs/mine [--init-from default|CHECKPOINT]
+                        [--minutes 10] [--held-out 0.1]
+
+1. corpus: the sources through the corpus stage (filters, exact and near dedup), split by file
+   into train and held-out (a seeded draw; trainer/finetune_data.py);
+2. train: `codeparrot pretrain --init-from` with a fine-tuning schedule (lower peak rate, short
+   warmup), the held-out loss evaluated as it goes, the best model kept, bounded by --minutes;
+3. export to ONNX int8;
+4. evaluate the starting model and the fine-tuned one on the held-out files and on a general
+   set (trainer/finetune_eval.py), print one before/after table, and write the serving
+   choice (FIM or left to right) into the model's export.json.
+
+Every stage is skipped when its result is in OUTPUT, and an interrupted training resumes
+from its last checkpoint, so running the same command again finishes the job.
+
+    OUTPUT/finetune.json   the settings (a rerun with other settings is refused)
+    OUTPUT/corpus/         train-*, valid-* (the held-out files), held_out.json, stats.json
+    OUTPUT/train/          the training run (checkpoints/, best/, final/, metrics.jsonl)
+    OUTPUT/model/          the fine-tuned model, ONNX int8: what `codeparrot-ls --model` serves
+    OUTPUT/base/           the starting model exported the same way (unless it is the shipped one)
+    OUTPUT/general/        the general set;  OUTPUT/eval/{before,after}/   every evaluation
+    OUTPUT/comparison.{json,md}   the before/after table
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from trainer.corpus_sources import SourceError
+from trainer.finetune_data import DataError
+
+log = logging.getLogger("codeparrot.finetune")
+SETTINGS = "finetune.json"
+# Settings that define the run: another value means another run (refused without --overwrite).
+IDENTITY = ("source", "init_from", "held_out", "seed")
+
+
+@dataclass
+class FinetuneArguments:
+    source: list[str] = field(default_factory=list, metadata={
+        "action": "append", "help": "folder of your Python code, or .jsonl[.gz] (repeatable; at least one)"})
+    output: str | None = field(default=None, metadata={"help": "folder for the run and the fine-tuned model"})
+    init_from: str = field(default="default", metadata={
+        "help": "`default` (the shipped model's training checkpoint) or a checkpoint folder from `codeparrot pretrain`"})
+    minutes: float = field(default=10.0, metadata={"help": "training time"})
+    held_out: float = field(default=0.1, metadata={"help": "share of the files held out to measure the gain (at least one)"})
+    seed: int = field(default=0, metadata={"help": "seed of the held-out draw and of training"})
+    learning_rate: float = field(default=3e-4, metadata={"help": "peak learning rate (pretraining used 8e-4)"})
+    warmup_steps: int = field(default=5, metadata={"help": "linear warmup before the cosine decay"})
+    batch_size: int = field(default=4, metadata={"help": "sequences per step"})
+    max_steps: int | None = field(default=None, metadata={
+        "help": "length of the schedule (default: what --minutes allows, from a timed step on this machine)"})
+    positions: int = field(default=200, metadata={"help": "line-completion positions per cursor kind"})
+    general: str | None = field(default=None, metadata={
+        "help": "general Python for the forgetting check (default: the standard library's valid split)"})
+    general_files: int = field(default=20, metadata={"help": "files in the default general set"})
+    threads: int | None = field(default=None, metadata={
+        "help": "CPU threads for training and evaluation (default: the faster of 1 and all, timed)"})
+    overwrite: bool = field(default=False, metadata={"help": "start again in an OUTPUT that holds another run"})
+
+
+def check_args(args: FinetuneArguments) -> Path:
+    """Everything that can be checked before any work; returns the starting checkpoint folder."""
+    from trainer.checkpoint import check_init, resolve_init
+    from trainer.corpus_sources import resolve_source
+
+    if not args.source:
+        raise DataError("--source is required: the folder of the code to fine-tune on")
+    if not args.output:
+        raise DataError("--output is required")
+    if not 0 < args.held_out < 1:
+        raise DataError("--held-out must be a fraction in (0, 1)")
+    if args.minutes <= 0 or args.positions < 1 or args.batch_size < 1 or args.general_files < 1:
+        raise DataError("--minutes, --positions, --batch-size and --general-files must be positive")
+    if (args.max_steps is not None and args.max_steps < 1) or (args.threads is not None and args.threads < 1):
+        raise DataError("--max-steps and --threads must be at least 1")
+    for spec in args.source:
+        if spec.startswith("hf:"):
+            raise DataError(f"--source {spec}: fine-tuning takes your own files (a folder or .jsonl[.gz])")
+        resolve_source(spec)
+    if args.general and not Path(args.general).exists():
+        raise DataError(f"--general {args.general}: no such file or folder")
+    try:
+        init = resolve_init(args.init_from)
+        check_init(init)
+    except (OSError, ValueError) as exc:
+        raise DataError(str(exc)) from exc
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--output {out} exists and is not a folder")
+    return init
+
+
+def settings_of(args: FinetuneArguments, init: Path) -> dict:
+    values = asdict(args)
+    values.update(source=[str(Path(s).resolve()) for s in args.source], init_from=str(init.resolve()))
+    return values
+
+
+def prepare_output(args: FinetuneArguments, settings: dict) -> dict:
+    """Check OUTPUT against an earlier run's settings; returns the settings this run uses."""
+    out = Path(args.output)
+    path = out / SETTINGS
+    if path.is_file() and not args.overwrite:
+        previous = json.loads(path.read_text(encoding="utf-8"))
+        changed = [k for k in IDENTITY if previous.get(k) != settings[k]]
+        if changed:
+            raise DataError(f"{out} holds a fine-tune with other {', '.join(changed)}: pass --overwrite to "
+                            "replace it, or choose another --output")
+        return previous  # the schedule (max_steps) of the run being resumed
+    if out.is_dir() and any(out.iterdir()) and not (path.is_file() or args.overwrite):
+        raise DataError(f"{out} is not empty and holds no fine-tune: choose another --output")
+    if args.overwrite:
+        for name in ("corpus", "train", "model", "base", "general", "eval", "comparison.json", "comparison.md",
+                     SETTINGS):
+            target = out / name
+            shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+    return settings
+
+
+def time_a_step(init: Path, batch_size: int) -> tuple[float, int]:
+    """(seconds per optimizer step, torch threads) measured here and now.
+
+    A shared machine can make every thread but one wait for a busy core: then one
+    thread trains several times faster than all of them, so both are timed (on a
+    batch of 2 sequences, scaled to `batch_size`) and the faster is kept.
+    """
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    from trainer.model import LanguageModelLoss
+
+    lm = GPT2LMHeadModel.from_pretrained(init, dtype=torch.float32)
+    model = LanguageModelLoss(lm)
+    optimizer = torch.optim.AdamW(lm.parameters(), lr=0.0)
+    tokens = lambda n, t: torch.randint(0, lm.config.vocab_size, (n, t))  # noqa: E731
+
+    def step(batch) -> float:
+        started = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        return time.perf_counter() - started
+
+    before, timings = torch.get_num_threads(), {}
+    try:
+        step(tokens(1, 64))  # allocations, kernel selection
+        for threads in sorted({1, os.cpu_count() or 1}):
+            torch.set_num_threads(threads)
+            timings[threads] = step(tokens(2, lm.config.n_positions)) * batch_size / 2
+    finally:
+        torch.set_num_threads(before)
+    threads = min(timings, key=timings.get)
+    return timings[threads], threads
+
+
+def schedule_for(init: Path, minutes: float, batch_size: int) -> tuple[int, int]:
+    """(optimizer steps that fit in `minutes`, threads to train with)."""
+    per_step, threads = time_a_step(init, batch_size)
+    # Held-out evaluations and checkpoints take about a fifth more.
+    return max(20, int(minutes * 60 / (per_step * 1.2))), threads
+
+
+def _stage(number: int, name: str, done: bool) -> None:
+    print(f"\n[{number}/5] {name}: {'already done, skipped' if done else 'running'}", flush=True)
+
+
+def _export(checkpoint: Path, dest: Path) -> None:
+    from trainer import export
+
+    tmp = dest.with_name(".tmp-" + dest.name)
+    shutil.rmtree(tmp, ignore_errors=True)
+    code = export.main(["--checkpoint", str(checkpoint), "--output", str(tmp), "--quantize", "int8",
+                        "--keep_fp32", "false"])
+    if code:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RuntimeError(f"the export of {checkpoint} failed (exit code {code})")
+    shutil.rmtree(dest, ignore_errors=True)
+    os.rename(tmp, dest)
+
+
+def train(settings: dict, corpus: Path, out: Path) -> dict:
+    from trainer import pretrain
+
+    steps = settings["max_steps"]
+    argv = ["--corpus", str(corpus), "--output", str(out), "--init-from", settings["init_from"], "--keep-best",
+            "--learning-rate", str(settings["learning_rate"]), "--warmup-steps", str(settings["warmup_steps"]),
+            "--max-steps", str(steps), "--max-minutes", str(settings["minutes"]),
+            "--batch-size", str(settings["batch_size"]), "--eval-steps", str(max(5, steps // 5)),
+            "--eval-batches", "0", "--save-steps", str(max(5, steps // 5)), "--keep-last", "1",
+            "--num-threads", str(settings["threads"]),
+            "--seed", str(settings["seed"]), "--report-to", "none"]
+    if (out / "latest").exists():
+        argv += ["--resume", "latest"]
+    print("  $ codeparrot pretrain " + " ".join(shlex.quote(a) for a in argv), flush=True)
+    load, started = os.getloadavg()[0], time.monotonic()
+    code = pretrain.main(argv)
+    if code:
+        raise RuntimeError(f"training failed (exit code {code}); see the messages above")
+    from trainer import checkpoint as ckpt
+
+    state, best = ckpt.read_state(ckpt.latest_checkpoint(out)), ckpt.read_best(out)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if line]
+    evals = [r for r in rows if "eval_loss" in r]
+    return {"steps": state["step"], "tokens": state["tokens_seen"], "seconds": round(time.monotonic() - started, 1),
+            "held_out_loss_start": evals[0]["eval_loss"] if evals else None,
+            "held_out_loss_best": best["eval_loss"], "best_step": best["step"],
+            "load_average_before": round(load, 2), "load_average_after": round(os.getloadavg()[0], 2)}
+
+
+def run(args: FinetuneArguments) -> int:
+    from trainer.checkpoint import default_checkpoint
+    from trainer.finetune_data import build_finetune_corpus, build_general_set
+    from trainer.finetune_eval import compare, evaluation_plan, run_evaluations, write_comparison
+    from trainer.quickstart import record_fim_choice
+
+    init = check_args(args)
+    out = Path(args.output).resolve()
+    settings = prepare_output(args, settings_of(args, init))
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    corpus, train_dir, model = out / "corpus", out / "train", out / "model"
+    started = time.monotonic()
+
+    done = (corpus / "held_out.json").is_file()
+    _stage(1, f"corpus and held-out split ({args.held_out:g} of the files)", done)
+    if not done:
+        try:
+            split = build_finetune_corpus(settings["source"], corpus, settings["held_out"], settings["seed"])
+        except (DataError, SourceError):
+            if created:
+                shutil.rmtree(out, ignore_errors=True)  # nothing half-written
+            raise
+    split = json.loads((corpus / "held_out.json").read_text(encoding="utf-8"))
+    print(f"  {split['files_kept']} of {split['files_seen']} files kept: {split['train']['files']} to train on, "
+          f"{split['held_out']['files']} held out")
+    if settings["max_steps"] is None or settings["threads"] is None:
+        steps, threads = schedule_for(init, settings["minutes"], settings["batch_size"])
+        settings["threads"], settings["max_steps"] = settings["threads"] or threads, settings["max_steps"] or steps
+    (out / SETTINGS).write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
+
+    final = train_dir / "final"
+    done = (final / "config.json").is_file() and (train_dir / "summary.json").is_file()
+    _stage(2, f"fine-tune from {init} ({settings['minutes']:g} minutes at most, {settings['max_steps']} steps)", done)
+    if not done:
+        summary = train(settings, corpus, train_dir)
+        (train_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    summary = json.loads((train_dir / "summary.json").read_text(encoding="utf-8"))
+
+    shipped = default_checkpoint().parent
+    base = shipped if init.resolve() == default_checkpoint().resolve() and \
+        (shipped / "model.int8.onnx").is_file() else out / "base"
+    done = (model / "export.json").is_file() and (base / "export.json").is_file()
+    _stage(3, "export to ONNX (int8)", done)
+    if not (model / "export.json").is_file():
+        _export(final, model)
+    if not (base / "export.json").is_file():
+        _export(init, base)
+
+    _stage(4, "evaluate before and after (held-out files, general set)", False)
+    general = Path(args.general) if args.general else out / "general"
+    if not args.general and not (general / "stats.json").is_file():
+        build_general_set(general, args.general_files)
+    plan = evaluation_plan(corpus, general, args.positions, settings["seed"], settings["threads"])
+    before = run_evaluations(base, plan, out / "eval" / "before")
+    after = run_evaluations(model, plan, out / "eval" / "after")
+    choice = record_fim_choice(model, out / "eval" / "after" / "line_random.json")
+
+    _stage(5, "before/after", False)
+    before_name = "default" if base == shipped else "start"
+    context = {"sources": settings["source"], "init_from": str(init), "held_out_files": split["held_out"]["files"],
+               "train_files": split["train"]["files"], "training": summary, "serving": choice}
+    table = write_comparison(out, compare(before, after), context, before_name, "fine-tuned")
+    print(table)
+    print(f"\n  trained {summary['steps']} steps ({summary['tokens']:,} tokens) in {summary['seconds'] / 60:.1f} min; "
+          f"held-out loss {summary['held_out_loss_start']:.3f} -> {summary['held_out_loss_best']:.3f} "
+          f"(best at step {summary['best_step']}); load average {summary['load_average_before']}")
+    if choice:
+        print(f"  serving prompt: {choice}")
+    print(f"\nfinetune finished in {(time.monotonic() - started) / 60:.1f} minutes.")
+    print(f"  your model: {model}\n  serve it:   codeparrot-ls --model {shlex.quote(str(model))}")
+    print(f"  the table:  {out / 'comparison.md'}")
+    return 0
+
+
+def parse_args(argv: list[str]) -> FinetuneArguments:
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(FinetuneArguments, prog="codeparrot finetune", description=__doc__.split("\n\n")[0])
+    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    args.source = [s for group in args.source for s in (group if isinstance(group, list) else [group])]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("codeparrot", "trainer"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+    except SystemExit as exc:  # argparse: usage errors exit 2, --help 0
+        return int(exc.code or 0)
+    try:
+        return run(args)
+    except (DataError, SourceError) as exc:
+        print(f"codeparrot finetune: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:
+        print(f"codeparrot finetune: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
