@@ -27,14 +27,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import astuple, dataclass
 
-from tokenizers import Tokenizer
-
 from codeparrot_ls import prompt as P
 from codeparrot_ls.cache import CachedSuggestion, SuggestionCache
-from codeparrot_ls.context import ContextBuilder
 from codeparrot_ls.engine.base import Engine, GenerationRequest
-from codeparrot_ls.healing import heal
 from codeparrot_ls.postprocess import CursorContext, postprocess, settled_length
+from codeparrot_ls.prompt_builder import SERVED_LAYOUT, PromptBuilder
 from codeparrot_ls.settings import CompletionSettings
 
 log = logging.getLogger(__name__)
@@ -120,19 +117,13 @@ def early_stop_rule(required: str, cursor: CursorContext, stops: Sequence[str]) 
 
 
 class Completer:
-    def __init__(self, engine: Engine, layout: str = "spm", healing_policy: str = "boundary",
+    def __init__(self, engine: Engine, layout: str = SERVED_LAYOUT, healing_policy: str = "boundary",
                  early_stop: bool = True):
         self.engine = engine
         self.early_stop = early_stop
-        self.healing_policy = healing_policy   # see codeparrot_ls.healing.heal
-        info = engine.info
-        # A private copy of the tokenizer that encodes text spelling a special token
-        # ("<|endoftext|>" in a docstring) as plain text, never as the special token.
-        self.tokenizer = Tokenizer.from_str(engine.tokenizer.to_str())
-        self.tokenizer.encode_special_tokens = True
-        quality = bool(info.extra.get("quality_conditioning")) and P.BEST_QUALITY_TOKEN in info.special_ids
-        self.builder = ContextBuilder(self.tokenizer, dict(info.special_ids), info.n_positions,
-                                      info.supports_fim, quality, layout, fim_default=info.fim_default)
+        # The one prompt builder (evaluation and `codeparrot complete` use it too).
+        self.builder = PromptBuilder.for_engine(engine, layout, healing_policy)
+        self.tokenizer = self.builder.tokenizer
         self.cache = SuggestionCache()
         self.stats = CompletionStats()
         self._engine_lock = threading.Lock()  # the engine serves one generation at a time
@@ -159,35 +150,22 @@ class Completer:
             self.stats.cancelled += 1
             return []
 
-        cursor = CursorContext.from_document(text, offset)
-        one_line = settings.single_line or cursor.mid_line
         others = [(u, t) for u, t in other_documents if u != uri]
-        line = text.count("\n", 0, offset)
-        ctx = self.builder.build(text, offset, line, settings, others, uri=uri, repo=repo)
-        prefix_ids, required = ctx.prefix_ids, ""
-        if settings.token_healing:
-            healed = heal(self.tokenizer, ctx.prefix, ctx.prefix_ids, self.healing_policy)
-            prefix_ids, required = healed.prefix_ids, healed.removed_text
-            if one_line and "\n" in required:
-                # A "\n" stop would match inside the re-typed text: keep the line break
-                # in the prompt and re-type only what follows it.
-                cut = required.rindex("\n") + 1
-                prefix_ids = prefix_ids + self.builder.counter.encode(required[:cut])
-                required = required[cut:]
-        prompt_ids = ctx.prompt_ids(prefix_ids)
+        prompt = self.builder.build(text, offset, settings, others, uri=uri, repo=repo)
+        cursor, one_line, required = prompt.cursor, prompt.one_line, prompt.required_prefix
+        ctx, prompt_ids = prompt.context, prompt.ids
         self.stats.last_healed = required
         self.stats.last_definitions = len(ctx.definitions)
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("prompt for %s:%d: %d tokens; before the document:\n%s", uri, line + 1, len(prompt_ids),
+            log.debug("prompt for %s:%d: %d tokens; before the document:\n%s", uri, text.count("\n", 0, offset) + 1, len(prompt_ids),
                       self.tokenizer.decode(ctx.head_ids, skip_special_tokens=False))
 
         stops = [*P.PYTHON_STOP_SEQUENCES, *settings.stop, *(["\n"] if one_line else [])]
         engine_stops, later_stops = stops_for(required, stops)
         sampling = invoked and settings.temperature > 0 and settings.num_candidates > 1
-        n_healed = len(ctx.prefix_ids) - len(prefix_ids)
         request = GenerationRequest(
             prompt_ids=prompt_ids,
-            max_new_tokens=min(settings.max_new_tokens + n_healed, self.builder.n_positions - len(prompt_ids)),
+            max_new_tokens=min(settings.max_new_tokens + prompt.n_healed, self.builder.n_positions - len(prompt_ids)),
             temperature=settings.temperature if sampling else 0.0,
             top_p=settings.top_p if sampling else 1.0,
             num_samples=settings.num_candidates if sampling else 1,

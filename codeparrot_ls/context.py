@@ -1,19 +1,22 @@
-"""Document + cursor -> the prompt: prefix, suffix and snippets from other open files,
-fitted to a token budget with the model's real tokenizer.
+"""Document + cursor -> the prompt's pieces: prefix, suffix and snippets from other open
+files, fitted to a token budget with the model's real tokenizer.
 
 The document comes with every line break written "\n" and the cursor as a code-point
 offset into it (`codeparrot_ls.positions.locate` makes both from the client's position).
+The prompt itself (FIM choice, token healing, the final ids) is assembled by
+`codeparrot_ls.prompt_builder.PromptBuilder`, the one builder the server, `codeparrot
+evaluate` and `codeparrot complete` share. Layout of the prompt token ids (every piece
+tokenized separately)::
 
-Layout of the prompt token ids (every piece tokenized separately)::
+    <|endoftext|>  [snippet block, <|endoftext|>]  [quality token]  FIM prompt (or the bare prefix)
 
-    [snippet block, <|endoftext|>]  [quality token]  FIM prompt (or the bare prefix)
-
+* Every prompt starts like a training document (trainer/data.py joins documents with
+  `<|endoftext|>` and puts the quality token at a document's start), so even an empty
+  prefix (a new file) is a valid prompt.
 * The FIM prompt comes from `codeparrot_ls.prompt.fim_prompt_ids`. Serving uses the SPM
   layout by default: there the prefix is the *last* piece, so a typed character only
   changes the end of the prompt and the engine's KV prefix reuse serves everything before
-  it. Models without FIM tokens get the prefix alone, and so does any model when
-  `settings.fim` is False, or unset with the model's `fim_default` False (its export.json
-  says left-to-right prompts scored better).
+  it. Left-to-right prompts are the prefix alone.
 * Snippets from other open Python documents form a separate leading "document": the code
   windows most similar to the lines above the cursor (Jaccard over identifier sets), each
   under a `# <file name>` comment line, then `<|endoftext|>` - the way packed training
@@ -85,7 +88,7 @@ class PromptContext:
     suffix: str                 # document text kept after the cursor (FIM only)
     prefix_ids: list[int]
     suffix_ids: list[int]
-    head_ids: list[int]         # snippet block + end-of-text + quality token (may be empty)
+    head_ids: list[int]         # end-of-text [+ snippet block + end-of-text] [+ quality token]
     layout: str                 # "spm" | "psm" | "l2r"
     special_ids: dict[str, int]
     snippets: list[Snippet] = field(default_factory=list)
@@ -97,8 +100,7 @@ class PromptContext:
         """The prompt, optionally with other prefix ids (token healing backs the prefix up)."""
         pre = self.prefix_ids if prefix_ids is None else list(prefix_ids)
         if self.layout == "l2r":
-            # At the start of a document the prompt is where training documents start.
-            return [*self.head_ids, *pre] or [self.special_ids[P.END_OF_TEXT]]
+            return [*self.head_ids, *pre]
         return [*self.head_ids, *P.fim_prompt_ids(pre, self.suffix_ids, self.special_ids, self.layout)]
 
 
@@ -111,26 +113,31 @@ class ContextBuilder:
     n_positions: int
     supports_fim: bool
     quality_conditioning: bool = False
-    layout: str = "spm"
-    fim_default: bool = True          # FIM when settings.fim is None (the model's measured choice)
+    layout: str = "spm"               # the FIM layout ("spm" or "psm") when a request uses FIM
+    eos_id: int | None = None         # when the vocabulary has no END_OF_TEXT
 
     def __post_init__(self):
         self.counter = TokenCounter(self.tokenizer)
         self.snippet_index = SnippetIndex()
         self._sticky: dict[str, int] = {}   # uri -> first line of the last prefix window
-        self.eos_id = self.special_ids.get(P.END_OF_TEXT)
+        self.eos_id = self.special_ids.get(P.END_OF_TEXT, self.eos_id)
+        if self.eos_id is None:
+            raise ValueError("the tokenizer has no end-of-text token: prompts could not start like training documents")
         self.quality_id = self.special_ids.get(P.BEST_QUALITY_TOKEN) if self.quality_conditioning else None
 
     def build(self, text: str, offset: int, line: int, settings,
               other_documents: Sequence[tuple[str, str]] = (), uri: str | None = None,
-              repo=None) -> PromptContext:
-        """The context at `offset` (on `line`). With `uri`, the window's first line is kept
-        from the previous request on the same document while it fits (see `_grow_prefix`).
-        `repo` (a codeparrot_ls.repo_context.RepoContext) adds the workspace's definitions
-        and windows when `settings.workspace_context` is on."""
-        use_fim = self.supports_fim and (self.fim_default if settings.fim is None else settings.fim)
+              repo=None, *, use_fim: bool = True) -> PromptContext:
+        """The context at `offset` (on `line`), for a FIM prompt (when the model has FIM
+        tokens) or a left-to-right one (`use_fim`: `PromptBuilder` decides it per request).
+        With `uri`, the window's first line is kept from the previous request on the same
+        document while it fits (see `_grow_prefix`). `repo` (a
+        codeparrot_ls.repo_context.RepoContext) adds the workspace's definitions and windows
+        when `settings.workspace_context` is on."""
+        use_fim = use_fim and self.supports_fim
         layout = self.layout if use_fim else "l2r"
-        n_fixed = (3 if use_fim else 0) + (1 if self.quality_id is not None else 0)
+        # Fixed tokens: the leading end-of-text, the quality token, the FIM sentinels.
+        n_fixed = 1 + (P.FIM_PROMPT_TOKENS if use_fim else 0) + (1 if self.quality_id is not None else 0)
         # The prompt and the new tokens must fit the model's positions.
         budget = min(settings.context_tokens, self.n_positions - settings.max_new_tokens) - n_fixed
         if budget < 8:
@@ -141,18 +148,19 @@ class ContextBuilder:
         line_end = text.find("\n", offset)
         line_end = len(text) if line_end < 0 else line_end
 
-        head_ids, snippets, definitions = [], [], []
+        head_ids, snippets, definitions = [self.eos_id], [], []
         findings = None
-        if repo is not None and settings.workspace_context and self.eos_id is not None:
+        if repo is not None and settings.workspace_context:
             findings = repo.gather(uri, text, line)
         open_budget = min(settings.other_files_tokens, budget // 4) if other_documents else 0
         repo_budget = int(budget * settings.workspace_share) if findings else 0
-        if open_budget + repo_budget > 0 and self.eos_id is not None:
-            head_ids, snippets, definitions = self._snippet_block(
+        if open_budget + repo_budget > 0:
+            block, snippets, definitions = self._snippet_block(
                 text, line_start, other_documents, open_budget, findings, repo_budget, repo)
+            head_ids += block
+            budget -= len(block)
         if self.quality_id is not None:
-            head_ids = [*head_ids, self.quality_id]
-        budget -= len(head_ids) - (1 if self.quality_id is not None else 0)
+            head_ids.append(self.quality_id)
 
         suffix_budget = int(budget * settings.suffix_share) if use_fim else 0
         sticky = self._sticky.get(uri) if uri is not None else None

@@ -33,6 +33,8 @@ QUALITY_TOKENS = ("<quality_0>", "<quality_1>", "<quality_2>", "<quality_3>", "<
 SPECIAL_TOKENS = (END_OF_TEXT, *FIM_TOKENS, *QUALITY_TOKENS)
 
 LAYOUTS = ("psm", "spm")
+# Sentinel tokens a FIM prompt adds to its prefix and suffix (<fim_prefix>, <fim_suffix>, <fim_middle>).
+FIM_PROMPT_TOKENS = 3
 
 # Where a Python suggestion ends: a blank line or a new top-level statement.
 PYTHON_STOP_SEQUENCES = (

@@ -179,8 +179,8 @@ def test_disabled_and_other_documents(completer):
     out = completer.complete(URI, DOC, off, SETTINGS, invoked=False,
                              other_documents=[("file:///project/model.py", other), (URI, DOC)])
     check(DOC, off, out, SETTINGS, False)
-    assert completer.builder.build(DOC, off, 60, SETTINGS,
-                                   [("file:///project/model.py", other)]).snippets  # they were used
+    assert completer.builder.build(DOC, off, SETTINGS,
+                                   [("file:///project/model.py", other)]).context.snippets  # they were used
 
 
 @pytest.mark.slow

@@ -42,9 +42,10 @@ def test_spm_prompt_is_the_fim_layout_of_a_window_around_the_cursor(builder, tok
     assert ctx.prefix_ids == tok.encode(ctx.prefix).ids and ctx.suffix_ids == tok.encode(ctx.suffix).ids
     ids = ctx.prompt_ids()
     sp = builder.special_ids
-    assert ids == [sp[P.FIM_PREFIX], sp[P.FIM_SUFFIX], *ctx.suffix_ids, sp[P.FIM_MIDDLE], *ctx.prefix_ids]
+    assert ids == [sp[P.END_OF_TEXT], sp[P.FIM_PREFIX], sp[P.FIM_SUFFIX], *ctx.suffix_ids, sp[P.FIM_MIDDLE],
+                   *ctx.prefix_ids]
     decoded = tok.decode(ids, skip_special_tokens=False)
-    assert decoded == P.fim_prompt(ctx.prefix, ctx.suffix, "spm")
+    assert decoded == P.END_OF_TEXT + P.fim_prompt(ctx.prefix, ctx.suffix, "spm")
     # The window starts at a line start and ends at a line end.
     assert ctx.prefix.startswith("\n") is False and source[off - len(ctx.prefix) - 1] == "\n"
 
@@ -55,9 +56,10 @@ def test_budget_respected_and_prefix_gets_its_share(builder, source):
     ctx = builder.build(source, off, line, s)
     n = len(ctx.prompt_ids())
     assert n <= 300
-    assert len(ctx.suffix_ids) <= int((300 - 3) * 0.25)
+    fixed = 1 + P.FIM_PROMPT_TOKENS   # <|endoftext|> and the FIM sentinels
+    assert len(ctx.suffix_ids) <= int((300 - fixed) * 0.25)
     assert len(ctx.prefix_ids) > len(ctx.suffix_ids)
-    assert len(ctx.prefix_ids) > 0.6 * (300 - 3 - len(ctx.suffix_ids))  # lines snap: not exact
+    assert len(ctx.prefix_ids) > 0.6 * (300 - fixed - len(ctx.suffix_ids))  # lines snap: not exact
     # The model's positions bound the budget too: prompt + new tokens fit n_positions.
     big = CompletionSettings(context_tokens=4096, max_new_tokens=100)
     assert len(builder.build(source, off, line, big).prompt_ids()) + 100 <= 512
@@ -69,25 +71,16 @@ def test_unused_budget_moves_to_the_other_side(builder):
     s = CompletionSettings(context_tokens=200, suffix_share=0.25)
     ctx = builder.build(text, off, line, s)
     assert ctx.prefix == text[:off]                 # the whole (short) prefix
-    assert len(ctx.suffix_ids) > int(197 * 0.25)    # the suffix took what the prefix left
+    assert len(ctx.suffix_ids) > int(196 * 0.25)    # the suffix took what the prefix left
 
 
 def test_left_to_right_without_fim(builder, tok, source):
     off, line = at(source, "def extractall(")
-    ctx = builder.build(source, off, line, CompletionSettings(fim=False, context_tokens=256))
+    ctx = builder.build(source, off, line, CompletionSettings(context_tokens=256), use_fim=False)
     assert ctx.layout == "l2r" and ctx.suffix == ""
-    assert ctx.prompt_ids() == ctx.prefix_ids
+    assert ctx.prompt_ids() == [builder.special_ids[P.END_OF_TEXT], *ctx.prefix_ids]
     no_fim = ContextBuilder(tok, builder.special_ids, 512, supports_fim=False)
     assert no_fim.build(source, off, line, CompletionSettings()).layout == "l2r"
-
-
-def test_fim_unset_follows_the_model_and_an_explicit_setting_wins(builder, tok, source):
-    off, line = at(source, "def extractall(")
-    prefers_l2r = ContextBuilder(tok, builder.special_ids, 512, supports_fim=True, fim_default=False)
-    assert prefers_l2r.build(source, off, line, CompletionSettings()).layout == "l2r"
-    assert prefers_l2r.build(source, off, line, CompletionSettings(fim=True)).layout == "spm"
-    assert builder.build(source, off, line, CompletionSettings()).layout == "spm"
-    assert builder.build(source, off, line, CompletionSettings(fim=False)).layout == "l2r"
 
 
 def test_typing_keeps_a_long_common_prompt_prefix(builder, source):
@@ -124,8 +117,8 @@ def test_quality_token_is_prepended_when_the_model_was_conditioned(tok):
     sp = P.special_token_ids(tok.get_vocab())
     b = ContextBuilder(tok, sp, 512, supports_fim=True, quality_conditioning=True)
     ctx = b.build("x = 1\n", 6, 1, CompletionSettings())
-    assert ctx.prompt_ids()[0] == sp[P.BEST_QUALITY_TOKEN]
-    assert ctx.prompt_ids()[1] == sp[P.FIM_PREFIX]
+    # As in training: a document starts after <|endoftext|>, with its quality token first.
+    assert ctx.prompt_ids()[:3] == [sp[P.END_OF_TEXT], sp[P.BEST_QUALITY_TOKEN], sp[P.FIM_PREFIX]]
 
 
 # ----------------------------------------------------------------------------- snippets
@@ -140,7 +133,8 @@ def test_snippets_from_other_documents_most_relevant_lead_the_prompt(builder, to
     eos = builder.special_ids[P.END_OF_TEXT]
     ids = ctx.prompt_ids()
     assert ids[len(ctx.head_ids) - 1] == eos and ids[len(ctx.head_ids)] == builder.special_ids[P.FIM_PREFIX]
-    head = tok.decode(ctx.head_ids[:-1], skip_special_tokens=False)
+    assert ids[0] == eos   # the block is a document of its own, like the current one
+    head = tok.decode(ctx.head_ids[1:-1], skip_special_tokens=False)
     assert "# shlex.py\n" in head and len(ctx.head_ids) <= 128
     assert len(ids) <= s.context_tokens
     # Typing on the cursor's line does not change the snippet block (KV reuse).
@@ -151,7 +145,7 @@ def test_snippets_from_other_documents_most_relevant_lead_the_prompt(builder, to
 
 def test_no_snippets_without_shared_identifiers(builder):
     ctx = builder.build("alpha = beta\n", 13, 1, CompletionSettings(), [("file:///o.py", "gamma = delta\n")])
-    assert ctx.head_ids == [] and ctx.snippets == []
+    assert ctx.head_ids == [builder.special_ids[P.END_OF_TEXT]] and ctx.snippets == []
 
 
 # ----------------------------------------------------------------------------- token healing

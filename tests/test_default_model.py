@@ -44,5 +44,5 @@ def test_the_default_model_is_prompted_the_way_it_scored_best():
     text = "def add(a, b):\n    return \n\nprint(add(1, 2))\n"
     offset = text.index("return ") + len("return ")
     expected = "spm" if info["serving"]["fim"] else "l2r"
-    assert builder.build(text, offset, 1, CompletionSettings()).layout == expected
-    assert builder.build(text, offset, 1, CompletionSettings(fim=True)).layout == "spm"
+    assert builder.build(text, offset, CompletionSettings()).layout == expected
+    assert builder.build(text, offset, CompletionSettings(fim=True)).layout == "spm"

@@ -9,8 +9,7 @@ import math
 import pytest
 
 from trainer.eval_humaneval import check_completion, load_problems, pass_at_k
-from trainer.eval_line_completion import (Position, edit_similarity, exact_match, fim_prompt, left_to_right_prompt,
-                                          sample_positions)
+from trainer.eval_line_completion import Position, build_requests, edit_similarity, exact_match, sample_positions
 from trainer.eval_data import DataStats
 from trainer.eval_perplexity import PerplexityTotals, token_nats, windows
 from trainer.sandbox import Isolation, SandboxLimits
@@ -149,27 +148,29 @@ def test_positions_are_seeded_and_well_formed(tmp_path):
 
 
 def test_prompts_heal_like_the_server_and_keep_fim_in_budget(tiny_checkpoint_dir):
+    from codeparrot_ls.healing import should_heal
     from codeparrot_ls.prompt import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
     from trainer.eval_common import open_engine
 
     engine = open_engine(tiny_checkpoint_dir, "torch")
+    eos = engine.info.eos_id
     prefix = SOURCE[: SOURCE.index("return os")]
     pos = Position("m.py", 5, prefix, "return os.path.join(x, 'a')", SOURCE[SOURCE.index("\n    return None"):])
-    from codeparrot_ls.healing import should_heal
-
-    ids, required = left_to_right_prompt(engine, pos, budget=200, healing=True)
-    # The server's policy: heal only where the cursor is not a pre-token boundary.
-    assert bool(required) == should_heal(engine.tokenizer, prefix) and prefix.endswith(required)
-    assert engine.tokenizer.decode(ids, skip_special_tokens=True) + required == prefix
     mid_word = Position("m.py", 5, prefix + "return o", "s.path.join(x, 'a')", pos.suffix)
-    ids, required = left_to_right_prompt(engine, mid_word, budget=200, healing=True)
-    assert required.endswith("o") and engine.tokenizer.decode(ids, skip_special_tokens=True) + required == mid_word.prefix
-    assert ids[0] == engine.info.eos_id
-    short, _ = left_to_right_prompt(engine, pos, budget=5, healing=True)
-    assert len(short) == 5
+    (req, req_mid), layouts = build_requests(engine, [pos, mid_word], "off", 8, healing=True, suffix_share=0.25)
+    assert layouts == ["l2r", "l2r"]
+    # The server's policy: heal only where the cursor is not a pre-token boundary.
+    assert bool(req.required_prefix) == should_heal(engine.tokenizer, prefix)
+    assert req.prompt_ids[0] == eos
+    assert engine.tokenizer.decode(req.prompt_ids[1:], skip_special_tokens=True) + req.required_prefix == prefix
+    assert req_mid.required_prefix.endswith("o")
+    assert (engine.tokenizer.decode(req_mid.prompt_ids[1:], skip_special_tokens=True) + req_mid.required_prefix
+            == mid_word.prefix)
     sp = engine.info.special_ids
-    fim = fim_prompt(engine, pos, budget=30, layout="psm", suffix_share=0.25)
-    assert len(fim) <= 30 and fim[1] == sp[FIM_PREFIX] and fim[-1] == sp[FIM_MIDDLE] and sp[FIM_SUFFIX] in fim
+    (fim,), layouts = build_requests(engine, [pos], "psm", 8, healing=True, suffix_share=0.25)
+    ids = fim.prompt_ids
+    assert layouts == ["psm"] and ids[:2] == [eos, sp[FIM_PREFIX]] and ids[-1] == sp[FIM_MIDDLE] and sp[FIM_SUFFIX] in ids
+    assert len(ids) <= engine.info.n_positions - 8   # the prompt leaves room for the new tokens
 
 
 # ---- end to end ------------------------------------------------------------------------------
@@ -203,7 +204,9 @@ def test_every_task_end_to_end(folder, request, tmp_path, capsys):
     assert rc == 0, out.err
     rc, _ = _run(lc_args + ["--output", str(tmp_path / "lc2.json")], capsys)
     lc1, lc2 = (json.loads((tmp_path / f"lc{i}.json").read_text()) for i in (1, 2))
-    assert set(lc1["results"]) == {"no_fim", "fim_psm"} and lc1["results"]["no_fim"]["positions"] == 6
+    assert set(lc1["results"]) == {"no_fim", "fim_spm", "as_served"} and lc1["results"]["no_fim"]["positions"] == 6
+    served = lc1["results"]["as_served"]
+    assert sum(v["positions"] for v in served["by_suffix"].values()) == 6 and "by_suffix.none.exact_match" in out.out
     assert lc1["samples"] == lc2["samples"]  # reproducible
 
     rc, out = _run(["--model", str(model), "--task", "humaneval", "--engine", engine, "--limit", "2",
@@ -248,13 +251,13 @@ def test_humaneval_without_a_kernel_sandbox_refuses_unless_allowed(tiny_checkpoi
 # ---- complete --------------------------------------------------------------------------------
 
 
-def test_split_file_at_the_end_of_a_line():
-    from trainer.complete import split_file
+def test_complete_puts_the_cursor_at_the_end_of_a_line():
+    from trainer.complete import cursor_at_line_end
 
-    assert split_file("a\nbb\nc", 2) == ("a\nbb", "\nc")
-    assert split_file("a\nbb\nc", None) == ("a\nbb\nc", "")
+    assert cursor_at_line_end("a\nbb\nc", 2) == len("a\nbb")
+    assert cursor_at_line_end("a\nbb\nc", None) == len("a\nbb\nc")
     with pytest.raises(ValueError):
-        split_file("a\n", 5)
+        cursor_at_line_end("a\n", 5)
 
 
 def test_complete_prints_samples_and_rejects_bad_input(tiny_checkpoint_dir, tmp_path, capsys):

@@ -255,6 +255,24 @@ async def test_bad_requests_get_an_error_or_nothing_and_the_server_stays_up(tiny
         assert stats["scheduler"]["errors"] == 0
 
 
+async def test_an_empty_file_and_a_one_character_file_get_a_suggestion_or_nothing(tiny_onnx_dir):
+    """Line 0, character 0 of a new file is a valid prompt (it starts with <|endoftext|>, as
+    training documents do); so is every cursor of a one-character file, FIM or not."""
+    async with serve("--model", str(tiny_onnx_dir), init=SAMPLING) as s:
+        cases = [("file:///new.py", "", T.Position(0, 0)), ("file:///x.py", "x", T.Position(0, 0)),
+                 ("file:///x.py", "x", T.Position(0, 1)), ("file:///nl.py", "\n", T.Position(1, 0))]
+        for fim in (None, True, False):
+            s.configure({"fim": fim})
+            for uri, text, pos in cases:
+                s.open(uri, text)
+                for invoked in (False, True):
+                    items = await s.inline(uri, pos, invoked=invoked)
+                    for item in items:
+                        assert item.range.start.line == pos.line and item.insert_text
+        stats = await s.stats()
+        assert stats["scheduler"]["errors"] == 0
+
+
 async def test_configuration_changes_take_effect_and_bad_values_are_reported(tiny_onnx_dir):
     async with serve("--model", str(tiny_onnx_dir), init=SAMPLING) as s:
         s.open("file:///c.py", SOURCE)

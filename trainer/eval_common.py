@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from codeparrot_ls.modelfiles import TOKENIZER_FILE, has_onnx_model, has_torch_checkpoint
-from codeparrot_ls.prompt import BEST_QUALITY_TOKEN, END_OF_TEXT
+from codeparrot_ls.prompt import END_OF_TEXT
 
 ENGINES = ("auto", "onnx", "torch")
 
@@ -55,15 +55,6 @@ def encode(tokenizer, text: str) -> list[int]:
 
 
 def document_start(engine) -> list[int]:
-    """Training puts END_OF_TEXT between documents, so a file's first token follows it."""
+    """Training puts END_OF_TEXT between documents, so a file's first token follows it
+    (perplexity scores whole files; generation prompts come from codeparrot_ls.prompt_builder)."""
     return [engine.info.special_ids.get(END_OF_TEXT, engine.info.eos_id)]
-
-
-def prompt_start(engine) -> list[int]:
-    """What a generation prompt starts with, as in the server: END_OF_TEXT, then the best
-    quality token when the model was trained with quality conditioning."""
-    start = document_start(engine)
-    quality = engine.info.special_ids.get(BEST_QUALITY_TOKEN)
-    if engine.info.extra.get("quality_conditioning") and quality is not None:
-        start.append(quality)
-    return start

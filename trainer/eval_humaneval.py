@@ -15,8 +15,11 @@ appended as it finishes and a rerun with the same settings picks up where a kill
 run stopped: generation restarts at the first incomplete chunk of samples, whose
 seed reproduces it.
 
-The prompt is token-healed like the server's: it ends with a newline that
-training saw glued to the next line's indentation, so the model re-types it.
+The prompt comes from the language server's builder (codeparrot_ls.prompt_builder) with
+the cursor at the end of the problem's text: `<|endoftext|>` first, the prompt fitted to
+the model's positions minus `max_new_tokens`, and token-healed like the server's (it ends
+with a newline that training saw glued to the next line's indentation, so the model
+re-types it).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import numpy as np
 
 from codeparrot_ls.engine import GenerationRequest
 from codeparrot_ls.prompt import HUMANEVAL_STOP_SEQUENCES
-from trainer.eval_common import encode, prompt_start
+from codeparrot_ls.prompt_builder import PromptBuilder
 from trainer.sandbox import SandboxLimits, SandboxUnavailable, isolation, check_solution
 
 PASS_AT_K = (1, 10, 100)
@@ -77,15 +80,11 @@ def _done_future(record: dict) -> Future:
     return f
 
 
-def healed_prompt(engine, prompt: str, healing: bool) -> tuple[list[int], str]:
-    ids = encode(engine.tokenizer, prompt)
-    required = ""
-    if healing:
-        from codeparrot_ls.healing import heal
+def problem_prompt(builder: PromptBuilder, prompt: str, max_new_tokens: int, healing: bool):
+    """The server's prompt (codeparrot_ls.prompt_builder.Prompt) at the end of `prompt`."""
+    from codeparrot_ls.settings import CompletionSettings
 
-        healed = heal(engine.tokenizer, prompt, ids)
-        ids, required = healed.prefix_ids, healed.removed_text
-    return prompt_start(engine) + ids, required
+    return builder.build(prompt, len(prompt), CompletionSettings(max_new_tokens=max_new_tokens, token_healing=healing))
 
 
 class SampleJournal:
@@ -133,6 +132,7 @@ def evaluate_humaneval(engine, num_samples: int = 1, temperatures: Sequence[floa
     if num_samples < 1 or batch_size < 1 or workers < 1:
         raise ValueError("--num-samples, --batch-size and --workers must be >= 1")
     problems = load_problems(limit)
+    builder = PromptBuilder.for_engine(engine)
     limits = SandboxLimits(timeout_s=timeout_s, memory_mb=memory_mb)
     iso = isolation()
     if not iso.boundary:
@@ -172,12 +172,14 @@ def evaluate_humaneval(engine, num_samples: int = 1, temperatures: Sequence[floa
                 if not missing:
                     continue
                 done = missing[0] // batch_size * batch_size
-                ids, required = healed_prompt(engine, problem["prompt"], healing)
+                built = problem_prompt(builder, problem["prompt"], max_new_tokens, healing)
+                ids, required = built.ids, built.required_prefix
                 t0 = time.monotonic()
                 while done < n:
                     take = min(batch_size, n - done)
                     request = GenerationRequest(
-                        prompt_ids=ids, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                        prompt_ids=ids, max_new_tokens=max_new_tokens + built.n_healed, temperature=temperature,
+                        top_p=top_p,
                         num_samples=take, seed=chunk_seed(seed, temperature, problem["task_id"], done),
                         stop=HUMANEVAL_STOP_SEQUENCES, required_prefix=required)
                     for k, gen in enumerate(engine.generate(request)[:take]):

@@ -12,19 +12,20 @@ The cursor goes
 * `random`: at a uniformly drawn character inside the line's text (after the
   indentation), so the rest of the line is predicted.
 
-The target is the rest of the line without trailing whitespace. The prompt is
-END_OF_TEXT + everything before the cursor (left-truncated to the context
-budget); with FIM, the suffix is everything after the line (from its newline on,
-right-truncated) in the layout of codeparrot_ls.prompt.fim_prompt_ids. Decoding
-is greedy and stops at the first newline.
+The target is the rest of the line without trailing whitespace. The document the
+model sees is the file with the target taken out (everything before the cursor, then
+the file from the line's end on), and its prompt comes from the language server's own
+builder (codeparrot_ls.prompt_builder.PromptBuilder, with the server's settings:
+budget, suffix share, token healing, `<|endoftext|>` first), so the scores measure
+exactly what the editor gets. Decoding is greedy and stops at the first newline after
+the re-typed (healed) text.
 
-Left-to-right prompts are token-healed (codeparrot_ls.healing): the last
-pre-token before the cursor is removed from the prompt and the model must
-re-type it, because a prompt ending inside what training saw as one token
-(indentation after a newline, half an identifier) is a split the model never
-saw. That text often is the newline and the indentation; the engine only stops
-at a "\n" that ends after it. FIM prompts need no
-healing: training cut FIM pieces at random characters and tokenized them apart.
+Modes (`--fim`): `off` = left to right (the `no_fim` column), `on` = FIM in
+`--fim-layout` (`fim_<layout>`), `both` = the two of them plus `as_served`: the server's
+per-request choice (`fim` null: codeparrot_ls.prompt_builder.fim_wanted and the model's
+export.json default) in the server's layout. A prompt already run in another mode is not
+run again. Each column is also broken down by where the code after the cursor is
+(`by_suffix`, codeparrot_ls.prompt_builder.suffix_kind).
 
 Scores: exact match = the whitespace-split tokens of prediction and target are
 equal; edit similarity = rapidfuzz `fuzz.ratio` (the Levenshtein-based ratio
@@ -41,8 +42,7 @@ from dataclasses import dataclass
 from rapidfuzz import fuzz
 
 from codeparrot_ls.engine import GenerationRequest
-from codeparrot_ls.prompt import fim_prompt_ids
-from trainer.eval_common import encode, prompt_start
+from codeparrot_ls.prompt_builder import SERVED_LAYOUT, SUFFIX_KINDS, PromptBuilder, suffix_kind
 from trainer.eval_data import DataStats, iter_documents
 
 MIN_TARGET_CHARS = 4
@@ -92,81 +92,106 @@ def sample_positions(data: str, count: int, seed: int, cursor: str, stats: DataS
     return out
 
 
-def left_to_right_prompt(engine, pos: Position, budget: int, healing: bool) -> tuple[list[int], str]:
-    """(prompt ids, text the generation must start with)."""
-    tok = engine.tokenizer
-    ids = encode(tok, pos.prefix)
-    required = ""
-    if healing and ids:
-        from codeparrot_ls.healing import heal
-
-        healed = heal(tok, pos.prefix, ids)
-        ids, required = healed.prefix_ids, healed.removed_text
-    ids = prompt_start(engine) + ids
-    return ids[-budget:], required
+MODES = ("off", "spm", "psm", "served")
 
 
-def fim_prompt(engine, pos: Position, budget: int, layout: str, suffix_share: float) -> list[int]:
-    tok = engine.tokenizer
-    prefix_ids, suffix_ids = encode(tok, pos.prefix), encode(tok, pos.suffix)
-    start = prompt_start(engine)
-    room = budget - 3 - len(start)  # the three FIM tokens
-    take_suffix = min(len(suffix_ids), max(int(room * suffix_share), room - len(prefix_ids)))
-    take_prefix = min(len(prefix_ids), room - take_suffix)
-    prefix_ids = prefix_ids[len(prefix_ids) - take_prefix:]
-    return start + fim_prompt_ids(prefix_ids, suffix_ids[:take_suffix],
-                                                   engine.info.special_ids, layout)
+def mode_name(mode: str) -> str:
+    return {"off": "no_fim", "served": "as_served"}.get(mode, f"fim_{mode}")
 
 
-def run_mode(engine, positions: list[Position], mode: str, max_new_tokens: int, batch_size: int,
-             healing: bool, suffix_share: float) -> tuple[dict, list[dict]]:
-    """Generate and score every position in one mode ("off" = left to right, or a FIM layout)."""
+def completion_settings(max_new_tokens: int, healing: bool, suffix_share: float, fim: bool | None):
+    """The server's default settings, with what the evaluation varies."""
+    from codeparrot_ls.settings import CompletionSettings
+
+    return CompletionSettings(max_new_tokens=max_new_tokens, token_healing=healing, suffix_share=suffix_share,
+                              fim=fim)
+
+
+def position_prompt(builder, pos: Position, settings):
+    """The server's prompt for the position's document (target taken out) and cursor."""
+    return builder.build(pos.prefix + pos.suffix, len(pos.prefix), settings)
+
+
+def build_requests(engine, positions: list[Position], mode: str, max_new_tokens: int, healing: bool,
+                   suffix_share: float) -> tuple[list[GenerationRequest], list[str]]:
+    """One greedy one-line request per position, and the layout its prompt used."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+    fim = {"off": False, "served": None}.get(mode, True)
+    builder = PromptBuilder.for_engine(engine, SERVED_LAYOUT if mode in ("off", "served") else mode)
+    settings = completion_settings(max_new_tokens, healing, suffix_share, fim)
+    requests, layouts = [], []
+    for pos in positions:
+        prompt = position_prompt(builder, pos, settings)
+        requests.append(GenerationRequest(prompt_ids=prompt.ids, max_new_tokens=max_new_tokens + prompt.n_healed,
+                                          temperature=0.0, stop=("\n",), required_prefix=prompt.required_prefix))
+        layouts.append(prompt.layout)
+    return requests, layouts
+
+
+def _key(req: GenerationRequest) -> tuple:
+    return tuple(req.prompt_ids), req.required_prefix, req.max_new_tokens
+
+
+def generate_all(engine, requests: list[GenerationRequest], batch_size: int, done: dict) -> float:
+    """Generate every request not in `done` (key -> Generation), in place; returns seconds."""
     from codeparrot_ls.engine.decoding import generate_batch
 
-    budget = engine.info.n_positions - max_new_tokens
-    requests = []
-    for pos in positions:
-        if mode == "off":
-            ids, required = left_to_right_prompt(engine, pos, budget, healing)
-        else:
-            ids, required = fim_prompt(engine, pos, budget, mode, suffix_share), ""
-        requests.append(GenerationRequest(prompt_ids=ids, max_new_tokens=max_new_tokens, temperature=0.0,
-                                          stop=("\n",), required_prefix=required))
+    todo, seen = [], set()   # one request per distinct prompt not generated yet
+    for i, r in enumerate(requests):
+        if _key(r) not in done and _key(r) not in seen:
+            seen.add(_key(r))
+            todo.append(i)
     # Batches: similar lengths together (less padding). One at a time: file order, so the
     # engine's KV prefix cache serves the part a prompt shares with the previous one.
     # Either way the order is a pure function of the prompts: results are reproducible.
-    order = list(range(len(requests)))
     if batch_size > 1:
-        order.sort(key=lambda i: (len(requests[i].prompt_ids), i))
-    generations = [None] * len(requests)
+        todo.sort(key=lambda i: (len(requests[i].prompt_ids), i))
     start = time.monotonic()
-    for b in range(0, len(order), batch_size):
-        chunk = order[b:b + batch_size]
+    for b in range(0, len(todo), batch_size):
+        chunk = todo[b:b + batch_size]
         if batch_size == 1:
             outs = engine.generate(requests[chunk[0]])[:1]
         else:
             outs = generate_batch(engine, [requests[i] for i in chunk])
         for i, g in zip(chunk, outs):
-            generations[i] = g
-    seconds = time.monotonic() - start
-    samples, em, es, reasons, prompt_tokens = [], 0, 0.0, Counter(), 0
-    for pos, req, gen in zip(positions, requests, generations):
+            done[_key(requests[i])] = g
+    return time.monotonic() - start
+
+
+def _scores(samples: list[dict]) -> dict:
+    n = len(samples)
+    return {"positions": n,
+            "exact_match": 100.0 * sum(s["exact_match"] for s in samples) / n if n else float("nan"),
+            "edit_similarity": sum(s["edit_similarity"] for s in samples) / n if n else float("nan")}
+
+
+def run_mode(engine, positions: list[Position], mode: str, max_new_tokens: int, batch_size: int,
+             healing: bool, suffix_share: float, done: dict | None = None) -> tuple[dict, list[dict]]:
+    """Generate and score every position in one mode (`MODES`); `done` holds generations of
+    prompts already run (shared between modes: a prompt is generated once)."""
+    done = {} if done is None else done
+    requests, layouts = build_requests(engine, positions, mode, max_new_tokens, healing, suffix_share)
+    seconds = generate_all(engine, requests, batch_size, done)
+    samples, reasons, prompt_tokens = [], Counter(), 0
+    for pos, req, layout in zip(positions, requests, layouts):
+        gen = done[_key(req)]
         prediction = gen.text[len(req.required_prefix):] if gen.text.startswith(req.required_prefix) else gen.text
-        hit, sim = exact_match(prediction, pos.target), edit_similarity(prediction, pos.target)
-        em += hit
-        es += sim
         reasons[gen.finish_reason] += 1
         prompt_tokens += gen.prompt_tokens
         samples.append({"document": pos.document, "line": pos.line + 1, "target": pos.target,
-                        "prediction": prediction, "exact_match": hit, "edit_similarity": sim,
-                        "finish_reason": gen.finish_reason})
+                        "prediction": prediction, "exact_match": exact_match(prediction, pos.target),
+                        "edit_similarity": edit_similarity(prediction, pos.target),
+                        "finish_reason": gen.finish_reason, "layout": layout,
+                        "suffix": suffix_kind(pos.prefix + pos.suffix, len(pos.prefix))})
     n = len(positions)
+    by_suffix = {k: _scores([s for s in samples if s["suffix"] == k]) for k in SUFFIX_KINDS}
     summary = {
-        "positions": n,
-        "exact_match": 100.0 * em / n if n else float("nan"),
-        "edit_similarity": es / n if n else float("nan"),
+        **_scores(samples),
+        "fim_share": 100.0 * sum(x != "l2r" for x in layouts) / n if n else 0.0,
         "mean_prompt_tokens": prompt_tokens / n if n else 0.0,
         "finish_reasons": dict(reasons),
+        "by_suffix": {k: v for k, v in by_suffix.items() if v["positions"]},
         "seconds": seconds,
         "ms_per_position": 1e3 * seconds / n if n else 0.0,
     }
@@ -174,10 +199,10 @@ def run_mode(engine, positions: list[Position], mode: str, max_new_tokens: int, 
 
 
 def evaluate_line_completion(engine, data: str, positions: int = 500, seed: int = 0, cursor: str = "indent",
-                             fim: str = "both", layout: str = "psm", max_new_tokens: int = 64,
+                             fim: str = "both", layout: str = SERVED_LAYOUT, max_new_tokens: int = 48,
                              batch_size: int = 8, healing: bool = True, suffix_share: float = 0.25) -> dict:
-    if fim not in ("both", "on", "off"):
-        raise ValueError(f"--fim must be both, on or off, got {fim!r}")
+    if fim not in ("both", "on", "off", "served"):
+        raise ValueError(f"--fim must be both, on, off or served, got {fim!r}")
     stats = DataStats()
     picked = sample_positions(data, positions, seed, cursor, stats)
     if not picked:
@@ -193,12 +218,15 @@ def evaluate_line_completion(engine, data: str, positions: int = 500, seed: int 
             raise ValueError("--fim on: this model's tokenizer has no FIM tokens")
         else:
             notes.append("the model has no FIM tokens: FIM skipped")
-    results, samples = {}, {}
+    if fim in ("both", "served"):
+        modes.append("served")
+    results, samples, done = {}, {}, {}
     for mode in modes:
-        name = "no_fim" if mode == "off" else f"fim_{mode}"
+        name = mode_name(mode)
         results[name], samples[name] = run_mode(engine, picked, mode, max_new_tokens, batch_size, healing,
-                                                suffix_share)
+                                                suffix_share, done)
     return {"results": results, "data": stats.as_dict(), "samples": samples, "notes": notes,
             "settings": {"positions": positions, "seed": seed, "cursor": cursor, "fim": fim, "layout": layout,
+                         "served_layout": SERVED_LAYOUT, "fim_default": engine.info.fim_default,
                          "max_new_tokens": max_new_tokens, "batch_size": batch_size, "token_healing": healing,
                          "suffix_share": suffix_share, "min_target_chars": MIN_TARGET_CHARS}}

@@ -2,7 +2,8 @@
 
 The model folder is a Hugging Face checkpoint (PyTorch) or a `codeparrot export`
 folder (ONNX); either way it is run by the same engine the language server uses,
-so the ONNX model is measured exactly as it is served. Results are printed as a
+so the ONNX model is measured exactly as it is served, and every generation prompt
+comes from the server's prompt builder (codeparrot_ls.prompt_builder). Results are printed as a
 table and, with `--output FILE`, written as JSON together with the model, the
 engine, every setting and the timings.
 
@@ -54,11 +55,13 @@ class EvaluateArgs:
         "help": "line-completion: cursor after the indentation (whole line) or at a random point in the line",
         "choices": ["indent", "random"]})
     fim: str = field(default="both", metadata={
-        "help": "line-completion: left-to-right (off), FIM (on) or both", "choices": ["both", "on", "off"]})
-    fim_layout: str = field(default="psm", metadata={"help": "FIM layout", "choices": ["psm", "spm"]})
+        "help": "line-completion: left-to-right (off), FIM (on), the server's per-request choice (served), "
+                "or all three (both)", "choices": ["both", "on", "off", "served"]})
+    fim_layout: str = field(default="spm", metadata={"help": "FIM layout of --fim on (the server's: spm)",
+                                                     "choices": ["psm", "spm"]})
     suffix_share: float = field(default=0.25, metadata={"help": "line-completion FIM: budget share of the suffix"})
     max_new_tokens: int | None = field(default=None, metadata={
-        "help": "tokens per completion (default 64 for line-completion, 256 for humaneval)"})
+        "help": "tokens per completion (default: the server's 48 for line-completion, 256 for humaneval)"})
     batch_size: int | None = field(default=None, metadata={
         "help": "line-completion: prompts per batch (default: 8 with torch, 1 with ONNX: the faster one "
                 "in bench/bench_eval.py); humaneval: samples of a prompt decoded together (default 10)"})
@@ -90,7 +93,9 @@ def run_task(engine, args: EvaluateArgs) -> dict:
     if args.task == "line-completion":
         from trainer.eval_line_completion import evaluate_line_completion
 
-        max_new = args.max_new_tokens or 64
+        from codeparrot_ls.settings import CompletionSettings
+
+        max_new = args.max_new_tokens or CompletionSettings().max_new_tokens
         if max_new >= engine.info.n_positions:
             raise ValueError(f"--max_new_tokens must be below the model's n_positions ({engine.info.n_positions})")
         count = min(args.positions, args.limit) if args.limit is not None else args.positions
@@ -128,6 +133,11 @@ def format_table(report: dict) -> str:
     """Rows of (metric, value); one column per result group (FIM modes, temperatures)."""
     res = report["results"]
     groups = res if all(isinstance(v, dict) for v in res.values()) else {report["task"]: res}
+    # Breakdowns (line completion's `by_suffix`) become rows "by_suffix.<kind>.<metric>".
+    groups = {name: {**g, **{f"{k}.{part}.{m}": v for k, sub in g.items() if k != "finish_reasons"
+                             and isinstance(sub, dict) and all(isinstance(x, dict) for x in sub.values())
+                             for part, row in sub.items() for m, v in row.items()}}
+              for name, g in groups.items()}
     metrics = list(dict.fromkeys(k for g in groups.values() for k, v in g.items()
                                  if not isinstance(v, dict) or k == "finish_reasons"))
     header = ["metric", *groups]
