@@ -180,6 +180,7 @@ def memorized_model_dir(tmp_path_factory, tiny_checkpoint_dir) -> Path:
     from tokenizers import Tokenizer
     from transformers import GPT2LMHeadModel
 
+    from codeparrot_ls.prompt import END_OF_TEXT
     from trainer.export import main as export_main
 
     threads = torch.get_num_threads()
@@ -188,7 +189,8 @@ def memorized_model_dir(tmp_path_factory, tiny_checkpoint_dir) -> Path:
         torch.manual_seed(0)
         model = GPT2LMHeadModel.from_pretrained(tiny_checkpoint_dir)
         tok = Tokenizer.from_file(str(tiny_checkpoint_dir / "tokenizer.json"))
-        ids = torch.tensor([tok.encode(SAMPLE).ids])
+        # Framed as training frames a document (and the server a prompt): after <|endoftext|>.
+        ids = torch.tensor([[tok.token_to_id(END_OF_TEXT), *tok.encode(SAMPLE).ids]])
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
         model.train()
         for _ in range(200):
