@@ -175,11 +175,12 @@ def test_definitions_lead_the_prompt_within_the_budget(tmp_path, tok):
     assert head.endswith("def slugify(value, sep='-'): ...\nMAX_SLUG = 40\n<|endoftext|>")
     assert "class User:\n    def __init__(self, name, email=None): ..." in head
     off = builder.build(text, len(text), 9, CompletionSettings(workspace_context=False), uri=uri, repo=repo)
-    assert off.head_ids == [] and off.definitions == []
+    assert off.head_ids == [builder.eos_id] and off.definitions == []   # a prompt starts like a document
     for share in (0.05, 0.1, 0.3):
         settings = CompletionSettings(workspace_share=share)
         ctx = builder.build(text, len(text), 9, settings, uri=uri, repo=repo)
-        assert len(ctx.head_ids) <= int((1024 - settings.max_new_tokens - 3) * share)
+        fixed = 1 + P.FIM_PROMPT_TOKENS     # <|endoftext|> first, the FIM sentinels
+        assert len(ctx.head_ids) - 1 <= int((1024 - settings.max_new_tokens - fixed) * share)
         assert len(ctx.prompt_ids()) <= 1024 - settings.max_new_tokens
 
 
