@@ -107,3 +107,14 @@ def test_extension_lints_compiles_and_packages(tmp_path):
     assert "textDocument/inlineCompletion" in bundle and "$/codeparrot/status" in bundle
     assert 'require("vscode")' in bundle
     assert packaged["contributes"] == manifest()["contributes"]
+
+
+def test_partial_accept_keys_are_bound_and_documented():
+    bindings = {b["command"]: b for b in manifest()["contributes"]["keybindings"]}
+    readme = (EXT / "README.md").read_text(encoding="utf-8")
+    for command in ("editor.action.inlineSuggest.acceptNextWord", "editor.action.inlineSuggest.acceptNextLine"):
+        binding = bindings[command]
+        # Only while a suggestion is shown: the keys keep their usual meaning otherwise.
+        assert "inlineSuggestionVisible" in binding["when"]
+        assert f"`{command}`" in readme
+        assert f"`{binding['key'].title()}`" in readme and f"`{binding['mac'].title()}`" in readme
