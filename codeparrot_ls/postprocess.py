@@ -19,6 +19,7 @@ _CLOSERS = ")]}"
 _OPENERS = "([{"
 _CONTINUATION = ("else", "elif", "except", "finally")
 _DEFAULT_UNIT = 4
+BRACKET_WINDOW = 20_000   # characters before (and after) the cursor whose brackets count
 
 
 @dataclass
@@ -237,6 +238,73 @@ def drop_closing_duplicate(text: str, ctx: CursorContext) -> str:
     return text
 
 
+# Brackets outside strings and comments (an unterminated string runs to its line's end, a
+# triple-quoted one to the end of the text): what `_bracket_scan` looks at.
+_CODE_TOKEN = re.compile(
+    r"#[^\n]*"
+    r"|'''(?:\\.|[^\\])*?(?:'''|$)"
+    r'|"""(?:\\.|[^\\])*?(?:"""|$)'
+    r'''|"(?:\\.|[^"\\\n])*(?:"|(?=\n)|$)'''
+    r"""|'(?:\\.|[^'\\\n])*(?:'|(?=\n)|$)"""
+    r"|[()\[\]{}]", re.S)
+_MATCH = {")": "(", "]": "[", "}": "{"}
+
+
+def _bracket_scan(text: str, start: int) -> tuple[list[int], list[int | None]]:
+    """Brackets of `text` (code only) matched with a stack. Returns (the closers at or after
+    `start` that close nothing open, and for each bracket open at `start` - innermost last -
+    where it is closed, or None)."""
+    stack: list[int] = []
+    open_at_start: list[int] | None = None
+    unmatched: list[int] = []
+    closed_at: dict[int, int] = {}
+    for m in _CODE_TOKEN.finditer(text):
+        tok, pos = m.group(), m.start()
+        if open_at_start is None and pos >= start:
+            open_at_start = list(stack)
+        if tok in _OPENERS:
+            stack.append(pos)
+        elif tok not in _MATCH:
+            continue                      # a string or a comment
+        elif stack and text[stack[-1]] == _MATCH[tok]:
+            closed_at[stack.pop()] = pos
+        elif pos >= start:
+            unmatched.append(pos)
+    return unmatched, [closed_at.get(o) for o in (stack if open_at_start is None else open_at_start)]
+
+
+def bracket_excess(text: str, ctx: CursorContext) -> tuple[int | None, bool]:
+    """(where the suggestion `text` first breaks the brackets, or None; whether the
+    suggestion plus the rest of the line has more unmatched closers than the rest alone)."""
+    above = "\n".join([*ctx.lines_before, ctx.line_prefix])
+    if len(above) > BRACKET_WINDOW:    # from a line start inside the window when there is one
+        above = above[-BRACKET_WINDOW:]
+        above = above[above.find("\n") + 1:]
+    rest = ctx.line_suffix[:BRACKET_WINDOW]
+    start, end = len(above), len(above) + len(text)
+    alone_unmatched, alone_closed = _bracket_scan(above + rest, start)
+    unmatched, closed = _bracket_scan(above + text + rest, start)
+    cuts = [p for p in unmatched if p < end]              # closes nothing open
+    # ... or closes a bracket that the rest of the line closes.
+    cuts += [c for a, c in zip(alone_closed, closed) if a is not None and c is not None and c < end]
+    return (min(cuts) - start if cuts else None), len(unmatched) > len(alone_unmatched)
+
+
+def balance_brackets(text: str, ctx: CursorContext) -> str:
+    """Never more closers than openers: the suggestion plus the rest of the cursor's line
+    closes no bracket that is not open (above the cursor or in the suggestion), and none
+    that the rest of the line already closes (`f(a` + `b)` + `)` gives `f(ab)`). The
+    suggestion is cut before the closer that breaks this. Strings and comments do not
+    count; "above" is `ctx.lines_before` (a bracket opened further up is unknown, so a
+    suggestion closing it is cut: cautious, never wrong)."""
+    while any(c in text for c in _CLOSERS + "'\""):     # (a quote can expose the line's closers)
+        cut, worse = bracket_excess(text, ctx)
+        if cut is None:
+            return "" if worse else text  # only a string the suggestion opens or ends: drop it
+        text = text[:cut]
+    return text
+
+
 def fix_leading_whitespace(text: str, ctx: CursorContext) -> str:
     """No double space after a space or a dot, and no first-line indentation that the
     block does not allow when the user already typed a valid one."""
@@ -295,6 +363,7 @@ def postprocess(text: str, ctx: CursorContext, single_line: bool = False, min_ch
         text = drop_trailing_repetition(text, ctx)
         text = drop_trailing_whitespace(text, ctx)
         text = drop_closing_duplicate(text, ctx)
+        text = balance_brackets(text, ctx)      # after every rule that can change brackets
         text = fix_leading_whitespace(text, ctx)
         text = fix_indent_style(text, ctx)
         text = drop_trailing_whitespace(text, ctx)
