@@ -127,6 +127,31 @@ for name, attempt in [
     assert not marker.exists()
 
 
+@needs_kernel_sandbox
+def test_a_fork_bomb_stops_at_the_process_limit():
+    if isolation().mode == "userns" and os.geteuid() == 0:
+        pytest.skip("a root caller in a user namespace is root to RLIMIT_NPROC")
+    name = "cp" + uuid.uuid4().hex[:12]
+    program = DISABLE_HOOK + f'''
+import os, time
+ctypes.CDLL(None).prctl(15, b"{name}", 0, 0, 0)  # PR_SET_NAME, inherited by the children
+forked = 0
+for _ in range(200):
+    try:
+        if os.fork() == 0:
+            time.sleep(60)
+            os._exit(0)
+        forked += 1
+    except OSError:
+        pass
+print("FORKED", forked, flush=True)
+'''
+    res = run_python(program, SandboxLimits(timeout_s=5, processes=8))
+    assert res.status == "ok", res
+    assert 0 <= int(res.stdout.split("FORKED")[1]) < 8  # the uid's processes, this one included, at most 8
+    assert _processes_named(name) == []
+
+
 def _processes_named(name: str) -> list[int]:
     found = []
     for pid in os.listdir("/proc"):
