@@ -271,7 +271,7 @@ def run(args: FinetuneArguments) -> int:
 
     _stage(4, "evaluate before and after (held-out files, general set)", False)
     general = Path(args.general) if args.general else out / "general"
-    if not args.general and not (general / "stats.json").is_file():
+    if not args.general and not general.is_dir():  # renamed into place once complete
         build_general_set(general, args.general_files)
     plan = evaluation_plan(corpus, general, args.positions, settings["seed"], settings["threads"])
     before = run_evaluations(base, plan, out / "eval" / "before")
