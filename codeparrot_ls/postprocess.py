@@ -217,24 +217,36 @@ def drop_trailing_repetition(text: str, ctx: CursorContext | None = None) -> str
     return "\n".join(lines)
 
 
-def _imbalance(line: str) -> int:
-    quotes = sum(line.count(q) % 2 for q in ('"', "'"))
-    return abs(_bracket_depth(line)) + quotes
+def _balance(text: str) -> tuple[int, int, int]:
+    """(net open brackets, double quotes, single quotes) in `text`: additive over concatenation."""
+    return _bracket_depth(text), text.count('"'), text.count("'")
+
+
+def _imbalance(*parts: tuple[int, int, int]) -> int:
+    depth, dq, sq = (sum(p[i] for p in parts) for i in range(3))
+    return abs(depth) + dq % 2 + sq % 2
 
 
 def drop_closing_duplicate(text: str, ctx: CursorContext) -> str:
     """Drop the end of a one-line suggestion that repeats the text already after the
-    cursor (a closing bracket or quote), when that makes the line balanced."""
-    rest = ctx.line_suffix.strip()
-    if not rest or "\n" in text:
+    cursor (a closing bracket or quote), when that makes the line balanced.
+
+    Linear in the line: the line's counts are taken once, and only ends of the suggestion
+    are compared (the rest of the line may be megabytes long)."""
+    if "\n" in text:
         return text
     body = text.rstrip()
-    before = _imbalance(ctx.line_prefix + body + ctx.line_suffix)
+    rest = ctx.line_suffix.lstrip()[:len(body)]
+    if not rest.strip():
+        return text
+    around = _balance(ctx.line_prefix + ctx.line_suffix)
+    whole = _balance(body)
+    before = _imbalance(around, whole)
     for k in range(len(rest), 0, -1):
         if body.endswith(rest[:k]):
-            shorter = body[:-k]
-            if _imbalance(ctx.line_prefix + shorter + ctx.line_suffix) < before:
-                return shorter
+            cut = _balance(body[-k:])
+            if _imbalance(around, whole, tuple(-c for c in cut)) < before:
+                return body[:-k]
     return text
 
 
