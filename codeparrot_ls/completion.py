@@ -135,6 +135,7 @@ class Completer:
         """Suggestions at `offset` (code points) of `text`, whose line breaks are all "\n"
         (`codeparrot_ls.positions.locate` gives both)."""
         t0 = time.perf_counter()
+        deadline = time.monotonic() + settings.time_budget_ms / 1000.0    # every stage counts
         if not 0 <= offset <= len(text):
             raise ValueError(f"offset {offset} outside a document of {len(text)} characters")
         self.stats.requests += 1
@@ -170,7 +171,7 @@ class Completer:
             top_p=settings.top_p if sampling else 1.0,
             num_samples=settings.num_candidates if sampling else 1,
             stop=engine_stops,
-            deadline=time.monotonic() + settings.time_budget_ms / 1000.0,
+            deadline=deadline,
             is_cancelled=is_cancelled,
             required_prefix=required,
             # One line: the "\n" stop already ends it.

@@ -40,6 +40,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from codeparrot_ls import prompt as P
+from codeparrot_ls.settings import MIN_PROMPT_TOKENS
 from codeparrot_ls.snippets import SNIPPET_WINDOW_LINES, Snippet, SnippetIndex, format_snippet, identifiers, rank_snippets
 
 REFIT_SHARE = 0.9
@@ -125,6 +126,13 @@ class ContextBuilder:
             raise ValueError("the tokenizer has no end-of-text token: prompts could not start like training documents")
         self.quality_id = self.special_ids.get(P.BEST_QUALITY_TOKEN) if self.quality_conditioning else None
 
+    def prompt_budget(self, settings) -> int:
+        """Tokens of document text at most in a prompt: `context_tokens`, within what the model
+        holds besides the new tokens (a `max_new_tokens` too large for the model keeps
+        `MIN_PROMPT_TOKENS` for the prompt instead of failing)."""
+        max_new = min(settings.max_new_tokens, self.n_positions - MIN_PROMPT_TOKENS)
+        return max(min(settings.context_tokens, self.n_positions - max_new), 0)
+
     def build(self, text: str, offset: int, line: int, settings,
               other_documents: Sequence[tuple[str, str]] = (), uri: str | None = None,
               repo=None, *, use_fim: bool = True) -> PromptContext:
@@ -139,7 +147,7 @@ class ContextBuilder:
         # Fixed tokens: the leading end-of-text, the quality token, the FIM sentinels.
         n_fixed = 1 + (P.FIM_PROMPT_TOKENS if use_fim else 0) + (1 if self.quality_id is not None else 0)
         # The prompt and the new tokens must fit the model's positions.
-        budget = min(settings.context_tokens, self.n_positions - settings.max_new_tokens) - n_fixed
+        budget = self.prompt_budget(settings) - n_fixed
         if budget < 8:
             raise ValueError(f"context budget too small: n_positions {self.n_positions}, "
                              f"max_new_tokens {settings.max_new_tokens}")

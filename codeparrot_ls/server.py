@@ -43,7 +43,7 @@ from codeparrot_ls.protocol import CodeparrotProtocol, lsp_text_document
 from codeparrot_ls.repo_context import path_to_uri, uri_to_path
 from codeparrot_ls.repo_service import RepoService
 from codeparrot_ls.scheduler import Scheduler
-from codeparrot_ls.settings import CompletionSettings
+from codeparrot_ls.settings import MIN_PROMPT_TOKENS, CompletionSettings
 from codeparrot_ls.status import ERROR, READY, ModelHolder, ModelStatus, default_model_dir, model_problem
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,12 @@ class CodeparrotServer(LanguageServer):
         if status.state == READY:
             self.log(types.MessageType.Info, f"codeparrot-ls: model {status.model} ready: {status.message}, "
                                              f"engine {status.engine}, loaded in {status.load_ms:.0f} ms")
+            completer = self.model.completer
+            try:   # settings given before the model was known
+                self.settings.validate(completer.builder.n_positions if completer else None)
+            except ValueError as exc:
+                self.log(types.MessageType.Warning, f"codeparrot-ls: {exc}; suggestions keep "
+                                                    f"{MIN_PROMPT_TOKENS} positions for the prompt meanwhile")
         elif status.state == ERROR:
             # Editors that show $/codeparrot/status raise their own alert; the log reaches the rest.
             self.log(types.MessageType.Error, f"codeparrot-ls: {status.message}")
@@ -107,8 +113,9 @@ class CodeparrotServer(LanguageServer):
         options = _section(options)
         if not options:
             return
+        completer = self.model.completer
         try:
-            self.settings = self.settings.updated(options)
+            self.settings = self.settings.updated(options, completer.builder.n_positions if completer else None)
         except ValueError as exc:
             message = f"codeparrot-ls: {origin}: {exc}; keeping the previous settings"
             log.warning(message)
