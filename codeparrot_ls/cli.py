@@ -6,8 +6,8 @@
 The model folder may also come from CODEPARROT_LS_MODEL or from the editor's
 `initializationOptions.model`; without any, the packaged default model is used
 when this install ships one. A model folder given on the command line or in
-the environment is checked before the server starts: a missing or broken one
-is reported on stderr with exit code 2.
+the environment is checked and loaded before the server starts: a missing,
+broken or inconsistent one is reported on stderr with exit code 2.
 
 This module imports neither torch nor transformers: with an ONNX model the
 server runs on a server-only install.
@@ -21,7 +21,7 @@ import os
 import sys
 
 from codeparrot_ls import __version__
-from codeparrot_ls.status import ENGINES, ENV_MODEL, model_problem, startup_model
+from codeparrot_ls.status import ENGINES, ENV_MODEL, ERROR, model_problem, startup_model
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -91,6 +91,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from codeparrot_ls.server import SERVER
 
+    if holder is not None:
+        # A model named at start must work: one that cannot load is refused here, as a
+        # missing one is, rather than reported to an editor that may never show it.
+        holder.wait()
+        if holder.status.state == ERROR:
+            print(f"codeparrot-ls: bad model ({source}): {holder.status.message}", file=sys.stderr)
+            return 2
     SERVER.configure(model, source, args.engine, args.threads, holder)
     if args.tcp:
         log.info("listening on %s:%d", args.host, args.port)

@@ -51,8 +51,9 @@ def model_problem(model_dir: str | Path, engine: str = "auto") -> str | None:
     """Why `model_dir` cannot serve with `engine`, or None when it looks complete.
 
     Checks what can be checked without loading the weights: the folder, the
-    files the chosen engine needs, and the tokenizer (loaded for real: it is
-    small and a broken one would fail every request).
+    files the chosen engine needs, the tokenizer (loaded for real: it is
+    small and a broken one would fail every request), and the sizes the folder
+    states. What needs the graph is checked when it loads (see the engines).
     """
     d = Path(model_dir)
     if engine not in ENGINES:
@@ -81,6 +82,12 @@ def model_problem(model_dir: str | Path, engine: str = "auto") -> str | None:
         Tokenizer.from_file(str(tokenizer))
     except Exception as exc:  # the tokenizers library raises plain Exceptions
         return f"{tokenizer} cannot be read: {exc}"
+    from codeparrot_ls.engine.loading import ModelLoadError, model_sizes
+
+    try:
+        model_sizes(d)      # export.json / config.json: objects, sizes in range and in agreement
+    except ModelLoadError as exc:
+        return str(exc)
     return None
 
 
@@ -142,12 +149,16 @@ class ModelHolder:
 
     def _load(self, model_dir: str, engine: str, threads: int | None) -> None:
         t0 = time.perf_counter()
+        from codeparrot_ls.engine import ModelLoadError, load_engine
+
         try:
             from codeparrot_ls.completion import Completer
-            from codeparrot_ls.engine import load_engine
 
             loaded = load_engine(model_dir, engine=engine, threads=threads)
             completer = Completer(loaded)
+        except ModelLoadError as exc:      # the folder's fault, said in the message
+            self.fail(f"cannot load the model: {exc}", model=model_dir)
+            return
         except Exception as exc:
             log.exception("loading the model from %s failed", model_dir)
             self.fail(f"cannot load the model from {model_dir}: {exc}", model=model_dir)

@@ -25,7 +25,7 @@ from codeparrot_ls import modelfiles as mf
 from codeparrot_ls.engine.base import Engine
 from codeparrot_ls.engine.tokens import token_table
 from codeparrot_ls.engine.denormals import flush_denormals_on_this_thread
-from codeparrot_ls.engine.loading import ModelLoadError, load_tokenizer, model_info
+from codeparrot_ls.engine.loading import ModelLoadError, load_tokenizer, model_info, model_sizes, read_json
 
 PRECISIONS = ("auto", "int8", "fp32")
 # Default threads: the CPUs this process may use, at most this many (a decode step of a small model
@@ -244,6 +244,7 @@ class OnnxEngine(Engine):
         self.graph = KVGraph(path, info.n_positions, threads)
         self.prefill_chunk = prefill_chunk  # 0 = run any input in one pass
         self.info = info
+        check_graph(self.graph, info, model_sizes(model_dir), path)
         # Pay the one-off costs (token table, first-run allocations) now, not on the first request.
         token_table(self)
         self.forward(np.array([[self.info.eos_id]], np.int64), None)
@@ -295,6 +296,39 @@ class OnnxEngine(Engine):
     def close(self) -> None:
         self.graph = None
         self._prefix_cache = None
+
+
+def check_graph(graph: KVGraph, info, sizes: dict[str, int], path: Path) -> None:
+    """The folder's stated sizes agree with the graph, and the graph serves the last of the
+    `n_positions` it is said to hold (a position table too short fails in its Gather at load,
+    not in the first long prompt). Raises ModelLoadError."""
+    stated = {"n_layer": info.n_layer, **sizes}
+    found = {"n_layer": graph.n_layer, "n_head": graph.n_head, "head_dim": graph.head_dim,
+             "vocab_size": graph.vocab_size}
+    for name, value in found.items():
+        if name in stated and stated[name] != value:
+            raise ModelLoadError(f"{path.parent}: {name} is {stated[name]} but the graph {path.name} has {value}: "
+                                 "the folder's files are from different models (export it again)")
+    inputs = _stated_inputs(path.parent)
+    if inputs is not None and set(inputs) != {i.name for i in graph.session.get_inputs()}:
+        raise ModelLoadError(f"{path.parent}: {mf.EXPORT_INFO_FILE} lists inputs that are not the graph's "
+                             f"({path.name}): export it again")
+    last = info.n_positions - 1
+    try:
+        graph.run(np.array([[info.eos_id]], np.int64), None, 1, np.ones((1, 1), np.int64),
+                  np.array([[last]], np.int64))
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+        raise ModelLoadError(f"{path.parent}: n_positions is {info.n_positions} but the graph {path.name} cannot "
+                             f"run position {last} (its position table is shorter): {_first_line(e)}") from e
+
+
+def _stated_inputs(model_dir: Path) -> list[str] | None:
+    path = model_dir / mf.EXPORT_INFO_FILE
+    return read_json(path).get("inputs") if path.is_file() else None
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().split("\n", 1)[0][:200]
 
 
 def needs_rows(input_ids, attention_mask) -> bool:
