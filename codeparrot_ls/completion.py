@@ -153,6 +153,9 @@ class Completer:
 
         others = [(u, t) for u, t in other_documents if u != uri]
         prompt = self.builder.build(text, offset, settings, others, uri=uri, repo=repo)
+        if is_cancelled is not None and is_cancelled():
+            self.stats.cancelled += 1
+            return []
         cursor, one_line, required = prompt.cursor, prompt.one_line, prompt.required_prefix
         ctx, prompt_ids = prompt.context, prompt.ids
         self.stats.last_healed = required
@@ -193,6 +196,9 @@ class Completer:
         min_chars = 1 if invoked else settings.min_chars
         shown: dict[str, CachedSuggestion] = {}
         for g in generations:
+            if is_cancelled is not None and is_cancelled():
+                self.stats.cancelled += 1
+                return []
             if not g.text.startswith(required):
                 self.stats.dropped += 1     # the budget ran out while re-typing the healed text
                 continue
@@ -211,6 +217,11 @@ class Completer:
             self.stats.cancelled += 1
             return []
         return [Suggestion(s.text, False, s.finish_reason) for s in shown.values()]
+
+    def forget(self, uri: str) -> None:
+        """Drop everything kept for a document (it was closed)."""
+        self.builder.forget(uri)
+        self.cache.invalidate(uri)
 
     @staticmethod
     def _settings_key(settings: CompletionSettings) -> tuple:

@@ -35,6 +35,7 @@ tokenized separately)::
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -57,28 +58,43 @@ SNIPPET_CANDIDATES = 64
 # ----------------------------------------------------------------------------- token counts
 
 class TokenCounter:
-    """Token counts of single lines, cached (lines repeat across requests while typing)."""
+    """Token counts of single lines, cached (lines repeat across requests while typing).
 
-    def __init__(self, tokenizer, max_entries: int = 100_000):
+    The cache is bounded in bytes, not entries: its keys are whole lines, and a line can be
+    long (up to a document window, see `ContextBuilder.window`). When full it starts over.
+    """
+
+    def __init__(self, tokenizer, max_bytes: int = 4 << 20):
         self.tokenizer = tokenizer
-        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self._counts: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def counts(self, pieces: Sequence[str]) -> list[int]:
         with self._lock:
-            missing = [p for p in dict.fromkeys(pieces) if p not in self._counts]
-        if missing:
-            encoded = self.tokenizer.encode_batch(missing, add_special_tokens=False)
-            with self._lock:
-                if len(self._counts) + len(missing) > self.max_entries:
-                    self._counts.clear()
-                self._counts.update((p, len(e.ids)) for p, e in zip(missing, encoded))
+            known = [self._counts.get(p) for p in pieces]
+        missing = list(dict.fromkeys(p for p, c in zip(pieces, known) if c is None))
+        if not missing:
+            return known
+        encoded = self.tokenizer.encode_batch(missing, add_special_tokens=False)
+        found = {p: len(e.ids) for p, e in zip(missing, encoded)}
+        size = sum(map(_entry_bytes, missing))
         with self._lock:
-            return [self._counts.get(p, 0) for p in pieces]
+            if self.bytes + size > self.max_bytes:
+                self._counts.clear()
+                self.bytes = 0
+            if size <= self.max_bytes:
+                self._counts.update(found)
+                self.bytes += size
+        return [found[p] if c is None else c for p, c in zip(pieces, known)]
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids if text else []
+
+
+def _entry_bytes(key: str) -> int:
+    return sys.getsizeof(key) + 64    # + the dict slot and the count
 
 
 # ----------------------------------------------------------------------------- the context
@@ -125,6 +141,8 @@ class ContextBuilder:
         if self.eos_id is None:
             raise ValueError("the tokenizer has no end-of-text token: prompts could not start like training documents")
         self.quality_id = self.special_ids.get(P.BEST_QUALITY_TOKEN) if self.quality_conditioning else None
+        # No token covers more characters than its longest spelling (byte-level BPE: bytes >= characters).
+        self.max_token_chars = max(map(len, self.tokenizer.get_vocab(with_added_tokens=False)), default=1)
 
     def prompt_budget(self, settings) -> int:
         """Tokens of document text at most in a prompt: `context_tokens`, within what the model
@@ -133,15 +151,35 @@ class ContextBuilder:
         max_new = min(settings.max_new_tokens, self.n_positions - MIN_PROMPT_TOKENS)
         return max(min(settings.context_tokens, self.n_positions - max_new), 0)
 
+    def window(self, text: str, offset: int, settings) -> tuple[str, int]:
+        """(the part of `text` that can reach a prompt at `offset`, where it starts in `text`).
+
+        A prompt holds at most `prompt_budget` tokens of the document on either side of the
+        cursor, and a token covers at most `max_token_chars` characters, so nothing further
+        away can matter: a request then costs the same on a 10 MB line or a 200,000-line
+        document as on a small file. (The window holds more tokens than the budget on each
+        side it cuts, so the growth below never reaches a cut edge and takes it for the
+        document's start or end.)"""
+        reach = (self.prompt_budget(settings) + 1) * self.max_token_chars
+        start = max(0, offset - reach)
+        return text[start:offset + reach], start
+
+    def forget(self, uri: str) -> None:
+        """Drop what is kept for a document (it was closed): its prefix window's start and
+        its snippet windows."""
+        self._sticky.pop(uri, None)
+        self.snippet_index.forget(uri)
+
     def build(self, text: str, offset: int, line: int, settings,
               other_documents: Sequence[tuple[str, str]] = (), uri: str | None = None,
-              repo=None, *, use_fim: bool = True) -> PromptContext:
+              repo=None, *, use_fim: bool = True, document: str | None = None) -> PromptContext:
         """The context at `offset` (on `line`), for a FIM prompt (when the model has FIM
         tokens) or a left-to-right one (`use_fim`: `PromptBuilder` decides it per request).
         With `uri`, the window's first line is kept from the previous request on the same
         document while it fits (see `_grow_prefix`). `repo` (a
         codeparrot_ls.repo_context.RepoContext) adds the workspace's definitions and windows
-        when `settings.workspace_context` is on."""
+        when `settings.workspace_context` is on; it reads the whole `document` (its imports)
+        when `text` is a `window` of it."""
         use_fim = use_fim and self.supports_fim
         layout = self.layout if use_fim else "l2r"
         # Fixed tokens: the leading end-of-text, the quality token, the FIM sentinels.
@@ -159,7 +197,7 @@ class ContextBuilder:
         head_ids, snippets, definitions = [self.eos_id], [], []
         findings = None
         if repo is not None and settings.workspace_context:
-            findings = repo.gather(uri, text, line)
+            findings = repo.gather(uri, text if document is None else document, line)
         open_budget = min(settings.other_files_tokens, budget // 4) if other_documents else 0
         repo_budget = int(budget * settings.workspace_share) if findings else 0
         if open_budget + repo_budget > 0:
@@ -190,10 +228,6 @@ class ContextBuilder:
         return PromptContext(prefix_text, suffix_text, prefix_ids, suffix_ids, head_ids, layout,
                              self.special_ids, snippets, start_line, end_line, definitions)
 
-    def forget(self, uri: str) -> None:
-        """Drop what the builder keeps between requests on `uri` (its prefix window's start)."""
-        self._sticky.pop(uri, None)
-
     # -- prefix / suffix growth ------------------------------------------------------
 
     def _grow_prefix(self, text, offset, line_start, line, budget, sticky_line=None):
@@ -206,7 +240,7 @@ class ContextBuilder:
         prompt, for many characters in a row, instead of moving its start every few tokens.
         """
         head = text[line_start:offset]
-        if self.counter.counts([head])[0] > budget:  # one huge line: keep its end
+        if self._too_long(head, budget):  # one huge line: keep its end
             head, ids = self._fit_chars(head, budget, keep_end=True)
             return head, ids, line, False
         cum = [self.counter.counts([head])[0]]   # cum[k]: tokens with k lines above
@@ -248,7 +282,7 @@ class ContextBuilder:
         if budget <= 0:
             return "", [], line, offset == len(text)
         tail = text[offset:line_end]
-        if self.counter.counts([tail])[0] > budget:
+        if self._too_long(tail, budget):
             tail, ids = self._fit_chars(tail, budget, keep_end=False)
             return tail, ids, line, False
         used = self.counter.counts([tail])[0]
@@ -278,6 +312,10 @@ class ContextBuilder:
             suffix = text[offset:pos]
             ids = self.counter.encode(suffix)
         return suffix, ids, line + n_below, done
+
+    def _too_long(self, piece: str, budget: int) -> bool:
+        # More characters than `budget` tokens can cover need no tokenizing to know.
+        return len(piece) > budget * self.max_token_chars or self.counter.counts([piece])[0] > budget
 
     def _fit_chars(self, piece: str, budget: int, keep_end: bool) -> tuple[str, list[int]]:
         """The longest end (or start) of one long line that fits `budget` tokens, cut at a

@@ -106,7 +106,9 @@ def locate(source: str, line: int, character: int, encoding: str = UTF16) -> Cur
     if start is None:
         return None
     end = text.find("\n", start)
-    line_text = text[start:(len(text) if end < 0 else end)]
+    # The line up to the column only (a column counts at least as many code units as
+    # characters): a request near the start of a 10 MB line copies none of it.
+    line_text = text[start:min(len(text) if end < 0 else end, start + max(character, 0))]
     index = column_to_index(line_text, character, encoding)
     return Cursor(text, start + index, line, units(line_text[:index], encoding), document_newline(source))
 

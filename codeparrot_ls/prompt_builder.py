@@ -136,10 +136,15 @@ class PromptBuilder:
             raise ValueError(f"cursor offset {offset} outside a document of {len(text)} characters")
         if line is None:
             line = text.count("\n", 0, offset)
+        # From here on only the part of the document that can reach the prompt is read
+        # (the workspace context still reads the whole document's imports).
+        document = text
+        text, start = self.context.window(document, offset, settings)
+        offset -= start
         cursor = CursorContext.from_document(text, offset)
         one_line = settings.single_line or cursor.mid_line
         ctx = self.context.build(text, offset, line, settings, other_documents, uri, repo,
-                                 use_fim=self.use_fim(text, offset, settings))
+                                 use_fim=self.use_fim(text, offset, settings), document=document)
         prefix_ids, required = ctx.prefix_ids, ""
         if settings.token_healing:
             healed = heal(self.tokenizer, ctx.prefix, ctx.prefix_ids, self.healing_policy)

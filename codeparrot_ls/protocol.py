@@ -12,6 +12,8 @@ from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
 from pygls.protocol import LanguageServerProtocol
 from pygls.workspace import TextDocument
 
+from codeparrot_ls.positions import UTF32, encoding_name, line_start, units
+
 log = logging.getLogger(__name__)
 
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
@@ -59,6 +61,39 @@ class LspTextDocument(TextDocument):
     @property
     def lines(self):
         return tuple(_LINE.findall(self.source))
+
+    def _apply_incremental_change(self, change) -> None:
+        """The edit spliced in at two offsets. (pygls splits the whole document into lines
+        and walks the edited line character by character: seconds per keystroke on a 2 MB line.)"""
+        text = self.source
+        if "\r" in text:       # (line starts below are found in "\n"-text)
+            super()._apply_incremental_change(change)
+            return
+        encoding = encoding_name(self.position_codec.encoding)
+        start = _client_offset(text, change.range.start, encoding)
+        end = max(start, _client_offset(text, change.range.end, encoding))
+        self._source = text[:start] + change.text + text[end:]
+
+
+def _client_offset(text: str, position, encoding: str) -> int:
+    """str index in "\\n"-text of a client position, as pygls reads one: a line past the end
+    is the end of the document, a column past the end of its line the end of the line, a
+    column inside a character the end of that character."""
+    start = line_start(text, position.line)
+    if start is None:
+        return len(text)
+    end = text.find("\n", start)
+    end = len(text) if end < 0 else end
+    # A column counts at least as many code units as characters: read no further.
+    seg = text[start:min(end, start + max(position.character, 0))]
+    if encoding == UTF32 or seg.isascii():
+        return start + len(seg)
+    count = 0
+    for i, ch in enumerate(seg):
+        if count >= position.character:
+            return start + i
+        count += units(ch, encoding)
+    return start + len(seg)
 
 
 def lsp_text_document(workspace, doc_uri, source=None, version=None, language_id=None):

@@ -25,6 +25,7 @@ stay on this machine.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import functools
 import logging
 import re
@@ -55,6 +56,7 @@ SETTINGS_SECTION = "codeparrot"
 COMPLETION_LABEL = "codeparrot"         # shown beside each list item so it is never mistaken for another source
 MAX_OTHER_DOCUMENTS = 8                 # other open files offered to the context builder
 MAX_OTHER_CHARS = 1_000_000
+BIG_DOCUMENT_CHARS = 1_000_000          # closing one gives its memory back to the system
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -71,6 +73,7 @@ class CodeparrotServer(LanguageServer):
         self.threads: int | None = None
         self.accepted = 0
         self.touched: dict[str, None] = {}        # document URIs, least recently used first
+        self.big_documents: set[str] = set()      # open documents of BIG_DOCUMENT_CHARS or more
         self.client_ready = False                 # `initialized` received: notifications may flow
         self.loop: asyncio.AbstractEventLoop | None = None
         self.repo = RepoService(open_text=self.open_text)
@@ -239,6 +242,23 @@ def _tokenizable(text: str) -> str:
     return _SURROGATE.sub("\ufffd", text)
 
 
+def release_freed_memory() -> None:
+    """Hand the memory freed by a closed big document back to the system. glibc keeps freed
+    blocks of a few megabytes (its mmap threshold grows with every such block freed), so
+    without this the server's RSS stays at its peak after the document is gone."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            _malloc_trim = ctypes.CDLL(None).malloc_trim
+        except (OSError, AttributeError):   # not glibc: nothing to do
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None
+
+
 def _is_python(doc) -> bool:
     return doc.language_id == "python" or (doc.uri or "").endswith((".py", ".pyi"))
 
@@ -334,6 +354,8 @@ def did_open(ls: CodeparrotServer, params: types.DidOpenTextDocumentParams) -> N
     ls.touch(key)
     ls.index_for_snippets(key)
     ls.repo.opened(key, _tokenizable(normalize_newlines(params.text_document.text)))
+    if len(params.text_document.text) >= BIG_DOCUMENT_CHARS:
+        ls.big_documents.add(key)
 
 
 @SERVER.feature(types.TEXT_DOCUMENT_DID_CHANGE)
@@ -352,6 +374,11 @@ def did_close(ls: CodeparrotServer, params: types.DidCloseTextDocumentParams) ->
     ls.touched.pop(key, None)
     ls.scheduler.cancel(key, "closed")
     ls.repo.closed(key)
+    if ls.model.completer is not None:
+        ls.model.completer.forget(key)       # its caches and snippet windows: memory comes back
+    if key in ls.big_documents:
+        ls.big_documents.discard(key)
+        release_freed_memory()
 
 
 @SERVER.feature(types.TEXT_DOCUMENT_DID_SAVE)

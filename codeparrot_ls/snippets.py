@@ -74,6 +74,10 @@ class SnippetIndex:
                 self._docs.popitem(last=False)
         return doc
 
+    def forget(self, uri: str) -> None:
+        with self._lock:
+            self._docs.pop(uri, None)
+
     def __len__(self) -> int:
         return len(self._docs)
 
