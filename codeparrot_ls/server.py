@@ -15,6 +15,8 @@
 | workspace/didChangeWorkspaceFolders      | the workspace index is rebuilt for the new folders   |
 | workspace/didChangeConfiguration         | new settings (bad values are reported and ignored)  |
 | workspace/executeCommand                 | `codeparrot.acceptCompletion`, `codeparrot.stats`     |
+| textDocument/didShowCompletion,          | Copilot-compatible: a suggestion was shown / its     |
+| textDocument/didPartiallyAcceptCompletion| first acceptedLength characters accepted (counted)   |
 | shutdown                                 | stops decoding, releases the model                    |
 | $/codeparrot/status (server -> client)   | loading / ready / error, with details                 |
 
@@ -39,6 +41,7 @@ from pygls.exceptions import JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
 
 from codeparrot_ls import __version__
+from codeparrot_ls.acceptance import Acceptance
 from codeparrot_ls.positions import encoding_name, locate, normalize_newlines, to_document_newlines
 from codeparrot_ls.protocol import CodeparrotProtocol, lsp_text_document
 from codeparrot_ls.repo_context import path_to_uri, uri_to_path
@@ -52,6 +55,9 @@ log = logging.getLogger(__name__)
 STATUS_NOTIFICATION = "$/codeparrot/status"
 ACCEPT_COMMAND = "codeparrot.acceptCompletion"
 STATS_COMMAND = "codeparrot.stats"
+# Copilot-compatible notifications: a suggestion was shown / the start of one was accepted.
+DID_SHOW = "textDocument/didShowCompletion"
+DID_PARTIALLY_ACCEPT = "textDocument/didPartiallyAcceptCompletion"
 SETTINGS_SECTION = "codeparrot"
 COMPLETION_LABEL = "codeparrot"         # shown beside each list item so it is never mistaken for another source
 MAX_OTHER_DOCUMENTS = 8                 # other open files offered to the context builder
@@ -71,7 +77,7 @@ class CodeparrotServer(LanguageServer):
         self.startup_source = ""
         self.engine_choice = "auto"
         self.threads: int | None = None
-        self.accepted = 0
+        self.acceptance = Acceptance()           # shown / accepted counts, local only
         self.touched: dict[str, None] = {}        # document URIs, least recently used first
         self.big_documents: set[str] = set()      # open documents of BIG_DOCUMENT_CHARS or more
         self.client_ready = False                 # `initialized` received: notifications may flow
@@ -209,7 +215,7 @@ class CodeparrotServer(LanguageServer):
         return bool(caps and caps.text_document and caps.text_document.inline_completion is not None)
 
     def stats(self) -> dict[str, Any]:
-        return {"status": self.model.status.as_params(), "accepted": self.accepted,
+        return {"status": self.model.status.as_params(), **self.acceptance.as_dict(),
                 "scheduler": self.scheduler.stats.as_dict(), "running": self.scheduler.running(),
                 "completer": vars(self.model.completer.stats).copy() if self.model.completer else None,
                 "snippetDocuments": len(self.model.completer.builder.snippet_index) if self.model.completer else 0,
@@ -411,11 +417,23 @@ async def did_change_configuration(ls: CodeparrotServer, params: types.DidChange
 
 @SERVER.command(ACCEPT_COMMAND)
 def accept_completion(ls: CodeparrotServer, *args: Any) -> None:
-    # Recorded here only: the count goes to the local log, never over the network.
-    ls.accepted += 1
+    # Recorded here only: the count goes to the local log and stats, never over the network.
+    count = ls.acceptance.did_accept()
     info = args[0] if args and isinstance(args[0], dict) else {}
-    log.info("suggestion accepted (%d so far): %s chars, %s lines, from cache: %s", ls.accepted,
+    log.info("suggestion accepted (%d so far): %s chars, %s lines, from cache: %s", count,
              info.get("chars"), info.get("lines"), info.get("fromCache"))
+
+
+@SERVER.feature(DID_SHOW)
+def did_show_completion(ls: CodeparrotServer, params: Any) -> None:
+    ls.acceptance.did_show(params)
+
+
+@SERVER.feature(DID_PARTIALLY_ACCEPT)
+def did_partially_accept_completion(ls: CodeparrotServer, params: Any) -> None:
+    problem = ls.acceptance.did_partially_accept(params)
+    if problem:   # a notification has no reply: the log says why it was not counted
+        log.warning("%s ignored: %s", DID_PARTIALLY_ACCEPT, problem)
 
 
 @SERVER.command(STATS_COMMAND)

@@ -191,6 +191,33 @@ local function disable_and_ask_again()
   end)
 end
 
+-- Partial accept: the next word (<C-Right>), then the next line (<C-Down>) of the ghost text,
+-- then the server's stats (did the partial-accept notification arrive?).
+local function accept_in_parts()
+  local function press(key, name, next)
+    local before = vim.api.nvim_buf_get_lines(0, 0, -1, false)
+    vim.api.nvim_feedkeys(vim.keycode(key), 'm', false)
+    poll(name, cfg.timeout_ms, function()
+      return not vim.deep_equal(vim.api.nvim_buf_get_lines(0, 0, -1, false), before)
+    end, function()
+      result[name] = vim.api.nvim_buf_get_lines(0, 0, -1, false)
+      next()
+    end)
+  end
+  press('<C-Right>', 'after_word', function()
+    poll('ghost text after the word', cfg.timeout_ms, ghost_text, function(text)
+      result.ghost_rest = text
+      press('<C-Down>', 'after_line', function()
+        client():request('workspace/executeCommand', { command = 'codeparrot.stats', arguments = {} },
+          function(err, stats)
+            result.stats = stats
+            finish(err and err.message or nil)
+          end)
+      end)
+    end)
+  end)
+end
+
 -- Inline path: for each candidate line, go to its end in insert mode and wait for the answer.
 local function try_inline(index)
   local line = cfg.lines[index]
@@ -214,6 +241,9 @@ local function try_inline(index)
       result.original = vim.api.nvim_buf_get_lines(0, 0, -1, false)
       result.cursor = vim.api.nvim_win_get_cursor(0)
       result.accepted_response = #result.responses
+      if cfg.mode == 'partial' then
+        return accept_in_parts()
+      end
       vim.api.nvim_feedkeys(vim.keycode('<Tab>'), 'm', false)
       poll('the buffer to change', cfg.timeout_ms, function()
         return not vim.deep_equal(vim.api.nvim_buf_get_lines(0, 0, -1, false), result.original)
@@ -281,7 +311,7 @@ end, function(c)
     inline = c.server_capabilities.inlineCompletionProvider ~= nil,
     completion = c.server_capabilities.completionProvider ~= nil,
   }
-  if cfg.mode == 'inline' then
+  if cfg.mode == 'inline' or cfg.mode == 'partial' then
     try_inline(1)
   else
     try_completion(1)
@@ -291,10 +321,10 @@ end)
 
 
 def run_neovim(tmp_path: Path, server_cmd: list[str], mode: str, setup: dict, plain: bool = False,
-               text: str = EDITED, lines: list[int] = CANDIDATE_LINES) -> dict:
+               text: str = EDITED, lines: list[int] = CANDIDATE_LINES, newline: str = "\n") -> dict:
     """Run the driver in a headless Neovim and return what it recorded."""
     source = tmp_path / "sample.py"
-    source.write_text(text, encoding="utf-8")
+    source.write_text(text, encoding="utf-8", newline=newline)
     (tmp_path / "pyproject.toml").write_text("", encoding="utf-8")  # a root marker
     result_file = tmp_path / "result.json"
     config = {
@@ -409,6 +439,29 @@ def test_plain_vim_lsp_enable_with_the_runtime_config(tmp_path, memorized_model_
     assert [s.get("state") for s in result["statuses"]][-1] == "ready"
     assert result["accepted_lines"] == SAMPLE.splitlines()
     assert result["commands"] == ["codeparrot.acceptCompletion"]
+
+
+@pytest.mark.slow
+@needs_nvim
+@pytest.mark.parametrize("newline", ["\n", "\r\n"], ids=["unix", "dos"])
+def test_partial_accept_of_a_word_then_a_line_reaches_the_server_stats(tmp_path, memorized_model_dir, newline):
+    """<C-Right> takes the suggestion's next word, <C-Down> its next line; the server counts the
+    partial accept (textDocument/didPartiallyAcceptCompletion). In a dos file the server writes
+    the suggestion with "\r\n" and the buffer still gets clean lines."""
+    result = run_neovim(tmp_path, SERVER_CMD, "partial",
+                        {"model": str(memorized_model_dir), "settings": TEST_SETTINGS}, newline=newline)
+
+    missing = SAMPLE.split("\n")[MISSING_LINE]                       # "        total += len(lines)"
+    word = missing[:missing.index("total") + len("total")]
+    assert result["ghost"] and "total" in result["ghost"]
+    assert result["after_word"] == [*result["original"][:MISSING_LINE], word, *result["original"][MISSING_LINE:]]
+    assert result["ghost_rest"] and missing.endswith(result["ghost_rest"].split("\n")[0])
+    assert result["after_line"] == SAMPLE.splitlines()
+    stats = result["stats"]
+    assert stats["partiallyAccepted"] >= 1
+    # acceptedLength counts the server's text: the line break ("\n" or "\r\n") and the word.
+    assert stats["partiallyAcceptedChars"] >= len(newline) + len(word)
+    assert stats["partiallyAccepted"] + stats["accepted"] >= 2
 
 
 def test_readme_lists_every_server_setting():

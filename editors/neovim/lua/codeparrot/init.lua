@@ -4,7 +4,7 @@
 -- (textDocument/completion) instead.
 --
 --   require('codeparrot').setup({
---     model = '~/codeparrot-ls/runs/quickstart/onnx',   -- optional: else $CODEPARROT_LS_MODEL / default
+--     model = '~/codeparrot-ls/runs/quickstart/model',  -- optional: else $CODEPARROT_LS_MODEL / default
 --     settings = { maxNewTokens = 32, singleLine = false },
 --   })
 local M = {}
@@ -13,6 +13,8 @@ local NAME = 'codeparrot'
 
 ---@class codeparrot.Keys
 ---@field accept string|false  accept the ghost text; falls through to the key itself when none is shown
+---@field accept_word string|false accept the suggestion's next word (falls through likewise)
+---@field accept_line string|false accept the suggestion's next line (falls through likewise)
 ---@field next string|false    next candidate
 ---@field prev string|false    previous candidate
 ---@field invoke string|false  ask explicitly (several sampled candidates)
@@ -33,7 +35,10 @@ local defaults = {
   settings = {},
   inline = nil,
   completion = nil,
-  keys = { accept = '<Tab>', next = '<M-]>', prev = '<M-[>', invoke = '<M-\\>', complete = '<C-Space>' },
+  keys = {
+    accept = '<Tab>', accept_word = '<C-Right>', accept_line = '<C-Down>',
+    next = '<M-]>', prev = '<M-[>', invoke = '<M-\\>', complete = '<C-Space>',
+  },
 }
 
 ---@type codeparrot.Options
@@ -81,6 +86,69 @@ end
 --- Accept the ghost text. Returns true when something was accepted (usable in an <expr> map).
 function M.accept()
   return has_inline() and vim.lsp.inline_completion.get() or false
+end
+
+--- The part of `text` a partial accept takes: for 'word', blanks then a run of word characters
+--- (or of other non-blank characters); for 'line', the rest of the first line, or - when the
+--- text starts with a line break - that break and the next line.
+function M.next_part(text, unit)
+  if unit == 'line' then
+    local lead = text:match('^\n') or ''
+    return lead .. text:sub(#lead + 1):match('^[^\n]*')
+  end
+  return text:match('^%s*[%w_]+') or text:match('^%s*[^%w_%s]+') or text
+end
+
+--- The server's line break for this buffer's suggestions (Neovim sends the buffer's lines
+--- joined with it, and the server writes suggestions with the document's line break).
+local function line_break(bufnr)
+  return ({ dos = '\r\n', mac = '\r' })[vim.bo[bufnr].fileformat] or '\n'
+end
+
+local function utf16_len(text)
+  return vim.str_utfindex(text, 'utf-16')
+end
+
+--- Insert the start of the ghost text: its next word ('word') or line ('line'). Tells the
+--- server (textDocument/didPartiallyAcceptCompletion, counted in codeparrot.stats); taking all
+--- of it is a whole accept (its accept command runs). Returns false when nothing is shown.
+function M.accept_part(unit)
+  if not has_inline() then
+    return false
+  end
+  local bufnr = vim.api.nvim_get_current_buf()
+  return vim.lsp.inline_completion.get({
+    on_accept = function(item)
+      local text = type(item.insert_text) == 'string' and item.insert_text or item.insert_text.value
+      local part = M.next_part(text, unit)
+      local row, col
+      if item.range then
+        row, col = item.range.start.row, item.range.start.col
+      else
+        local cursor = vim.api.nvim_win_get_cursor(0)
+        row, col = cursor[1] - 1, cursor[2]
+      end
+      local lines = vim.split(part, '\n', { plain = true })
+      vim.api.nvim_buf_set_text(bufnr, row, col, row, col, lines)
+      vim.api.nvim_win_set_cursor(0, { row + #lines, (#lines == 1 and col or 0) + #lines[#lines] })
+      local client = vim.lsp.get_client_by_id(item.client_id)
+      if not client then
+        return
+      end
+      if #part == #text then
+        if item.command then
+          client:exec_cmd(item.command, { bufnr = bufnr })
+        end
+        return
+      end
+      -- Lengths in the server's text: its line breaks, UTF-16 code units from insertText's start.
+      local eol = line_break(bufnr)
+      client:notify('textDocument/didPartiallyAcceptCompletion', {
+        item = { insertText = text:gsub('\n', eol), command = item.command },
+        acceptedLength = utf16_len(part) + select(2, part:gsub('\n', '')) * (#eol - 1),
+      })
+    end,
+  })
 end
 
 --- Move to the next (count > 0) or previous (count < 0) candidate.
@@ -164,10 +232,36 @@ local function complete_done(client_id, bufnr)
   vim.api.nvim_win_set_cursor(0, { row + #lines - 1, last_col })
 end
 
+--- Neovim buffers hold lines, and its inline completion splits a suggestion at "\n" only: a
+--- suggestion written with "\r\n" (the server keeps a dos file's line break) would show and
+--- insert stray "\r"s. Give Neovim the text with "\n" breaks.
+local function lines_only(client)
+  if client._codeparrot_lines_only then
+    return
+  end
+  client._codeparrot_lines_only = true
+  local request = client.request
+  client.request = function(self, method, params, handler, bufnr)
+    if method == 'textDocument/inlineCompletion' and handler then
+      local inner = handler
+      handler = function(err, result, ctx, config)
+        for _, item in ipairs(type(result) == 'table' and (result.items or result) or {}) do
+          if type(item.insertText) == 'string' then
+            item.insertText = item.insertText:gsub('\r\n?', '\n')
+          end
+        end
+        return inner(err, result, ctx, config)
+      end
+    end
+    return request(self, method, params, handler, bufnr)
+  end
+end
+
 local function on_attach(client, bufnr)
   local opts = M.options
   local keys = opts.keys
   if opts.inline then
+    lines_only(client)
     vim.lsp.inline_completion.enable(true, { bufnr = bufnr })
     map(bufnr, keys.accept, function()
       if M.accept() then
@@ -175,6 +269,14 @@ local function on_attach(client, bufnr)
       end
       return vim.keycode(keys.accept)
     end, 'codeparrot: accept suggestion', true)
+    for unit, lhs in pairs({ word = keys.accept_word, line = keys.accept_line }) do
+      map(bufnr, lhs, function()
+        if M.accept_part(unit) then
+          return ''
+        end
+        return vim.keycode(lhs)
+      end, 'codeparrot: accept the next ' .. unit, true)
+    end
     map(bufnr, keys.next, function() M.cycle(1) end, 'codeparrot: next suggestion')
     map(bufnr, keys.prev, function() M.cycle(-1) end, 'codeparrot: previous suggestion')
     map(bufnr, keys.invoke, M.invoke, 'codeparrot: ask for suggestions')
