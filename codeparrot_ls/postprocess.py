@@ -260,6 +260,7 @@ _CODE_TOKEN = re.compile(
     r"""|'(?:\\.|[^'\\\n])*(?:'|(?=\n)|$)"""
     r"|[()\[\]{}]", re.S)
 _MATCH = {")": "(", "]": "[", "}": "{"}
+_STATEMENT_STARTS = ("def ", "async def ", "class ")
 
 
 def _bracket_scan(text: str, start: int) -> tuple[list[int], list[int | None]]:
@@ -285,16 +286,34 @@ def _bracket_scan(text: str, start: int) -> tuple[list[int], list[int | None]]:
     return unmatched, [closed_at.get(o) for o in (stack if open_at_start is None else open_at_start)]
 
 
+def _open_quote(text: str) -> str:
+    """The quote that would end a one-line string still open at the end of `text`, or ""."""
+    last = None
+    for last in _CODE_TOKEN.finditer(text):
+        pass
+    tok = "" if last is None or last.end() != len(text) else last.group()
+    if tok[:1] not in ("'", '"') or tok[:3] in ("'''", '"""'):
+        return ""
+    return "" if re.fullmatch(r"(?:\\.|[^\\])*" + tok[0], tok[1:], re.S) else tok[0]
+
+
 def bracket_excess(text: str, ctx: CursorContext) -> tuple[int | None, bool]:
     """(where the suggestion `text` first breaks the brackets, or None; whether the
     suggestion plus the rest of the line has more unmatched closers than the rest alone)."""
-    above = "\n".join([*ctx.lines_before, ctx.line_prefix])
+    # From the last `def` / `class` line above: no bracket or string is open there, whereas a
+    # window's first line may sit inside a docstring that began above it.
+    first = next((k for k in range(len(ctx.lines_before) - 1, -1, -1)
+                  if ctx.lines_before[k].lstrip().startswith(_STATEMENT_STARTS)), 0)
+    above = "\n".join([*ctx.lines_before[first:], ctx.line_prefix])
     if len(above) > BRACKET_WINDOW:    # from a line start inside the window when there is one
         above = above[-BRACKET_WINDOW:]
         above = above[above.find("\n") + 1:]
     rest = ctx.line_suffix[:BRACKET_WINDOW]
     start, end = len(above), len(above) + len(text)
-    alone_unmatched, alone_closed = _bracket_scan(above + rest, start)
+    # The cursor inside a string the rest of the line does not end (`opts["na|]`): the
+    # suggestion ends it, so the rest of the line counts as code after it.
+    quote = _open_quote(above) if _open_quote(above + rest) else ""
+    alone_unmatched, alone_closed = _bracket_scan(above + quote + rest, start)
     unmatched, closed = _bracket_scan(above + text + rest, start)
     cuts = [p for p in unmatched if p < end]              # closes nothing open
     # ... or closes a bracket that the rest of the line closes.
@@ -307,8 +326,8 @@ def balance_brackets(text: str, ctx: CursorContext) -> str:
     closes no bracket that is not open (above the cursor or in the suggestion), and none
     that the rest of the line already closes (`f(a` + `b)` + `)` gives `f(ab)`). The
     suggestion is cut before the closer that breaks this. Strings and comments do not
-    count; "above" is `ctx.lines_before` (a bracket opened further up is unknown, so a
-    suggestion closing it is cut: cautious, never wrong)."""
+    count; "above" is `ctx.lines_before` from its last `def` / `class` line (a bracket opened
+    further up is unknown, so a suggestion closing it is cut: cautious, never wrong)."""
     while any(c in text for c in _CLOSERS + "'\""):     # (a quote can expose the line's closers)
         cut, worse = bracket_excess(text, ctx)
         if cut is None:

@@ -102,3 +102,24 @@ def test_the_real_continuation_is_never_cut(module):
         if real.lstrip().startswith(('"', "'")) or '"""' in real or "'''" in real:
             continue   # a docstring's text is not code (the window may begin inside one)
         assert balance_brackets(real, ctx) == real, (module, off, real)
+
+
+LONGLINK = 'info["name"] = "././@LongLink"\n        info["type"] = type\n        info["size"] = len(name)\n        info["ma'
+
+
+def test_the_cursor_inside_a_string_the_editor_left_open():
+    # `info["ma|]`: the editor closed the bracket, not the quote; the suggestion ends the string.
+    ctx = stdlib_cursor("tarfile.py", LONGLINK, rest="]")
+    assert balance_brackets('gic"] = GNU_MAGIC', ctx) == 'gic"'
+    assert balance_brackets('gic"', ctx) == 'gic"'
+    ctx = stdlib_cursor("tarfile.py", LONGLINK, rest='"]')   # both closed: nothing to cut
+    assert balance_brackets("gic", ctx) == "gic"
+
+
+def test_a_window_that_begins_inside_a_docstring():
+    # The lines the rules see may begin inside a docstring: its closing quotes then look like
+    # an opening. Brackets are counted from the last `def` line instead.
+    ctx = stdlib_cursor("tarfile.py", LONGLINK, rest="]")
+    opening = max(k for k, ln in enumerate(ctx.lines_before) if ln.strip().startswith('"""Return the string payload'))
+    ctx.lines_before = ctx.lines_before[opening + 1:]       # inside _create_payload's docstring
+    assert balance_brackets('gic"] = GNU_MAGIC', ctx) == 'gic"'
