@@ -4,7 +4,7 @@ Unit level (the tiny real tokenizer): the window of a document that a request re
 exactly the prompt the whole document gives; the token-count cache is bounded in bytes; a
 cancellation that comes after decoding still stops the request. End to end (slow): the real
 server over stdio with the packaged default model, a 10 MB line and a 200,000-line document,
-typing on a long line, 500 documents opened and closed: every request is answered (a
+typing on a long line, 500 documents of 100 KB opened and closed (two rounds of 250): every request is answered (a
 generous timeout only detects a hang) and the server's RSS (from /proc) stays bounded and
 comes back after didClose.
 """
@@ -21,6 +21,7 @@ from lsprotocol import types as T
 
 from codeparrot_ls import prompt as P
 from codeparrot_ls.context import ContextBuilder, TokenCounter
+from codeparrot_ls.engine.onnx_engine import DEFAULT_PREFILL_CHUNK
 from codeparrot_ls.positions import line_start, locate
 from codeparrot_ls.settings import CompletionSettings
 from codeparrot_ls.status import DEFAULT_MODEL_DIR
@@ -131,6 +132,33 @@ def test_a_cancellation_after_decoding_stops_post_processing(onnx_int8):
     assert result == [] and completer.stats.cancelled == 1
 
 
+def test_a_long_prompt_stops_between_prefill_chunks_and_the_next_request_reuses_them(onnx_fp32):
+    """The fault injected: the request is cancelled once the first chunk has run."""
+    from codeparrot_ls.engine import GenerationRequest
+    from conftest import fresh, prompt_ids
+
+    engine = fresh(onnx_fp32)
+    ids = prompt_ids(engine, n=200)
+    full = engine.generate(GenerationRequest(ids, max_new_tokens=8))[0]
+    calls = []
+    forward = engine.forward
+
+    def counted(*args, **kw):
+        calls.append(args[0].shape[1])
+        return forward(*args, **kw)
+
+    fresh(engine).forward, engine.prefill_chunk = counted, 64
+    try:
+        out = engine.generate(GenerationRequest(ids, max_new_tokens=8, is_cancelled=lambda: bool(calls)))
+        assert [g.finish_reason for g in out] == ["cancelled"] and out[0].token_ids == []
+        assert calls == [64], "one chunk ran, the other 136 prompt tokens did not"
+        again = engine.generate(GenerationRequest(ids, max_new_tokens=8))[0]
+    finally:
+        del engine.forward
+        engine.prefill_chunk = DEFAULT_PREFILL_CHUNK
+    assert again.reused_tokens == 64 and again.token_ids == full.token_ids
+
+
 # ----------------------------------------------------------------------------- end to end
 
 async def request(s, uri: str, line: int, character: int) -> list:
@@ -142,7 +170,8 @@ async def request(s, uri: str, line: int, character: int) -> list:
 
 
 async def settled_rss(s) -> int:
-    await s.stats()            # everything sent before has been handled
+    # A round trip: everything sent before has been handled (500 opened documents take a while).
+    await asyncio.wait_for(s.client.workspace_execute_command_async(T.ExecuteCommandParams("codeparrot.stats")), HANG)
     return rss(s.client._server.pid)
 
 
@@ -198,8 +227,8 @@ async def test_typing_at_the_end_of_a_long_line_and_many_documents_opened_and_cl
 
         body = (CODE * 2)[:100_000]
         rounds = []
-        for r in range(3):
-            for i in range(500):
+        for r in range(2):
+            for i in range(250):
                 s.open(f"file:///many/m{i}.py", f"# {r} {i}\n" + body)
                 close(s, f"file:///many/m{i}.py")
             rounds.append(await settled_rss(s))

@@ -47,7 +47,7 @@ class GenerationRequest:
     seed: int | None = None
     stop: Sequence[str] = ()             # stop strings on the generated text (excluded from it; must end after required_prefix)
     deadline: float | None = None        # time.monotonic() after which decoding stops
-    is_cancelled: Callable[[], bool] | None = None   # checked before every token
+    is_cancelled: Callable[[], bool] | None = None   # checked before every token and between prefill chunks
     required_prefix: str = ""            # token healing: the generated text must start with this
     # Early stop: called with the text generated so far (required_prefix included) when a
     # token ends a line or starts the first visible character of a new line; returns how

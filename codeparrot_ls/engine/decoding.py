@@ -272,6 +272,23 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
+def _prefill(engine: Engine, request: GenerationRequest, prompt: list[int], reused: int, past):
+    """The prompt after its first `reused` tokens into the cache, in the engine's prefill
+    chunks (the passes its `forward` would run anyway) with the budget and cancellation
+    checked between them: a long prompt on a busy machine stops within one chunk. Returns
+    (logits of the last position or None, past, prompt tokens in the past, stop reason)."""
+    step = getattr(engine, "prefill_chunk", 0) or len(prompt)
+    filled = reused
+    while len(prompt) - filled > step:
+        _, past = engine.forward(np.array([prompt[filled:filled + step]], np.int64), past, 0)
+        filled += step
+        reason = _budget_reason(request)
+        if reason:
+            return None, past, filled, reason
+    logits, past = engine.forward(np.array([prompt[filled:]], np.int64), past, 1)
+    return logits, past, len(prompt), None
+
+
 def generate(engine: Engine, request: GenerationRequest) -> list[Generation]:
     """`request.num_samples` continuations (1 when greedy: greedy samples are identical)."""
     info = engine.info
@@ -299,9 +316,13 @@ def generate(engine: Engine, request: GenerationRequest) -> list[Generation]:
     # buffer): drop the cache first, so a failure here never leaves a half-overwritten one.
     engine._prefix_cache = None
     t0 = time.perf_counter()
-    logits, past = engine.forward(np.array([prompt[reused:]], np.int64), past, 1)
+    logits, past, filled, reason = _prefill(engine, request, prompt, reused, past)
     t1 = time.perf_counter()
-    engine._prefix_cache = _PrefixCache(prompt, past)
+    engine._prefix_cache = _PrefixCache(prompt[:filled], past)
+    if reason:
+        return [_Row(request, len(prompt), finish=reason).result(reused_tokens=reused, prefill_ms=(t1 - t0) * 1e3,
+                                                                 truncated_tokens=dropped)
+                for _ in range(max(1, request.num_samples))]
     if n > 1:
         past = engine.select_past(past, [0] * n)
         logits = np.repeat(logits, n, axis=0)
