@@ -148,7 +148,7 @@ class CodeparrotServer(LanguageServer):
         cursor = locate(doc.source, position.line, position.character,
                         encoding_name(self.workspace.position_encoding))
         if cursor is None:
-            log.info("no line %d in %s (%d lines): no suggestion", position.line, uri, len(doc.lines))
+            log.info("no line %d in %s: no suggestion", position.line, uri)
             return []
         text, offset, settings = _tokenizable(cursor.text), cursor.offset, self.settings
         others = self.other_documents(key)
