@@ -312,7 +312,8 @@ def bracket_excess(text: str, ctx: CursorContext) -> tuple[int | None, bool]:
     start, end = len(above), len(above) + len(text)
     # The cursor inside a string the rest of the line does not end (`opts["na|]`): the
     # suggestion ends it, so the rest of the line counts as code after it.
-    quote = _open_quote(above) if _open_quote(above + rest) else ""
+    quote = _open_quote(above)
+    quote = quote if quote and _open_quote(above + rest) else ""
     alone_unmatched, alone_closed = _bracket_scan(above + quote + rest, start)
     unmatched, closed = _bracket_scan(above + text + rest, start)
     cuts = [p for p in unmatched if p < end]              # closes nothing open
