@@ -93,6 +93,14 @@ class CodeparrotServer(LanguageServer):
             holder.on_change = self._status_changed
             self.model = holder
 
+    def end_session(self) -> None:
+        """The client is gone (`exit` or a closed connection): stop decoding, release the model."""
+        self.client_ready = False
+        self.scheduler.shutdown()
+        self.model.close()
+        for future in list(self.protocol._request_futures.values()):
+            future.cancel()              # requests to the client that will never be answered
+
     # -- status ---------------------------------------------------------------------------------
     def _status_changed(self, status: ModelStatus) -> None:
         """Called from any thread; notifications are sent from the event loop once the client is ready."""
@@ -270,6 +278,17 @@ def _is_python(doc) -> bool:
 
 
 SERVER = CodeparrotServer()
+
+
+def new_server() -> CodeparrotServer:
+    """A server with SERVER's features and nothing else of it: a TCP connection's own session."""
+    server = CodeparrotServer()
+    features = SERVER.protocol.fm
+    for name, handler in features.features.items():
+        server.feature(name, features.feature_options.get(name))(getattr(handler, "func", handler))
+    for name, handler in features.commands.items():
+        server.command(name)(getattr(handler, "func", handler))
+    return server
 
 
 @SERVER.feature(types.INITIALIZE)

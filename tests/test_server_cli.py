@@ -83,10 +83,12 @@ def non_loopback_addresses() -> set[str]:
     return {a for a in found if not a.startswith("127.") and a != "0.0.0.0"}
 
 
-async def test_tcp_mode_serves_a_client_on_loopback(tiny_onnx_dir):
+async def test_tcp_mode_serves_a_client_on_loopback(tiny_onnx_dir, tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "CODEPARROT_LS_MODEL"}
+    token_file = tmp_path / "token"
     server = await asyncio.create_subprocess_exec(*CLI, "--model", str(tiny_onnx_dir), "--tcp", "--port", str(port),
+                                                  "--token-file", str(token_file),
                                                   env=env, stdin=asyncio.subprocess.DEVNULL)
     client = make_test_lsp_client()
     try:
@@ -100,7 +102,8 @@ async def test_tcp_mode_serves_a_client_on_loopback(tiny_onnx_dir):
         else:
             pytest.fail("the server never listened")
         result = await asyncio.wait_for(client.initialize_session(T.InitializeParams(capabilities=T.ClientCapabilities(
-            text_document=T.TextDocumentClientCapabilities(inline_completion=T.InlineCompletionClientCapabilities())))), 60)
+            text_document=T.TextDocumentClientCapabilities(inline_completion=T.InlineCompletionClientCapabilities())),
+            initialization_options={"token": token_file.read_text().strip()})), 60)
         assert result.capabilities.inline_completion_provider is not None
         assert result.server_info.name == "codeparrot-ls"
         # Bound to loopback only: no other local address accepts the connection.
@@ -110,7 +113,9 @@ async def test_tcp_mode_serves_a_client_on_loopback(tiny_onnx_dir):
                 s.connect((address, port))
         await asyncio.wait_for(client.shutdown_async(None), 30)
         client.exit(None)
-        await asyncio.wait_for(server.wait(), 30)
+        # `exit` ends this client's session only: the server closes the connection and listens on.
+        await asyncio.wait_for(asyncio.gather(*client._async_tasks), 30)
+        assert server.returncode is None
     finally:
         if server.returncode is None:
             server.kill()
