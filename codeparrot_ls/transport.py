@@ -60,6 +60,9 @@ async def run_session(server, read: Callable[[], Awaitable[bytes]], max_body: in
             protocol.receive(event)
             if protocol.exit_code is not None:
                 break
+            # Let the message's handler start before the next message is handled (an async
+            # didChangeConfiguration must apply before a request right behind it).
+            await asyncio.sleep(0)
 
 
 # -- stdio ------------------------------------------------------------------------------------------
@@ -166,17 +169,22 @@ class TcpServer:
             if not server.protocol.initialize_seen:
                 self.pending -= 1
             server.protocol.set_writer(_Discard())
-            writer.close()
             # Waiting for the decoder to stop takes at most one token; off the loop all the same.
             await asyncio.get_running_loop().run_in_executor(None, server.end_session)
             if self.active is server:
                 self.active = None
+            writer.close()                  # last: once the client sees it, the next may come
             log.info("session of %s ended", peer)
 
     def admit(self, server, params) -> str | None:
         """`initialize` of a new connection: the token must match and no other session be active."""
-        options = params.initialization_options
-        given = options.pop(TOKEN_OPTION, None) if isinstance(options, dict) else None
+        given = None
+        # Flat or under `codeparrot`, like the settings; removed so that nothing logs it.
+        from codeparrot_ls.server import SETTINGS_SECTION
+
+        for options in (params.initialization_options, _get(params.initialization_options, SETTINGS_SECTION)):
+            if isinstance(options, dict) and TOKEN_OPTION in options:
+                given = options.pop(TOKEN_OPTION)
         if not isinstance(given, str) or not hmac.compare_digest(given.encode(), self.token.encode()):
             return ("codeparrot-ls over TCP needs initializationOptions.token: the contents of the "
                     "server's token file (see --token-file)")
@@ -186,6 +194,10 @@ class TcpServer:
         self.active = server
         self.start_session(server)
         return None
+
+
+def _get(options, key: str):
+    return options.get(key) if isinstance(options, dict) else None
 
 
 # -- the shared secret and the address --------------------------------------------------------------

@@ -29,12 +29,12 @@ def frame(body: bytes | str | dict | list, length: int | None = None, header: by
 class RawLsp:
     """One connection to the server: send anything, read every message the server sends."""
 
-    def __init__(self, write, read, close) -> None:
-        self._write, self._read, self._close = write, read, close
+    def __init__(self, write, read, close, hang_up, first_id: int = 1) -> None:
+        self._write, self._read, self._close, self._hang_up = write, read, close, hang_up
         self.received: list[dict] = []
         self.closed = False               # the server closed its end
         self._cond = threading.Condition()
-        self._ids = itertools.count(1)
+        self._ids = itertools.count(first_id)
         threading.Thread(target=self._pump, daemon=True).start()
 
     # -- sending --------------------------------------------------------------------------------
@@ -93,6 +93,11 @@ class RawLsp:
     def close(self) -> None:
         self._close()
 
+    def hang_up(self) -> None:
+        """Close the sending side only, as a client that goes away; the server's answer to that
+        (closing its side) is then seen by `wait_closed`."""
+        self._hang_up()
+
     def _pump(self) -> None:
         buf = b""
         while True:
@@ -136,7 +141,7 @@ def stdio_server(*args: str, log_file: Path | None = None):
         proc.stdin.write(data)
         proc.stdin.flush()
 
-    client = RawLsp(write, lambda: os.read(proc.stdout.fileno(), 65536), proc.stdin.close)
+    client = RawLsp(write, lambda: os.read(proc.stdout.fileno(), 65536), proc.stdin.close, proc.stdin.close)
     try:
         yield proc, client
     finally:
@@ -179,7 +184,7 @@ def tcp_server(*args: str, token_file: Path, log_file: Path | None = None):
             stderr.close()
 
 
-def tcp_client(port: int) -> RawLsp:
+def tcp_client(port: int, first_id: int = 1) -> RawLsp:
     sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT_S)
     sock.settimeout(None)
 
@@ -188,7 +193,7 @@ def tcp_client(port: int) -> RawLsp:
             sock.shutdown(socket.SHUT_RDWR)
         sock.close()
 
-    return RawLsp(sock.sendall, lambda: sock.recv(65536), close)
+    return RawLsp(sock.sendall, lambda: sock.recv(65536), close, lambda: sock.shutdown(socket.SHUT_WR), first_id)
 
 
 def initialize(client: RawLsp, token: str | None = None, **options) -> dict:
