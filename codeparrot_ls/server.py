@@ -94,10 +94,11 @@ class CodeparrotServer(LanguageServer):
             self.model = holder
 
     def end_session(self) -> None:
-        """The client is gone (`exit` or a closed connection): stop decoding, release the model."""
+        """The client is gone (`exit` or a closed connection): stop decoding and indexing, release the model."""
         self.client_ready = False
         self.scheduler.shutdown()
         self.model.close()
+        self.repo.close()
         for future in list(self.protocol._request_futures.values()):
             future.cancel()              # requests to the client that will never be answered
 
