@@ -265,3 +265,46 @@ def test_exit_before_initialize_exits_1():
     with stdio_server() as (proc, client):
         client.notify("exit")
         assert proc.wait(60) == 1
+
+
+# -- an internal error, injected ---------------------------------------------------------------------
+class _Capture:
+    def __init__(self) -> None:
+        self.data = b""
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def messages(self) -> list[dict]:
+        out, rest = [], self.data
+        while rest:
+            head, _, rest = rest.partition(b"\r\n\r\n")
+            n = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+            out.append(json.loads(rest[:n]))
+            rest = rest[n:]
+        return out
+
+
+async def test_an_internal_error_reply_has_no_traceback_and_the_log_keeps_it(caplog, tmp_path):
+    """A fault injected into a command (no real handler is known to fail): the client gets a
+    generic message, the log gets the exception and its traceback."""
+    from codeparrot_ls.framing import Frame
+    from codeparrot_ls.server import new_server
+
+    server = new_server()
+    secret = str(tmp_path / "secret" / "source.py")
+
+    @server.command("test.fail")
+    def fail(ls, *args):
+        raise FileNotFoundError(2, "No such file or directory", secret)
+
+    out = _Capture()
+    server.protocol.set_writer(out)
+    for message in ({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                     "params": {"capabilities": {}, "initializationOptions": {"model": str(tmp_path / "none")}}},
+                    {"jsonrpc": "2.0", "id": 2, "method": "workspace/executeCommand", "params": {"command": "test.fail"}}):
+        server.protocol.receive(Frame(json.dumps(message).encode()))
+    server.end_session()
+    reply = next(m for m in out.messages() if m.get("id") == 2)
+    assert reply["error"] == {"code": -32603, "message": "internal error; the server log has the details"}
+    assert secret in caplog.text and "Traceback" in caplog.text and ", in fail" in caplog.text
