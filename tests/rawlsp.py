@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 CLI = [sys.executable, "-m", "codeparrot_ls.cli"]
-WAIT_S = 60.0                  # a guard against a hang, not a speed expectation
+WAIT_S = 120.0                 # a guard against a hang (on a busy machine), not a speed expectation
 
 
 def frame(body: bytes | str | dict | list, length: int | None = None, header: bytes = b"Content-Length: ") -> bytes:
