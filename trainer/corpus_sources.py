@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import glob
+import itertools
 import gzip
 import json
 import os
@@ -78,11 +79,17 @@ def walk_python_files(root: str, max_bytes: int, skip_dirs: frozenset[str] = fro
     reported once (reason `symlink_loop`) instead of being walked forever. The file size
     is checked with `stat` before anything is read.
     """
+    for found in _walk_entries(root, skip_dirs):
+        yield read_python_file(*found, max_bytes) if isinstance(found, tuple) else found
+
+
+def _walk_entries(root: str, skip_dirs: frozenset[str]) -> Iterator[Item | tuple[str, str]]:
+    """Candidates in walk order: (path, relative path) of a file to read, or an Item of a failure."""
     root_stat = os.stat(root)
-    yield from _walk(root, root, max_bytes, skip_dirs, ancestors={(root_stat.st_dev, root_stat.st_ino)})
+    yield from _walk(root, root, skip_dirs, ancestors={(root_stat.st_dev, root_stat.st_ino)})
 
 
-def _walk(root: str, folder: str, max_bytes: int, skip_dirs, ancestors: set) -> Iterator[Item]:
+def _walk(root: str, folder: str, skip_dirs, ancestors: set) -> Iterator[Item | tuple[str, str]]:
     try:
         with os.scandir(folder) as it:
             entries = sorted(it, key=lambda e: e.name)
@@ -110,10 +117,10 @@ def _walk(root: str, folder: str, max_bytes: int, skip_dirs, ancestors: set) -> 
                 yield Item(rel, reason="symlink_loop")
                 continue
             ancestors.add(dir_id)
-            yield from _walk(root, entry.path, max_bytes, skip_dirs, ancestors)
+            yield from _walk(root, entry.path, skip_dirs, ancestors)
             ancestors.discard(dir_id)
         elif entry.name.endswith(".py"):
-            yield read_python_file(entry.path, rel, max_bytes)
+            yield entry.path, rel  # read by the caller, which may skip files of other tasks
 
 
 def read_python_file(path: str, rel: str, max_bytes: int) -> Item:
@@ -158,14 +165,17 @@ def _str_or_none(value) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def iter_jsonl(path: str, max_bytes: int) -> Iterator[Item]:
-    """Records of one `.jsonl` or `.jsonl.gz` file, streamed line by line."""
+def iter_jsonl(path: str, max_bytes: int, owned=None) -> Iterator[Item]:
+    """Records of one `.jsonl` or `.jsonl.gz` file, streamed line by line.
+
+    `owned()`, called once per candidate, False: the candidate belongs to another task;
+    it is skipped without being decoded."""
     opener = gzip.open if path.endswith(".gz") else open
     name = os.path.basename(path)
     try:
         with opener(path, "rb") as f:
             for lineno, line in enumerate(f, 1):
-                if not line.strip():
+                if not line.strip() or (owned is not None and not owned()):
                     continue
                 where = f"{name}:{lineno}"
                 try:
@@ -176,7 +186,8 @@ def iter_jsonl(path: str, max_bytes: int) -> Iterator[Item]:
                 yield record_item(row, where, max_bytes)
     except (OSError, EOFError, gzip.BadGzipFile):
         # a truncated or unreadable file: what was read is kept, the rest is one count
-        yield Item(name, reason="unreadable")
+        if owned is None or owned():
+            yield Item(name, reason="unreadable")
 
 
 def open_hf_dataset(name: str, config: str | None, split: str, data_files: str | None):
@@ -207,15 +218,35 @@ class Source:
     hf_config: str | None = None
     hf_dataset: object = None  # the opened streaming dataset
 
-    def items(self, max_bytes: int) -> Iterator[Item]:
+    def items(self, max_bytes: int, rank: int = 0, world_size: int = 1) -> Iterator[Item]:
+        """The items of this source; with `world_size` > 1 only task `rank`'s share of them.
+
+        The shares are disjoint and cover every candidate: a folder's candidates are dealt
+        out round-robin in walk order (every task lists the tree, each reads only its
+        files); jsonl files are dealt out whole when there are at least as many as tasks,
+        else their lines round-robin; a dataset is split with datasets' split_dataset_by_node.
+        """
+        mine = lambda i: i % world_size == rank  # noqa: E731
         if self.kind == "folder":
-            yield from walk_python_files(self.paths[0], max_bytes, self.skip_dirs)
+            for i, found in enumerate(_walk_entries(self.paths[0], self.skip_dirs)):
+                if mine(i):
+                    yield read_python_file(*found, max_bytes) if isinstance(found, tuple) else found
         elif self.kind == "jsonl":
-            for path in self.paths:
-                yield from iter_jsonl(path, max_bytes)
+            if len(self.paths) >= world_size:
+                for path in self.paths[rank::world_size]:
+                    yield from iter_jsonl(path, max_bytes)
+            else:
+                counter = itertools.count()
+                for path in self.paths:
+                    yield from iter_jsonl(path, max_bytes, lambda: mine(next(counter)))
         else:
-            for i, row in enumerate(self.hf_dataset):
-                yield record_item(row, f"{self.paths[0]}:{i}", max_bytes)
+            rows = self.hf_dataset
+            if world_size > 1:
+                from datasets.distributed import split_dataset_by_node
+                rows = split_dataset_by_node(rows, rank=rank, world_size=world_size)
+            for i, row in enumerate(rows):
+                yield record_item(row, f"{self.paths[0]}:{rank}:{i}" if world_size > 1 else f"{self.paths[0]}:{i}",
+                                  max_bytes)
 
 
 def resolve_source(spec: str, hf_split: str = "train", hf_data_files: str | None = None) -> Source:

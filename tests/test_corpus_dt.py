@@ -1,0 +1,193 @@
+"""`codeparrot corpus --executor local|ray`: the datatrove pipeline gives the single-process
+result (same counts, same kept files, same record fields), counts bad input, reports a
+crashing task, and resumes a killed run without redoing finished tasks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import trainer.corpus as corpus
+import trainer.corpus_sources as corpus_sources
+from tests.test_corpus import good_source, near_copy, read_shards, write
+from trainer.corpus import REASONS, main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def planted_tree(tmp_path: Path, monkeypatch) -> list[str]:
+    """A folder and a jsonl file with planted exact and near duplicates and bad files."""
+    src = tmp_path / "src"
+    for i in range(14):
+        write(src / f"pkg{i % 3}" / f"mod{i}.py", good_source(i))
+    write(src / "copies" / "mod0_copy.py", good_source(0))  # exact duplicate
+    write(src / "copies" / "mod1_spaced.py", good_source(1).replace("\n", "  \n"))  # exact, modulo whitespace
+    write(src / "copies" / "mod2_edit.py", near_copy(good_source(2)))  # near duplicate
+    write(src / "tiny.py", "x = 1\n")
+    write(src / "flat.py", "import os\nfor part in os.sep:\n    print(part)\n" * 3)
+    write(src / "binary.py", b"import os\x00\x01" + good_source(30).encode())
+    write(src / "latin1.py", "# caf\u00e9\n".encode("latin-1") + good_source(31).encode())
+    write(src / "big.py", good_source(32) * 30)
+    write(src / "locked.py", good_source(33))
+    real = corpus_sources.read_limited
+
+    def read_limited(path, limit):  # the failure chmod 000 gives a non-root user
+        if Path(path).name == "locked.py":
+            raise PermissionError(13, "Permission denied", path)
+        return real(path, limit)
+    monkeypatch.setattr(corpus_sources, "read_limited", read_limited)
+    (src / "broken.py").symlink_to(src / "missing.py")
+    (src / "ping.py").symlink_to(src / "pong.py")
+    (src / "pong.py").symlink_to(src / "ping.py")
+    (src / "pkg0" / "loop").symlink_to(src)
+    os.mkfifo(src / "fifo.py")
+    rows = [json.dumps({"repo_name": "octo/cat", "path": f"cat/m{i}.py", "license": "mit",
+                        "content": good_source(i)}) for i in range(40, 46)]
+    rows += [json.dumps({"content": good_source(3)}), "{not json", json.dumps({"path": "x.py"})]
+    write(tmp_path / "data" / "part-0.jsonl", "\n".join(rows) + "\n")
+    return [str(src), str(tmp_path / "data" / "part-0.jsonl")]
+
+
+def run(out: Path, sources: list[str], *args: str, expect_rc: int = 0) -> dict | None:
+    argv = [a for s in sources for a in ("--source", s)]
+    rc = main(argv + ["--output", str(out), "--no_progress", "--max_bytes", "20000", *args])
+    assert rc == expect_rc
+    if rc:
+        return None
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["seen"] == stats["kept"] + sum(stats["dropped"].values())
+    assert set(stats["dropped"]) == set(REASONS)
+    rows = read_shards(out, "train") + read_shards(out, "valid")
+    assert len(rows) == stats["kept"] == stats["splits"]["train"]["records"] + stats["splits"]["valid"]["records"]
+    stats["by_hash"] = {r["hash"]: r for r in rows}
+    assert len(stats["by_hash"]) == len(rows)
+    return stats
+
+
+def assert_same_result(single: dict, dist: dict) -> None:
+    assert dist["dropped"] == single["dropped"]
+    assert dist["seen"] == single["seen"] and dist["kept"] == single["kept"]
+    assert dist["bytes_in"] == single["bytes_in"]
+    assert set(dist["by_hash"]) == set(single["by_hash"])
+    for h, record in single["by_hash"].items():
+        assert dist["by_hash"][h] == record
+    assert dist["splits"]["valid"]["records"] == single["splits"]["valid"]["records"]
+
+
+@pytest.fixture
+def tree(tmp_path, monkeypatch):
+    sources = planted_tree(tmp_path, monkeypatch)
+    single = run(tmp_path / "single", sources)
+    assert {k: v for k, v in single["dropped"].items() if v} == {
+        "exact_duplicate": 3, "near_duplicate": 1, "too_small": 1, "few_assignments": 1, "binary": 1,
+        "invalid_utf8": 1, "too_large": 1, "unreadable": 1, "broken_symlink": 1, "symlink_loop": 3,
+        "not_a_file": 1, "bad_json": 1, "missing_content": 1}
+    return sources, single
+
+
+def test_local_executor_matches_single_process(tmp_path, tree):
+    sources, single = tree
+    out = tmp_path / "dt"
+    dist = run(out, sources, "--executor", "local", "--tasks", "3", "--workers", "2", "--shuffle_buckets", "4")
+    assert_same_result(single, dist)
+    assert dist["executor"]["tasks"] == 3 and dist["near_dedup_skipped_small"] == single["near_dedup_skipped_small"]
+    # shuffled across shards: every shard holds files of both sources
+    assert len(dist["splits"]["train"]["shards"]) > 1
+    assert not (out / ".datatrove" / "docs1").exists()  # intermediate data removed, logs kept
+    assert (out / ".datatrove" / "logs" / "0-read" / "completions").is_dir()
+    # a finished output is not silently overwritten
+    assert main(["--source", sources[0], "--output", str(out), "--executor", "local"]) == 2
+
+
+def test_one_task_and_dedup_switches(tmp_path, tree):
+    sources, single = tree
+    assert_same_result(single, run(tmp_path / "one", sources, "--executor", "local", "--tasks", "1"))
+    off = run(tmp_path / "s-off", sources, "--disable", "exact_dedup", "--disable", "near_dedup")
+    dist = run(tmp_path / "d-off", sources, "--executor", "local", "--tasks", "2",
+               "--disable", "exact_dedup", "--disable", "near_dedup")
+    assert_same_result(off, dist)
+
+
+def test_crashing_task_is_reported_and_resumable(tmp_path, tree, monkeypatch, capsys):
+    sources, single = tree
+    real = corpus.filter_verdict
+
+    def crash_on_module_45(a, off, tok, content, data, digest):  # a fault in task 1 only
+        if "alpha_45(" in content:
+            raise RuntimeError("injected fault")
+        return real(a, off, tok, content, data, digest)
+    monkeypatch.setattr(corpus, "filter_verdict", crash_on_module_45)
+    out = tmp_path / "dt"
+    args = ("--executor", "local", "--tasks", "4", "--workers", "1")
+    run(out, sources, *args, expect_rc=1)
+    err = capsys.readouterr().err
+    assert "stage 'read' failed" in err and "injected fault" in err and "run the same command again" in err
+    done = sorted((out / ".datatrove" / "logs" / "0-read" / "completions").iterdir())
+    assert [p.name for p in done] == ["00000"]  # tasks run in order with one worker
+    stamps = {p.name: (out / ".datatrove" / "counts" / "read" / f"{p.name}.json").stat().st_mtime_ns for p in done}
+    monkeypatch.setattr(corpus, "filter_verdict", real)
+    assert_same_result(single, run(out, sources, *args))
+    for name, stamp in stamps.items():  # finished tasks were not run again
+        assert (out / ".datatrove" / "counts" / "read" / f"{name}.json").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_without_redoing_finished_tasks(tmp_path, tree):
+    sources, single = tree
+    out = tmp_path / "dt"
+    argv = [a for s in sources for a in ("--source", s)] + [
+        "--output", str(out), "--no_progress", "--max_bytes", "20000", "--executor", "local",
+        "--tasks", "6", "--workers", "1"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # the real process cannot see this test's monkeypatch: locked.py reads fine there
+    os.unlink(Path(sources[0]) / "locked.py")
+    single = run(tmp_path / "single2", sources)
+    proc = subprocess.Popen([sys.executable, "-m", "trainer.corpus", *argv], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = out / ".datatrove" / "logs" / "2-filter" / "completions" / "00000"
+    try:
+        while not marker.exists():  # kill it in the middle of the filter stage
+            assert proc.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (out / "stats.json").exists()
+    counts = out / ".datatrove" / "counts"
+    stamps = {p: p.stat().st_mtime_ns for p in [*(counts / "read").glob("*.json"), *(counts / "filter").glob("*.json")]}
+    assert len(stamps) >= 7  # all of the read stage and at least one filter task
+    dist = run(out, sources, "--executor", "local", "--tasks", "6", "--workers", "2")
+    assert_same_result(single, dist)
+    assert all(p.stat().st_mtime_ns == stamp for p, stamp in stamps.items())
+
+
+@pytest.mark.slow
+def test_ray_executor_on_a_local_instance(tmp_path, tree):
+    ray = pytest.importorskip("ray", reason="pip install '.[ray]'")
+    sources, _ = tree
+    os.unlink(Path(sources[0]) / "locked.py")  # Ray's workers cannot see this test's injected fault
+    single = run(tmp_path / "single2", sources)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+             log_to_driver=False)
+    try:
+        dist = run(tmp_path / "ray", sources, "--executor", "ray", "--tasks", "2", "--workers", "2",
+                   "--mem_per_cpu_gb", "0.5", "--shuffle_buckets", "2")
+    finally:
+        ray.shutdown()
+    assert_same_result(single, dist)
+
+
+def test_executor_usage_errors(tmp_path, capsys):
+    write(tmp_path / "src" / "a.py", good_source(0))
+    base = ["--source", str(tmp_path / "src"), "--output", str(tmp_path / "out")]
+    assert main(base + ["--executor", "slurm"]) == 2
+    assert "--slurm_partition" in capsys.readouterr().err
+    assert main(base + ["--executor", "local", "--tasks", "0"]) == 2
+    assert main(base + ["--executor", "mpi"]) == 2
