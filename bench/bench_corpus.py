@@ -17,6 +17,15 @@ every 20 ms from /proc/self/statm). Each scenario runs `--repeats` times; the be
 files/s is kept because the machine is shared and slow outliers are other people's work.
 
     python bench/bench_corpus.py [--repeats 3] [--with-tests] [--synthetic 5000]
+
+`--executors` compares the datatrove pipeline with the single process instead: on the
+stdlib x10 (copies with small edits, see `mutated_stdlib`) and on synthetic corpora of
+each `--sizes` files, it runs `codeparrot corpus` as a child process (single, then
+`--executor local --tasks T --workers W` for each W), checks the kept sets and filter
+counts agree, and reports files/s (wall of the whole command) and peak RSS: of the
+single process, and of the largest datatrove task process (from stats.json).
+
+    python bench/bench_corpus.py --executors [--sizes 5000,50000] [--workers 1,2] [--tasks 4]
 """
 
 from __future__ import annotations
@@ -126,16 +135,97 @@ def run_child(kind: str, copies: int, with_tests: bool) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def mutated_stdlib(root: Path, copies: int) -> int:
+    """`copies` copies of the stdlib's files; copy k > 0 edits each file by its index:
+    unchanged (an exact copy), re-indented blank lines (exact modulo whitespace), or one
+    comment line with new words added (a near copy). Returns the number of files."""
+    from trainer.corpus_sources import STDLIB_SKIP_DIRS, default_source, walk_python_files
+
+    n = 0
+    for k in range(copies):
+        for i, item in enumerate(walk_python_files(default_source(), 10**9, STDLIB_SKIP_DIRS)):
+            text = item.content if item.content is not None else ""
+            if k and i % 3 == 1:
+                text = text.replace("\n\n", "\n    \n")
+            elif k and i % 3 == 2:
+                text += f"\n# revision {k} reviewed by copy_{k}_editor\n"
+            path = root / f"copy{k}" / item.path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text) if item.content is not None else path.write_bytes(b"\0")
+            n += 1
+    return n
+
+
+def corpus_child(argv: list[str], out: Path) -> dict:
+    """`codeparrot corpus ARGV --output OUT` in a child process: wall, peak RSS, stats."""
+    cmd = [sys.executable, "-m", "trainer.corpus", *argv, "--output", str(out), "--no_progress", "--overwrite"]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    wall = time.perf_counter() - start
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    child_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # largest child so far
+    stats = json.loads((out / "stats.json").read_text())
+    kept = set()
+    for shard in sorted(out.glob("*-*.jsonl.gz")):
+        import gzip
+        with gzip.open(shard, "rt") as f:
+            kept.update(json.loads(line)["hash"] for line in f)
+    task_rss = max(stats.get("executor", {}).get("peak_rss_mib_per_stage", {"-": 0}).values())
+    return {"wall_s": wall, "seen": stats["seen"], "kept": kept, "dropped": stats["dropped"],
+            "child_rss_mb": child_rss, "task_rss_mb": task_rss,
+            "rss_by_stage": stats.get("executor", {}).get("peak_rss_mib_per_stage")}
+
+
+def executors_main(args) -> None:
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} at start")
+    workers = [int(w) for w in args.workers.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        corpora = [("stdlib x10 (edited copies)", ["--source", str(tmp / "stdlib")],
+                    mutated_stdlib(tmp / "stdlib", 10))]
+        for n in (int(x) for x in args.sizes.split(",")):
+            data = tmp / f"synthetic-{n}.jsonl"
+            with open(data, "w") as f:
+                f.writelines(json.dumps({"content": synthetic_module(i)}) + "\n" for i in range(n))
+            corpora.append((f"synthetic {n:,}", ["--source", str(data)], n))
+        for name, argv, n in corpora:
+            print(f"\n{name}: {n:,} files; load {os.getloadavg()[0]:.1f}", flush=True)
+            single = corpus_child(argv, tmp / "single")
+            print(f"  single          {single['seen'] / single['wall_s']:>8,.0f} files/s  wall {single['wall_s']:7.1f} s"
+                  f"  peak RSS {single['child_rss_mb']:6.0f} MB  kept {len(single['kept']):,}", flush=True)
+            for w in workers:
+                dt = corpus_child(argv + ["--executor", "local", "--tasks", str(args.tasks), "--workers", str(w)],
+                                  tmp / f"local{w}")
+                same = "same kept set" if dt["kept"] == single["kept"] else \
+                    f"kept differs: {len(dt['kept'] - single['kept'])} only here, {len(single['kept'] - dt['kept'])} only single"
+                counts = "same counts" if dt["dropped"] == single["dropped"] else \
+                    f"counts differ: {({k: (v, dt['dropped'][k]) for k, v in single['dropped'].items() if v != dt['dropped'][k]})}"
+                print(f"  local {args.tasks}t/{w}w    {dt['seen'] / dt['wall_s']:>8,.0f} files/s  wall {dt['wall_s']:7.1f} s"
+                      f"  peak RSS per task {dt['task_rss_mb']:6.0f} MB  {same}; {counts}", flush=True)
+                print(f"      peak RSS by stage (MiB): {dt['rss_by_stage']}", flush=True)
+    print(f"\nload average at end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--with-tests", action="store_true", help="include the stdlib's test suites")
     parser.add_argument("--synthetic", type=int, default=5000, help="distinct files for the index-cost run")
+    parser.add_argument("--executors", action="store_true", help="datatrove executors vs the single process")
+    parser.add_argument("--sizes", default="5000,50000", help="--executors: synthetic corpus sizes")
+    parser.add_argument("--workers", default="1,2", help="--executors: local worker counts")
+    parser.add_argument("--tasks", type=int, default=4, help="--executors: datatrove tasks")
     parser.add_argument("--child", choices=["read", "corpus", "synthetic"], help=argparse.SUPPRESS)
     parser.add_argument("--copies", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.child, args.copies, args.with_tests)))
+        return
+    if args.executors:
+        executors_main(args)
         return
 
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average "
