@@ -31,6 +31,7 @@ single process, and of the largest datatrove task process (from stats.json).
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import resource
@@ -156,26 +157,36 @@ def mutated_stdlib(root: Path, copies: int) -> int:
     return n
 
 
-def corpus_child(argv: list[str], out: Path) -> dict:
-    """`codeparrot corpus ARGV --output OUT` in a child process: wall, peak RSS, stats."""
-    cmd = [sys.executable, "-m", "trainer.corpus", *argv, "--output", str(out), "--no_progress", "--overwrite"]
+def corpus_process(argv: list[str]) -> dict:
+    """Runs `codeparrot corpus ARGV` in this (child) process; its and its workers' usage."""
+    from trainer.corpus import main as corpus_main
+
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert corpus_main(argv) == 0
     wall = time.perf_counter() - start
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"wall_s": wall, "cpu_s": me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime,
+            "driver_rss_mb": me.ru_maxrss / 1024, "worker_rss_mb": kids.ru_maxrss / 1024}
+
+
+def corpus_child(argv: list[str], out: Path) -> dict:
+    """`codeparrot corpus ARGV --output OUT` in a fresh child process: wall and CPU seconds
+    (workers included), peak RSS of the main process and of its largest worker, stats."""
+    argv = [*argv, "--output", str(out), "--no_progress", "--overwrite"]
+    proc = subprocess.run([sys.executable, __file__, "--corpus-child", json.dumps(argv)], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     if proc.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    child_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # largest child so far
+        raise SystemExit(f"corpus {argv} failed:\n{proc.stderr[-3000:]}")
+    usage = json.loads(proc.stdout.strip().splitlines()[-1])
     stats = json.loads((out / "stats.json").read_text())
     kept = set()
     for shard in sorted(out.glob("*-*.jsonl.gz")):
-        import gzip
         with gzip.open(shard, "rt") as f:
             kept.update(json.loads(line)["hash"] for line in f)
-    task_rss = max(stats.get("executor", {}).get("peak_rss_mib_per_stage", {"-": 0}).values())
-    return {"wall_s": wall, "seen": stats["seen"], "kept": kept, "dropped": stats["dropped"],
-            "child_rss_mb": child_rss, "task_rss_mb": task_rss,
-            "rss_by_stage": stats.get("executor", {}).get("peak_rss_mib_per_stage")}
+    by_stage = stats.get("executor", {}).get("peak_rss_mib_per_stage")
+    return {**usage, "seen": stats["seen"], "kept": kept, "dropped": stats["dropped"],
+            "task_rss_mb": max(by_stage.values()) if by_stage else usage["driver_rss_mb"], "rss_by_stage": by_stage}
 
 
 def executors_main(args) -> None:
@@ -195,7 +206,8 @@ def executors_main(args) -> None:
             print(f"\n{name}: {n:,} files; load {os.getloadavg()[0]:.1f}", flush=True)
             single = corpus_child(argv, tmp / "single")
             print(f"  single          {single['seen'] / single['wall_s']:>8,.0f} files/s  wall {single['wall_s']:7.1f} s"
-                  f"  peak RSS {single['child_rss_mb']:6.0f} MB  kept {len(single['kept']):,}", flush=True)
+                  f"  {single['seen'] / single['cpu_s']:>6,.0f} files/CPU-s  peak RSS {single['driver_rss_mb']:6.0f} MB"
+                  f"  kept {len(single['kept']):,}  (load {os.getloadavg()[0]:.1f})", flush=True)
             for w in workers:
                 dt = corpus_child(argv + ["--executor", "local", "--tasks", str(args.tasks), "--workers", str(w)],
                                   tmp / f"local{w}")
@@ -204,7 +216,9 @@ def executors_main(args) -> None:
                 counts = "same counts" if dt["dropped"] == single["dropped"] else \
                     f"counts differ: {({k: (v, dt['dropped'][k]) for k, v in single['dropped'].items() if v != dt['dropped'][k]})}"
                 print(f"  local {args.tasks}t/{w}w    {dt['seen'] / dt['wall_s']:>8,.0f} files/s  wall {dt['wall_s']:7.1f} s"
-                      f"  peak RSS per task {dt['task_rss_mb']:6.0f} MB  {same}; {counts}", flush=True)
+                      f"  {dt['seen'] / dt['cpu_s']:>6,.0f} files/CPU-s  peak RSS: task {dt['task_rss_mb']:.0f} MB,"
+                      f" worker {dt['worker_rss_mb']:.0f} MB, main {dt['driver_rss_mb']:.0f} MB  (load {os.getloadavg()[0]:.1f})"
+                      f"\n      {same}; {counts}", flush=True)
                 print(f"      peak RSS by stage (MiB): {dt['rss_by_stage']}", flush=True)
     print(f"\nload average at end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
@@ -218,11 +232,15 @@ def main() -> None:
     parser.add_argument("--sizes", default="5000,50000", help="--executors: synthetic corpus sizes")
     parser.add_argument("--workers", default="1,2", help="--executors: local worker counts")
     parser.add_argument("--tasks", type=int, default=4, help="--executors: datatrove tasks")
+    parser.add_argument("--corpus-child", help=argparse.SUPPRESS)
     parser.add_argument("--child", choices=["read", "corpus", "synthetic"], help=argparse.SUPPRESS)
     parser.add_argument("--copies", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.child, args.copies, args.with_tests)))
+        return
+    if args.corpus_child:
+        print(json.dumps(corpus_process(json.loads(args.corpus_child))))
         return
     if args.executors:
         executors_main(args)
