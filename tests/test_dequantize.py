@@ -42,12 +42,15 @@ def test_not_an_export_folder_is_a_clear_error(tiny_checkpoint_dir, tmp_path, ca
 
 def test_pretraining_starts_from_the_given_weights(tiny_checkpoint_dir, tiny_tokenizer_dir, tiny_corpus_dir, tmp_path):
     out = tmp_path / "run"
-    args = base_args(tiny_corpus_dir, tiny_tokenizer_dir, out, **{"max-steps": 2, "learning-rate": 1e-12,
-                                                                    "init-from": tiny_checkpoint_dir})
+    # The tokenizer folder is the checkpoint itself, as when continuing a trained model.
+    args = base_args(tiny_corpus_dir, tiny_checkpoint_dir, out, **{"max-steps": 2, "learning-rate": 1e-3,
+                                                                     "warmup-steps": 0, "init-from": tiny_checkpoint_dir})
     assert pretrain_main(args) == 0
     start, end = weights(tiny_checkpoint_dir), weights(out / "final")
-    # A rate of 1e-12 for two steps leaves the starting weights (a fresh model would differ everywhere).
-    assert all(torch.allclose(start[k], end[k], atol=1e-6) for k in start)
+    moved = max((start[k] - end[k]).abs().max().item() for k in start)
+    # Two small steps move every weight by a few thousandths at most: trained, and from these weights
+    # (a fresh model differs by the init's scale, ~0.02), and the saved file is the trained one.
+    assert 0 < moved < 0.01
     assert len(train_losses(out)) == 2
 
 
