@@ -16,9 +16,12 @@ disk (`open_text`).
 
 from __future__ import annotations
 
+import io
+import keyword
 import os
 import re
 import threading
+import tokenize
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,6 +51,34 @@ class FoundDefinition:
 class RepoFindings:
     definitions: list[FoundDefinition]     # most relevant first
     documents: list[tuple[str, str]]       # (uri, text) of workspace files, most relevant first
+
+
+def _code_chains(text: str):
+    """(line, [name, attr, ...]) of the dotted names in the code of `text` (Python's own
+    tokenizer: strings and comments are not code), outside import statements."""
+    chain, line, in_import, after_dot = [], 0, False, False
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+            if tok.type == tokenize.NAME and (after_dot or not chain):
+                if not chain:
+                    line = tok.start[0] - 1
+                    in_import = in_import or (tok.string in ("import", "from") and tok.line.lstrip().startswith(tok.string))
+                chain.append(tok.string)
+                after_dot = False
+                continue
+            if tok.type == tokenize.OP and tok.string == "." and chain and not after_dot:
+                after_dot = True
+                continue
+            if chain and not in_import and not keyword.iskeyword(chain[0]):
+                yield line, chain
+            chain, after_dot = [], False
+            if tok.type in (tokenize.NEWLINE, tokenize.ENDMARKER):
+                in_import = False
+            if tok.type == tokenize.NAME:
+                line, chain = tok.start[0] - 1, [tok.string]
+                in_import = in_import or (tok.string in ("import", "from") and tok.line.lstrip().startswith(tok.string))
+    except (tokenize.TokenError, SyntaxError):
+        return
 
 
 def _line_bounds(text: str, line: int) -> tuple[int, int]:
@@ -144,20 +175,17 @@ class RepoContext:
         return RepoFindings(list(found.values()), documents)
 
     def cross_module_lines(self, uri: str, text: str) -> dict[int, list[str]]:
-        """Lines of a document (not imports) that use a name defined in another module of the
-        workspace, with those names: where the evaluation puts its cross-file positions."""
+        """Lines of a document that use, in code (not in strings, comments or imports), a name
+        defined in another module of the workspace, with those names: where the evaluation
+        puts its cross-file positions."""
         path = os.path.abspath(uri_to_path(uri) or "")
         bindings, _ = import_bindings(text, self._package(path), self._statements)
         out: dict[int, list[str]] = {}
-        for n, content in enumerate(text.split("\n")):
-            if not bindings or content.lstrip().startswith(("import ", "from ", "#")):
-                continue
-            for m in _CHAIN.finditer(content):
-                chain = m.group().split(".")
-                b = bindings.get(chain[0])
-                hit = b and self._resolve(b.module, ([b.attr] if b.attr else []) + chain[1:])
-                if hit and hit[0].path != path:
-                    out.setdefault(n, []).append(hit[1].name)
+        for n, chain in _code_chains(text) if bindings else ():
+            b = bindings.get(chain[0])
+            hit = b and self._resolve(b.module, ([b.attr] if b.attr else []) + chain[1:])
+            if hit and hit[0].path != path:
+                out.setdefault(n, []).append(hit[1].name)
         return out
 
     # -- helpers ------------------------------------------------------------------------
