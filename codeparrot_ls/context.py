@@ -197,7 +197,7 @@ class ContextBuilder:
         head_ids, snippets, definitions = [self.eos_id], [], []
         findings = None
         if repo is not None and settings.workspace_context:
-            findings = repo.gather(uri, text if document is None else document, line)
+            findings = repo.gather(uri, text if document is None else document, line, text[line_start:offset])
         open_budget = min(settings.other_files_tokens, budget // 4) if other_documents else 0
         repo_budget = int(budget * settings.workspace_share) if findings else 0
         if open_budget + repo_budget > 0:

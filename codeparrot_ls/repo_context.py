@@ -36,6 +36,8 @@ IMPORT_ONLY_DISTANCE = 1_000_000
 MAX_DEFINITIONS = 24
 MAX_FILES = 6
 MAX_REEXPORT_DEPTH = 3
+MAX_CATALOGUE = 16           # names of a module listed after `module.`
+_RECEIVER = re.compile(r"([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)\.\w*$")
 _CHAIN = re.compile(r"(?<![\w.])[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
 
 
@@ -54,9 +56,9 @@ class RepoFindings:
 
 
 def _code_chains(text: str):
-    """(line, [name, attr, ...]) of the dotted names in the code of `text` (Python's own
-    tokenizer: strings and comments are not code), outside import statements."""
-    chain, line, in_import, after_dot = [], 0, False, False
+    """(line, [name, attr, ...], [column of each]) of the dotted names in the code of `text`
+    (Python's own tokenizer: strings and comments are not code), outside import statements."""
+    chain, cols, line, in_import, after_dot = [], [], 0, False, False
     try:
         for tok in tokenize.generate_tokens(io.StringIO(text).readline):
             if tok.type == tokenize.NAME and (after_dot or not chain):
@@ -64,21 +66,41 @@ def _code_chains(text: str):
                     line = tok.start[0] - 1
                     in_import = in_import or (tok.string in ("import", "from") and tok.line.lstrip().startswith(tok.string))
                 chain.append(tok.string)
+                cols.append(tok.start[1])
                 after_dot = False
                 continue
             if tok.type == tokenize.OP and tok.string == "." and chain and not after_dot:
                 after_dot = True
                 continue
             if chain and not in_import and not keyword.iskeyword(chain[0]):
-                yield line, chain
-            chain, after_dot = [], False
+                yield line, chain, cols
+            chain, cols, after_dot = [], [], False
             if tok.type in (tokenize.NEWLINE, tokenize.ENDMARKER):
                 in_import = False
             if tok.type == tokenize.NAME:
-                line, chain = tok.start[0] - 1, [tok.string]
+                line, chain, cols = tok.start[0] - 1, [tok.string], [tok.start[1]]
                 in_import = in_import or (tok.string in ("import", "from") and tok.line.lstrip().startswith(tok.string))
     except (tokenize.TokenError, SyntaxError):
         return
+
+
+def _receiver(head: str) -> tuple[str, ...] | None:
+    """`("mod", "sub")` when the text before the cursor ends in `mod.sub.` or `mod.sub.na`."""
+    m = _RECEIVER.search(head)
+    return tuple(m.group(1).split(".")) if m else None
+
+
+def _first_statement_line(stub: str) -> str:
+    """A stub on one line, decorators dropped: `def f(a, b=1) -> int: ...`, `class C(B): ...`."""
+    lines = [ln for ln in stub.split("\n") if not ln.startswith("@")] or [stub]
+    if lines[0].startswith("class "):
+        return lines[0] if lines[0].endswith("...") else lines[0] + " ..."
+    if len(lines) == 1:
+        return lines[0]
+    if not lines[0].startswith(("def ", "async def ")):
+        return lines[0] if lines[0].endswith("...") else lines[0] + " ..."
+    one = " ".join(ln.strip() for ln in lines)
+    return re.sub(r"\(\s+", "(", re.sub(r",?\s+\)", ")", one))
 
 
 def _line_bounds(text: str, line: int) -> tuple[int, int]:
@@ -120,24 +142,26 @@ class RepoContext:
         self._last: dict = {}          # uri -> (key, findings) of its last request
         self._labels: dict[str, str] = {}
 
-    def gather(self, uri: str | None, text: str, line: int) -> RepoFindings:
+    def gather(self, uri: str | None, text: str, line: int, cursor_head: str | None = None) -> RepoFindings:
         """What the index offers at `line` of the document `uri` whose buffer is `text`.
-        Everything but the cursor's line decides it: the last answer per document is kept
-        for the requests made while typing on that line."""
+        Everything but the cursor's line decides it, and on that line only the receiver the
+        cursor is after (`mod.` or `mod.na`): the last answer per document is kept for the
+        requests made while typing on. `cursor_head`: the cursor's line up to the cursor."""
         bounds = _line_bounds(text, line)
-        key = (line, self.index.version, hash(text[:bounds[0]]), hash(text[bounds[1]:]))
+        receiver = _receiver(cursor_head) if cursor_head else None
+        key = (line, receiver, self.index.version, hash(text[:bounds[0]]), hash(text[bounds[1]:]))
         with self._lock:
             hit = self._last.get(uri)
         if hit is not None and hit[0] == key:
             return hit[1]
-        findings = self._gather(uri, text, line)
+        findings = self._gather(uri, text, line, receiver)
         with self._lock:
             if len(self._last) > 64:
                 self._last.clear()
             self._last[uri] = (key, findings)
         return findings
 
-    def _gather(self, uri: str | None, text: str, line: int) -> RepoFindings:
+    def _gather(self, uri: str | None, text: str, line: int, receiver: tuple[str, ...] | None) -> RepoFindings:
         path = uri_to_path(uri) if uri else None
         path = os.path.abspath(path) if path else None
         bindings, import_lines = import_bindings(text, self._package(path), self._statements)
@@ -146,6 +170,8 @@ class RepoContext:
         uses = self._uses(text, line, bindings, import_lines)
         found: dict[tuple[str, str], FoundDefinition] = {}
         files: dict[str, None] = {}
+        if receiver and receiver[0] in bindings:
+            self._receiver_definitions(text, bindings[receiver[0]], list(receiver), path, found, files)
         for distance, chain in uses:
             b = bindings[chain[0]]
             target = self._resolve(b.module, ([b.attr] if b.attr else []) + chain[1:])
@@ -174,21 +200,47 @@ class RepoContext:
                 documents.append((path_to_uri(p), t))
         return RepoFindings(list(found.values()), documents)
 
-    def cross_module_lines(self, uri: str, text: str) -> dict[int, list[str]]:
+    def cross_module_lines(self, uri: str, text: str) -> dict[int, list[tuple[str, int]]]:
         """Lines of a document that use, in code (not in strings, comments or imports), a name
-        defined in another module of the workspace, with those names: where the evaluation
-        puts its cross-file positions."""
+        defined in another module of the workspace, with those names and their columns (of
+        the name itself in `mod.name`): where the evaluation puts its cross-file positions."""
         path = os.path.abspath(uri_to_path(uri) or "")
         bindings, _ = import_bindings(text, self._package(path), self._statements)
-        out: dict[int, list[str]] = {}
-        for n, chain in _code_chains(text) if bindings else ():
+        out: dict[int, list[tuple[str, int]]] = {}
+        for n, chain, cols in _code_chains(text) if bindings else ():
             b = bindings.get(chain[0])
             hit = b and self._resolve(b.module, ([b.attr] if b.attr else []) + chain[1:])
             if hit and hit[0].path != path:
-                out.setdefault(n, []).append(hit[1].name)
+                name = hit[1].name
+                out.setdefault(n, []).append((name, cols[chain.index(name)] if name in chain else cols[0]))
         return out
 
     # -- helpers ------------------------------------------------------------------------
+    def _receiver_definitions(self, text, b: Binding, receiver: list[str], path, found, files) -> None:
+        """The cursor is after `receiver.`: a module gives a catalogue of its names (one line
+        each: what may follow the dot), those the document already uses from it first; a
+        class or other definition gives its stub."""
+        module, rest = b.module, ([b.attr] if b.attr else []) + receiver[1:]
+        while rest and self.index.has_module(f"{module}.{rest[0]}"):
+            module, rest = f"{module}.{rest[0]}", rest[1:]
+        if rest:
+            target = self._resolve(module, rest)
+            if target is not None and target[0].path != path:
+                entry, definition = target
+                files.setdefault(entry.path)
+                found[(entry.path, definition.name)] = FoundDefinition(entry.path, self._label(entry.path), definition, -1)
+            return
+        entry = self.index.module(module)
+        if entry is None or entry.summary is None or entry.path == path:
+            return
+        files.setdefault(entry.path)
+        used = set(re.findall(r"(?<![\w.])" + re.escape(".".join(receiver)) + r"\.(\w+)", text))
+        names = sorted(entry.summary.definitions, key=lambda n: (n not in used, n.startswith("_")))
+        for name in names[:MAX_CATALOGUE]:
+            d = entry.summary.definitions[name]
+            short = Definition(d.name, d.kind, _first_statement_line(d.text))
+            found[(entry.path, name)] = FoundDefinition(entry.path, self._label(entry.path), short, -1)
+
     def _package(self, path: str | None) -> str | None:
         if path is None:
             return None

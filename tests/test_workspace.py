@@ -215,4 +215,22 @@ def test_repo_completion_evaluation_runs_both_groups_with_and_without_context(tm
     assert res["cross_file_gain"]["edit_similarity"] == pytest.approx(
         res["cross_file_with_workspace"]["edit_similarity"] - res["cross_file_without_workspace"]["edit_similarity"])
     assert report["index"]["files"] == 5
+    # CrossCodeEval's cursor: right before the name used from another module.
+    assert main(["--model", str(tiny_onnx_dir), "--task", "repo-completion", "--data", str(tmp_path / "repo"),
+                 "--positions", "5", "--max_new_tokens", "4", "--cursor", "api", "--output", str(out)]) == 0
+    api = json.loads(out.read_text())["samples"]["cross_file_without_workspace"]
+    assert sorted(s["target"] for s in api) == ["MAX_SLUG", "User(name)", "slugify(name)"]
     assert main(["--model", str(tiny_onnx_dir), "--task", "repo-completion", "--data", str(tmp_path / "nothing")]) == 2
+
+
+def test_after_a_module_and_a_dot_its_names_come_first(tmp_path):
+    write(tmp_path, PROJECT)
+    repo = RepoContext(built([tmp_path]))
+    text = PROJECT["app/views.py"].replace("    return \n", "    return text.sl\n")
+    found = repo.gather((tmp_path / "app/views.py").as_uri(), text, 9, "    return text.sl")
+    # A catalogue of the module's names, one line each, those the document uses from it first.
+    assert [(f.definition.text, f.distance) for f in found.definitions[:2]] == [
+        ("def slugify(value, sep='-'): ...", -1), ("MAX_SLUG = 40", -1)]
+    # Typing on after the same receiver changes nothing.
+    assert repo.gather((tmp_path / "app/views.py").as_uri(), text.replace("text.sl\n", "text.slu\n"), 9,
+                       "    return text.slu") is found

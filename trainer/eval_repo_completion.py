@@ -31,9 +31,13 @@ from codeparrot_ls.completion import Completer
 from codeparrot_ls.repo_context import RepoContext, path_to_uri
 from codeparrot_ls.settings import CompletionSettings
 from codeparrot_ls.workspace import WorkspaceIndex
-from trainer.eval_line_completion import CURSORS, candidate_lines, edit_similarity, exact_match
+from trainer.eval_line_completion import candidate_lines, edit_similarity, exact_match
 
 GROUPS = ("cross_file", "ordinary")
+# indent / random as in line completion; api (CrossCodeEval's placement): a cross-file position's
+# cursor right before the name it uses from another module (`x = mod.|name(...)`), ordinary
+# positions' after the indentation.
+CURSORS = ("indent", "random", "api")
 
 
 def _repo_files(index: WorkspaceIndex) -> list[tuple[str, str]]:
@@ -54,8 +58,8 @@ def sample_positions(files, repo: RepoContext, count: int, seed: int, cursor: st
     for f, (path, text) in enumerate(files):
         lines = text.split("\n")
         uses = repo.cross_module_lines(path_to_uri(path), text)
-        cross.extend((f, i) for i in sorted(uses) if i > 0 and len(lines[i].strip()) >= 4)
-        ordinary.extend((f, i) for i in candidate_lines(text))
+        cross.extend((f, i, uses[i][0][1]) for i in sorted(uses) if i > 0 and len(lines[i].strip()) >= 4)
+        ordinary.extend((f, i, None) for i in candidate_lines(text))
     rng = random.Random(seed)
     out = {}
     for group, candidates in (("cross_file", cross), ("ordinary", ordinary)):
@@ -64,12 +68,17 @@ def sample_positions(files, repo: RepoContext, count: int, seed: int, cursor: st
     return out
 
 
-def _position(files, f: int, i: int, cursor: str, rng: random.Random) -> dict:
+def _position(files, f: int, i: int, api_col: int | None, cursor: str, rng: random.Random) -> dict:
     path, text = files[f]
     lines = text.split("\n")
     line = lines[i].rstrip()
     indent = len(line) - len(line.lstrip())
-    col = indent if cursor == "indent" else indent + rng.randrange(len(line) - indent)
+    if cursor == "api" and api_col is not None:
+        col = api_col
+    elif cursor == "random":
+        col = indent + rng.randrange(len(line) - indent)
+    else:
+        col = indent
     document = "\n".join([*lines[:i], line[:col], *lines[i + 1:]])
     return {"path": path, "line": i, "offset": sum(len(x) + 1 for x in lines[:i]) + col,
             "document": document, "target": line[col:]}

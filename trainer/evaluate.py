@@ -52,8 +52,9 @@ class EvaluateArgs:
     positions: int = field(default=500, metadata={
         "help": "line-completion: number of sampled positions; repo-completion: per group (cross-file, ordinary)"})
     cursor: str = field(default="indent", metadata={
-        "help": "line-completion: cursor after the indentation (whole line) or at a random point in the line",
-        "choices": ["indent", "random"]})
+        "help": "line-completion: cursor after the indentation (whole line) or at a random point in the line; "
+                "repo-completion also: api (right before the name a cross-file line uses from another module)",
+        "choices": ["indent", "random", "api"]})
     fim: str = field(default="both", metadata={
         "help": "line-completion: left-to-right (off), FIM (on), the server's per-request choice (served), "
                 "or all three (both)", "choices": ["both", "on", "off", "served"]})
@@ -93,9 +94,10 @@ def run_task(engine, args: EvaluateArgs) -> dict:
     if args.task == "line-completion":
         from trainer.eval_line_completion import evaluate_line_completion
 
-        from codeparrot_ls.settings import CompletionSettings
+        if args.cursor == "api":
+            raise ValueError("--cursor api is for --task repo-completion")
 
-        max_new = args.max_new_tokens or CompletionSettings().max_new_tokens
+        max_new = args.max_new_tokens or 64
         if max_new >= engine.info.n_positions:
             raise ValueError(f"--max_new_tokens must be below the model's n_positions ({engine.info.n_positions})")
         count = min(args.positions, args.limit) if args.limit is not None else args.positions
