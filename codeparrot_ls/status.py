@@ -181,4 +181,4 @@ class ModelHolder:
 def _fim_word(info) -> str:
     if not info.supports_fim:
         return "no FIM"
-    return "FIM" if info.fim_default else "FIM tokens, prompts left to right by default"
+    return "FIM where code follows the cursor" if info.fim_default else "FIM tokens, prompts left to right by default"

@@ -29,8 +29,9 @@ def test_server_without_a_model_argument_serves_the_default_model(monkeypatch):
 
 
 def test_the_default_model_is_prompted_the_way_it_scored_best():
-    """Its export.json records that left-to-right prompts beat FIM in line completion, and the
-    server's Completer follows it unless the user sets `fim`."""
+    """Its export.json records whether FIM or left-to-right prompts scored better in line
+    completion, and the server's Completer follows it unless the user sets `fim`; where no
+    code follows the cursor it prompts left to right either way."""
     from codeparrot_ls.completion import Completer
     from codeparrot_ls.engine import load_engine
     from codeparrot_ls.settings import CompletionSettings
@@ -46,3 +47,5 @@ def test_the_default_model_is_prompted_the_way_it_scored_best():
     expected = "spm" if info["serving"]["fim"] else "l2r"
     assert builder.build(text, offset, CompletionSettings()).layout == expected
     assert builder.build(text, offset, CompletionSettings(fim=True)).layout == "spm"
+    end = text[:offset]   # the end of a file
+    assert builder.build(end, len(end), CompletionSettings()).layout == "l2r"

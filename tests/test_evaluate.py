@@ -208,6 +208,12 @@ def test_every_task_end_to_end(folder, request, tmp_path, capsys):
     served = lc1["results"]["as_served"]
     assert sum(v["positions"] for v in served["by_suffix"].values()) == 6 and "by_suffix.none.exact_match" in out.out
     assert lc1["samples"] == lc2["samples"]  # reproducible
+    # Writing at the end of a file: the server's choice there is left to right.
+    rc, out = _run(lc_args + ["--fim", "served", "--after-cursor", "none", "--output", str(tmp_path / "eof.json")],
+                   capsys)
+    eof = json.loads((tmp_path / "eof.json").read_text())["results"]
+    assert rc == 0 and set(eof) == {"as_served"} and set(eof["as_served"]["by_suffix"]) == {"none"}
+    assert eof["as_served"]["fim_share"] == 0.0
 
     rc, out = _run(["--model", str(model), "--task", "humaneval", "--engine", engine, "--limit", "2",
                     "--num_samples", "2", "--temperatures", "0", "0.8", "--max_new_tokens", "16",

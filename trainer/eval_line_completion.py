@@ -37,7 +37,7 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from rapidfuzz import fuzz
 
@@ -47,6 +47,7 @@ from trainer.eval_data import DataStats, iter_documents
 
 MIN_TARGET_CHARS = 4
 CURSORS = ("indent", "random")
+AFTER_CURSOR = ("file", "none")
 
 
 @dataclass
@@ -200,13 +201,18 @@ def run_mode(engine, positions: list[Position], mode: str, max_new_tokens: int, 
 
 def evaluate_line_completion(engine, data: str, positions: int = 500, seed: int = 0, cursor: str = "indent",
                              fim: str = "both", layout: str = SERVED_LAYOUT, max_new_tokens: int = 48,
-                             batch_size: int = 8, healing: bool = True, suffix_share: float = 0.25) -> dict:
+                             batch_size: int = 8, healing: bool = True, suffix_share: float = 0.25,
+                             after_cursor: str = "file") -> dict:
     if fim not in ("both", "on", "off", "served"):
         raise ValueError(f"--fim must be both, on, off or served, got {fim!r}")
+    if after_cursor not in AFTER_CURSOR:
+        raise ValueError(f"--after-cursor must be one of {AFTER_CURSOR}, got {after_cursor!r}")
     stats = DataStats()
     picked = sample_positions(data, positions, seed, cursor, stats)
     if not picked:
         raise ValueError(f"no candidate lines in {data}")
+    if after_cursor == "none":   # the same positions, each document ending at its cursor
+        picked = [replace(p, suffix="") for p in picked]
     modes = []
     if fim in ("both", "off"):
         modes.append("off")
@@ -229,4 +235,5 @@ def evaluate_line_completion(engine, data: str, positions: int = 500, seed: int 
             "settings": {"positions": positions, "seed": seed, "cursor": cursor, "fim": fim, "layout": layout,
                          "served_layout": SERVED_LAYOUT, "fim_default": engine.info.fim_default,
                          "max_new_tokens": max_new_tokens, "batch_size": batch_size, "token_healing": healing,
-                         "suffix_share": suffix_share, "min_target_chars": MIN_TARGET_CHARS}}
+                         "suffix_share": suffix_share, "after_cursor": after_cursor,
+                         "min_target_chars": MIN_TARGET_CHARS}}

@@ -61,6 +61,10 @@ class EvaluateArgs:
     fim_layout: str = field(default="spm", metadata={"help": "FIM layout of --fim on (the server's: spm)",
                                                      "choices": ["psm", "spm"]})
     suffix_share: float = field(default=0.25, metadata={"help": "line-completion FIM: budget share of the suffix"})
+    after_cursor: str = field(default="file", metadata={
+        "help": "line-completion: the document after the cursor is the rest of the file (from the line's end on), "
+                "or none (the document ends at the cursor, as when writing at the end of a file)",
+        "choices": ["file", "none"]})
     max_new_tokens: int | None = field(default=None, metadata={
         "help": "tokens per completion (default: the server's 48 for line-completion, 256 for humaneval)"})
     batch_size: int | None = field(default=None, metadata={
@@ -103,7 +107,7 @@ def run_task(engine, args: EvaluateArgs) -> dict:
         count = min(args.positions, args.limit) if args.limit is not None else args.positions
         batch = args.batch_size or (8 if engine.info.engine == "torch" else 1)
         return evaluate_line_completion(engine, args.data, count, args.seed, args.cursor, args.fim, args.fim_layout,
-                                        max_new, batch, args.token_healing, args.suffix_share)
+                                        max_new, batch, args.token_healing, args.suffix_share, args.after_cursor)
     if args.task == "repo-completion":
         from trainer.eval_repo_completion import evaluate_repo_completion
 
