@@ -111,10 +111,16 @@ def test_extension_lints_compiles_and_packages(tmp_path):
 
 def test_partial_accept_keys_are_bound_and_documented():
     bindings = {b["command"]: b for b in manifest()["contributes"]["keybindings"]}
+    commands = {c["command"] for c in manifest()["contributes"]["commands"]}
+    source = (EXT / "src" / "partialAccept.ts").read_text(encoding="utf-8")
     readme = (EXT / "README.md").read_text(encoding="utf-8")
-    for command in ("editor.action.inlineSuggest.acceptNextWord", "editor.action.inlineSuggest.acceptNextLine"):
+    for part in ("Word", "Line"):
+        command = f"codeparrot.acceptNext{part}"
         binding = bindings[command]
         # Only while a suggestion is shown: the keys keep their usual meaning otherwise.
         assert "inlineSuggestionVisible" in binding["when"]
+        assert command in commands
+        # The extension's command runs VS Code's own one.
+        assert f'"{command}": "editor.action.inlineSuggest.acceptNext{part}"' in source
         assert f"`{command}`" in readme
         assert f"`{binding['key'].title()}`" in readme and f"`{binding['mac'].title()}`" in readme

@@ -51,5 +51,6 @@ if [ ! -f "$STAMP" ]; then
   touch "$STAMP"
 fi
 
-"$NODE_DIR/bin/node" "$CODE_SERVER" --version
-chromium --version
+# Versions only (code-server's --version would write a config file into $HOME).
+echo "node $("$NODE_DIR/bin/node" --version), code-server $CODE_SERVER_VERSION: $CODE_SERVER"
+echo "chromium: $(command -v chromium)"

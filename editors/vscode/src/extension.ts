@@ -5,11 +5,13 @@
 import * as vscode from "vscode";
 import {
   DidChangeConfigurationNotification,
+  ExecuteCommandRequest,
   LanguageClient,
   LanguageClientOptions,
   ServerOptions,
   State,
 } from "vscode-languageclient/node";
+import { inlineCompletionMiddleware, registerPartialAccept } from "./partialAccept";
 
 const SECTION = "codeparrot";
 
@@ -56,6 +58,8 @@ export function activate(context: vscode.ExtensionContext): void {
   context.subscriptions.push(
     vscode.commands.registerCommand("codeparrot.restartServer", () => restart()),
     vscode.commands.registerCommand("codeparrot.showOutput", () => output.show(true)),
+    vscode.commands.registerCommand("codeparrot.showStats", () => showStats()),
+    ...registerPartialAccept(() => client),
     vscode.commands.registerCommand("codeparrot.toggleEnabled", async () => {
       const config = vscode.workspace.getConfiguration(SECTION);
       await config.update("enabled", !config.get<boolean>("enabled", true), vscode.ConfigurationTarget.Global);
@@ -127,6 +131,7 @@ async function startClient(): Promise<void> {
       { scheme: "untitled", language: "python" },
     ],
     outputChannel: output,
+    middleware: inlineCompletionMiddleware,
     // Flat camelCase settings plus the model folder, read once by the server at initialize.
     initializationOptions: () => ({ ...completionSettings(), ...(model ? { model: expandHome(model) } : {}) }),
     initializationFailedHandler: (error) => {
@@ -199,6 +204,18 @@ async function pushSettings(): Promise<void> {
     settings: { [SECTION]: completionSettings() },
   });
   setStatus(enabled ? "ready" : "disabled", enabled ? "settings updated" : "suggestions are turned off (codeparrot.enabled)");
+}
+
+/** The server's local counts (suggestions shown, accepted, partly accepted...) in the log. */
+async function showStats(): Promise<void> {
+  const current = client;
+  if (!current || !current.isRunning()) {
+    void vscode.window.showWarningMessage("CodeParrot: the server is not running.");
+    return;
+  }
+  const stats: unknown = await current.sendRequest(ExecuteCommandRequest.type, { command: "codeparrot.stats", arguments: [] });
+  output.info(`stats: ${JSON.stringify(stats)}`);
+  output.show(true);
 }
 
 function onStatus(params: StatusParams): void {
