@@ -120,7 +120,8 @@ async def serve(model: Path, folders: list[Path], log_file: Path, init: dict | N
     await client.start_io(*CLI, "--model", str(model), "--log-level", "DEBUG", "--log-file", str(log_file), env=env)
     try:
         await asyncio.wait_for(client.initialize_session(T.InitializeParams(
-            capabilities=CAPS, initialization_options=init, root_uri=folders[0].as_uri(),
+            capabilities=CAPS, initialization_options={"workspaceContext": True, **(init or {})},
+            root_uri=folders[0].as_uri(),
             workspace_folders=[T.WorkspaceFolder(f.as_uri(), f.name) for f in folders])), 60)
         yield session
         await asyncio.wait_for(client.shutdown_session(), 30)
