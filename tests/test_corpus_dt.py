@@ -230,3 +230,23 @@ def test_sources_are_split_across_tasks_without_loss_or_overlap(tmp_path, monkey
         assert len(whole) > 3
         for world in (2, 3, 5):  # fewer and more tasks than the jsonl glob has files
             assert shard_union(source, world) == whole, (source.spec, world)
+
+
+def test_slurm_chain_carries_the_options(tmp_path):
+    """The Slurm executors are built (not submitted: no cluster here) one per stage, each
+    depending on the previous one, with the partition, time, memory and extra sbatch options."""
+    from trainer.corpus import CorpusArgs
+    from trainer.corpus_dt import _executor, build_stages
+
+    args = CorpusArgs(output=str(tmp_path / "out"), executor="slurm", tasks=8, workers=4, slurm_partition="cpu",
+                      slurm_time="02:00:00", mem_per_cpu_gb=3, slurm_sbatch=["account=proj"])
+    chain, previous = [], None
+    for name, pipeline, tasks in build_stages(args, [str(tmp_path)], tmp_path / "work"):
+        previous = _executor(args, name, pipeline, tasks, tmp_path / "work" / "logs" / name, depends=previous)
+        chain.append(previous)
+    assert [e.job_name for e in chain] == [f"corpus-{n}" for n in
+                                            ("read", "exact", "filter", "buckets", "clusters", "near", "shards", "finish")]
+    assert all(e.depends is d for e, d in zip(chain[1:], chain))
+    sbatch = chain[0].get_sbatch_args()
+    assert (sbatch["partition"], sbatch["time"], sbatch["mem-per-cpu"], sbatch["account"]) == ("cpu", "02:00:00", "3G", "proj")
+    assert (chain[0].world_size, chain[0].workers, chain[-1].world_size) == (8, 4, 1)
