@@ -195,8 +195,8 @@ def executors_main(args) -> None:
     workers = [int(w) for w in args.workers.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        corpora = [("stdlib x10 (edited copies)", ["--source", str(tmp / "stdlib")],
-                    mutated_stdlib(tmp / "stdlib", 10))]
+        corpora = [] if args.skip_stdlib else [
+            ("stdlib x10 (edited copies)", ["--source", str(tmp / "stdlib")], mutated_stdlib(tmp / "stdlib", 10))]
         for n in (int(x) for x in args.sizes.split(",")):
             data = tmp / f"synthetic-{n}.jsonl"
             with open(data, "w") as f:
@@ -232,6 +232,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="5000,50000", help="--executors: synthetic corpus sizes")
     parser.add_argument("--workers", default="1,2", help="--executors: local worker counts")
     parser.add_argument("--tasks", type=int, default=4, help="--executors: datatrove tasks")
+    parser.add_argument("--skip-stdlib", action="store_true", help="--executors: synthetic corpora only")
     parser.add_argument("--corpus-child", help=argparse.SUPPRESS)
     parser.add_argument("--child", choices=["read", "corpus", "synthetic"], help=argparse.SUPPRESS)
     parser.add_argument("--copies", type=int, default=1, help=argparse.SUPPRESS)
