@@ -8,6 +8,10 @@ Hugging Face dataset streamed with `datasets.load_dataset(..., streaming=True)`.
 --source the running interpreter's standard library is used (without site-packages and
 without its test suites).
 
+This module is the single-process path (the default: the fastest for small corpora).
+`--executor local|slurm|ray` runs the same recipe as a staged, resumable datatrove
+pipeline whose memory does not grow with the corpus (trainer/corpus_dt.py).
+
 Order of checks per file: read problems, size bounds, exact dedup, the quality filters,
 near dedup. The first reason that applies is the one counted, so every file seen is
 either kept or counted under exactly one reason: seen == kept + sum(dropped). ("Seen"
