@@ -29,6 +29,7 @@ export const COMPLETION_KEYS = [
   "temperature",
   "fim",
   "timeBudgetMs",
+  "workspaceContext",
 ] as const;
 
 type StatusState = "starting" | "loading" | "ready" | "error" | "stopped" | "disabled";
