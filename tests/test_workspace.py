@@ -170,14 +170,14 @@ def test_definitions_lead_the_prompt_within_the_budget(tmp_path, tok):
     builder = ContextBuilder(tok, P.special_token_ids(tok.get_vocab()), n_positions=1024, supports_fim=True)
     text = PROJECT["app/views.py"]
     uri = (tmp_path / "app/views.py").as_uri()
-    ctx = builder.build(text, len(text), 9, CompletionSettings(), uri=uri, repo=repo)
+    ctx = builder.build(text, len(text), 9, CompletionSettings(workspace_context=True), uri=uri, repo=repo)
     head = tok.decode(ctx.head_ids, skip_special_tokens=False)
     assert head.endswith("def slugify(value, sep='-'): ...\nMAX_SLUG = 40\n<|endoftext|>")
     assert "class User:\n    def __init__(self, name, email=None): ..." in head
     off = builder.build(text, len(text), 9, CompletionSettings(workspace_context=False), uri=uri, repo=repo)
     assert off.head_ids == [builder.eos_id] and off.definitions == []   # a prompt starts like a document
     for share in (0.05, 0.1, 0.3):
-        settings = CompletionSettings(workspace_share=share)
+        settings = CompletionSettings(workspace_context=True, workspace_share=share)
         ctx = builder.build(text, len(text), 9, settings, uri=uri, repo=repo)
         fixed = 1 + P.FIM_PROMPT_TOKENS     # <|endoftext|> first, the FIM sentinels
         assert len(ctx.head_ids) - 1 <= int((1024 - settings.max_new_tokens - fixed) * share)
