@@ -161,12 +161,17 @@ def publish_final(output: Path, checkpoint: Path) -> Path:
     tmp, final, old = output / (TMP_PREFIX + FINAL), output / FINAL, output / (TMP_PREFIX + FINAL + "-old")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(checkpoint, tmp, ignore=shutil.ignore_patterns(ACCELERATE_STATE))
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.rename(final, old)
-    os.rename(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_folder(tmp, final, old)
     return final
+
+
+def replace_folder(tmp: Path, dest: Path, old: Path) -> None:
+    """Put the complete folder `tmp` at `dest` by renames, so `dest` is never half-written."""
+    shutil.rmtree(old, ignore_errors=True)
+    if dest.exists():
+        os.rename(dest, old)
+    os.rename(tmp, dest)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 # --- starting from a trained model (`--init-from`) and keeping the best one (`--keep-best`) ---
@@ -246,11 +251,7 @@ def save_best(model, tokenizer_dir: Path, output: Path, info: dict) -> Path:
     model.save_pretrained(tmp, safe_serialization=True)
     copy_tokenizer_files(tokenizer_dir, tmp)
     (tmp / BEST_FILE).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
-    shutil.rmtree(old, ignore_errors=True)
-    if best.exists():
-        os.rename(best, old)
-    os.rename(tmp, best)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_folder(tmp, best, old)
     return best
 
 
