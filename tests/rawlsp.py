@@ -145,11 +145,16 @@ def stdio_server(*args: str, log_file: Path | None = None):
     try:
         yield proc, client
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(WAIT_S)
-        if log_file:
-            stderr.close()
+        stop(proc, stderr if log_file else None)
+
+
+def stop(proc: subprocess.Popen, log=None) -> None:
+    """Kill the server if it still runs, reap it, close its log."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(WAIT_S)
+    if log is not None:
+        log.close()
 
 
 def free_port() -> int:
@@ -177,11 +182,7 @@ def tcp_server(*args: str, token_file: Path, log_file: Path | None = None):
                 time.sleep(0.05)
         yield proc, port, token_file.read_text().strip()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(WAIT_S)
-        if log_file:
-            stderr.close()
+        stop(proc, stderr if log_file else None)
 
 
 def tcp_client(port: int, first_id: int = 1) -> RawLsp:
