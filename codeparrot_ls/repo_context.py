@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from codeparrot_ls.definitions import Binding, Definition, import_bindings, package_of
+from codeparrot_ls.positions import line_start
 from codeparrot_ls.snippets import SnippetIndex
 from codeparrot_ls.workspace import IndexedFile, WorkspaceIndex, module_names
 
@@ -104,12 +105,10 @@ def _first_statement_line(stub: str) -> str:
 
 
 def _line_bounds(text: str, line: int) -> tuple[int, int]:
-    start = 0
-    for _ in range(line):
-        nl = text.find("\n", start)
-        if nl < 0:
-            return len(text), len(text)
-        start = nl + 1
+    """(start, end) of `line` in "\n"-text; (len, len) past the last line."""
+    start = line_start(text, line)
+    if start is None:
+        return len(text), len(text)
     end = text.find("\n", start)
     return start, len(text) if end < 0 else end
 
