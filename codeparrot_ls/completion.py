@@ -156,31 +156,15 @@ class Completer:
         if is_cancelled is not None and is_cancelled():
             self.stats.cancelled += 1
             return []
-        cursor, one_line, required = prompt.cursor, prompt.one_line, prompt.required_prefix
-        ctx, prompt_ids = prompt.context, prompt.ids
-        self.stats.last_healed = required
-        self.stats.last_definitions = len(ctx.definitions)
+        self.stats.last_healed = prompt.required_prefix
+        self.stats.last_definitions = len(prompt.context.definitions)
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("prompt for %s:%d: %d tokens; before the document:\n%s", uri, text.count("\n", 0, offset) + 1, len(prompt_ids),
-                      self.tokenizer.decode(ctx.head_ids, skip_special_tokens=False))
+            log.debug("prompt for %s:%d: %d tokens; before the document:\n%s", uri, text.count("\n", 0, offset) + 1,
+                      len(prompt.ids), self.tokenizer.decode(prompt.context.head_ids, skip_special_tokens=False))
 
-        stops = [*P.PYTHON_STOP_SEQUENCES, *settings.stop, *(["\n"] if one_line else [])]
-        engine_stops, later_stops = stops_for(required, stops)
-        sampling = invoked and settings.temperature > 0 and settings.num_candidates > 1
-        request = GenerationRequest(
-            prompt_ids=prompt_ids,
-            max_new_tokens=min(settings.max_new_tokens + prompt.n_healed, self.builder.n_positions - len(prompt_ids)),
-            temperature=settings.temperature if sampling else 0.0,
-            top_p=settings.top_p if sampling else 1.0,
-            num_samples=settings.num_candidates if sampling else 1,
-            stop=engine_stops,
-            deadline=deadline,
-            is_cancelled=is_cancelled,
-            required_prefix=required,
-            # One line: the "\n" stop already ends it.
-            stop_when=early_stop_rule(required, cursor, stops) if self.early_stop and not one_line else None,
-            lookup_tokens=settings.lookup_tokens,
-        )
+        stops = [*P.PYTHON_STOP_SEQUENCES, *settings.stop, *(["\n"] if prompt.one_line else [])]
+        engine_stops, later_stops = stops_for(prompt.required_prefix, stops)
+        request = self._request(prompt, settings, invoked, stops, engine_stops, deadline, is_cancelled)
         with self._engine_lock:
             generations = self.engine.generate(request)
         self.stats.model_runs += 1
@@ -193,22 +177,10 @@ class Completer:
             self.stats.cancelled += 1
             return []
 
-        min_chars = 1 if invoked else settings.min_chars
-        shown: dict[str, CachedSuggestion] = {}
-        for g in generations:
-            if is_cancelled is not None and is_cancelled():
-                self.stats.cancelled += 1
-                return []
-            if not g.text.startswith(required):
-                self.stats.dropped += 1     # the budget ran out while re-typing the healed text
-                continue
-            body, stopped = cut_at_stops(g.text[len(required):], later_stops)
-            finish = "stop" if stopped else g.finish_reason
-            final = postprocess(body, cursor, single_line=one_line, min_chars=min_chars)
-            if final is None:
-                self.stats.dropped += 1
-            elif final not in shown:
-                shown[final] = CachedSuggestion(final, finish)
+        shown = self._shown(generations, prompt, later_stops, 1 if invoked else settings.min_chars, is_cancelled)
+        if shown is None:
+            self.stats.cancelled += 1
+            return []
         # Kept even when the request was cancelled after decoding finished: the user
         # typing on along it is the next request, and the cache answers that one.
         self.cache.store(uri, text, offset, shown.values(), key, invoked)
@@ -217,6 +189,48 @@ class Completer:
             self.stats.cancelled += 1
             return []
         return [Suggestion(s.text, False, s.finish_reason) for s in shown.values()]
+
+    def _request(self, prompt, settings: CompletionSettings, invoked: bool, stops: list[str],
+                 engine_stops: list[str], deadline: float,
+                 is_cancelled: Callable[[], bool] | None) -> GenerationRequest:
+        """What to decode: greedy, or sampled candidates when invoked and settings ask for them."""
+        sampling = invoked and settings.temperature > 0 and settings.num_candidates > 1
+        required = prompt.required_prefix
+        return GenerationRequest(
+            prompt_ids=prompt.ids,
+            max_new_tokens=min(settings.max_new_tokens + prompt.n_healed, self.builder.n_positions - len(prompt.ids)),
+            temperature=settings.temperature if sampling else 0.0,
+            top_p=settings.top_p if sampling else 1.0,
+            num_samples=settings.num_candidates if sampling else 1,
+            stop=engine_stops,
+            deadline=deadline,
+            is_cancelled=is_cancelled,
+            required_prefix=required,
+            # One line: the "\n" stop already ends it.
+            stop_when=(early_stop_rule(required, prompt.cursor, stops) if self.early_stop and not prompt.one_line
+                       else None),
+            lookup_tokens=settings.lookup_tokens,
+        )
+
+    def _shown(self, generations, prompt, later_stops: list[str], min_chars: int,
+               is_cancelled: Callable[[], bool] | None) -> dict[str, CachedSuggestion] | None:
+        """The distinct post-processed suggestions by text (None: cancelled meanwhile)."""
+        required = prompt.required_prefix
+        shown: dict[str, CachedSuggestion] = {}
+        for g in generations:
+            if is_cancelled is not None and is_cancelled():
+                return None
+            if not g.text.startswith(required):
+                self.stats.dropped += 1     # the budget ran out while re-typing the healed text
+                continue
+            body, stopped = cut_at_stops(g.text[len(required):], later_stops)
+            finish = "stop" if stopped else g.finish_reason
+            final = postprocess(body, prompt.cursor, single_line=prompt.one_line, min_chars=min_chars)
+            if final is None:
+                self.stats.dropped += 1
+            elif final not in shown:
+                shown[final] = CachedSuggestion(final, finish)
+        return shown
 
     def forget(self, uri: str) -> None:
         """Drop everything kept for a document (it was closed)."""
