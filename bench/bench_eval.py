@@ -40,6 +40,8 @@ print = functools.partial(print, flush=True)  # noqa: A001 - progress shows when
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from codeparrot_ls.modelfiles import TOKENIZER_FILE  # noqa: E402
+
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 TRAIN = ["argparse.py", "textwrap.py", "json/encoder.py", "shlex.py", "string.py", "dataclasses.py", "heapq.py"]
 HELD_OUT = ["bisect.py", "fnmatch.py", "glob.py", "colorsys.py", "keyword.py", "queue.py", "sched.py"]
@@ -57,7 +59,7 @@ def build_model(folder: Path) -> tuple[Path, Path]:
     tok = train_tokenizer([(STDLIB / m).read_text() for m in TRAIN], vocab_size=4096)
     save_tokenizer(tok, ckpt)
     torch.manual_seed(0)
-    build("tiny", Tokenizer.from_file(str(ckpt / "tokenizer.json"))).save_pretrained(ckpt)
+    build("tiny", Tokenizer.from_file(str(ckpt / TOKENIZER_FILE))).save_pretrained(ckpt)
     if export_main(["--checkpoint", str(ckpt), "--output", str(onnx)]) != 0:
         raise SystemExit("export failed")
     return ckpt, onnx

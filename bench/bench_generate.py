@@ -28,6 +28,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from codeparrot_ls.modelfiles import TOKENIZER_FILE  # noqa: E402
+
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 TRAIN_FILES = sorted(p for p in STDLIB.glob("*.py"))[:120]          # tokenizer training text
 PROMPT_FILES = ["pprint.py", "calendar.py", "difflib.py", "ftplib.py"]  # prompts (not all in training)
@@ -58,7 +60,7 @@ def build_model_folder(root: Path, threads: int, optimize: bool) -> tuple[Path, 
     texts = [p.read_text(encoding="utf-8", errors="replace") for p in TRAIN_FILES]
     save_tokenizer(train_tokenizer(texts, vocab_size=8192), ckpt)
     torch.manual_seed(0)
-    model = build_model("tiny", Tokenizer.from_file(str(ckpt / "tokenizer.json")), n_positions=1088)
+    model = build_model("tiny", Tokenizer.from_file(str(ckpt / TOKENIZER_FILE)), n_positions=1088)
     model.save_pretrained(ckpt)
     export_run(ExportArgs(checkpoint=str(ckpt), output=str(onnx_dir), quantize="int8", optimize=optimize,
                           threads=threads))

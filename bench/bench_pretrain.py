@@ -39,6 +39,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from codeparrot_ls.modelfiles import TOKENIZER_FILE  # noqa: E402
+
 
 def build_corpus(folder: Path) -> Path:
     try:
@@ -97,7 +99,7 @@ def reference_run(args, corpus: Path, tokenizer: Path, device: str, textbook: bo
     from trainer.model import PRESETS, build_model
 
     torch.manual_seed(0)
-    model = build_model(args.model_size, Tokenizer.from_file(str(tokenizer / "tokenizer.json")))
+    model = build_model(args.model_size, Tokenizer.from_file(str(tokenizer / TOKENIZER_FILE)))
     if textbook:
         c = model.config
         model = GPT2LMHeadModel(GPT2Config(vocab_size=c.vocab_size, bos_token_id=c.bos_token_id,
@@ -105,7 +107,7 @@ def reference_run(args, corpus: Path, tokenizer: Path, device: str, textbook: bo
     model = model.to(device)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.1)
-    data = PackedDataset(shard_files(corpus, "train"), tokenizer / "tokenizer.json", args.seq_length,
+    data = PackedDataset(shard_files(corpus, "train"), tokenizer / TOKENIZER_FILE, args.seq_length,
                          args.batch_size, infinite=True, fim_rate=0.5)
     batches = [b for _, b in zip(range(args.steps + args.warmup), data)]
     start = cpu_start = None
@@ -195,7 +197,7 @@ def step_variants(args, corpus: Path, tokenizer: Path) -> None:
     from trainer.pretrain import parameter_groups
 
     device = args.device
-    data = PackedDataset(shard_files(corpus, "train"), tokenizer / "tokenizer.json", args.seq_length,
+    data = PackedDataset(shard_files(corpus, "train"), tokenizer / TOKENIZER_FILE, args.seq_length,
                          args.batch_size, infinite=True, fim_rate=0.5)
     batches = [b.to(device) for _, b in zip(range(args.steps), data)]
     variants = {  # name: (autocast, --loss-chunk-size, fused AdamW, torch.compile)
@@ -209,7 +211,7 @@ def step_variants(args, corpus: Path, tokenizer: Path) -> None:
     steps = {}
     for name, (autocast, chunk, fused, compiled) in variants.items():
         torch.manual_seed(0)
-        lm = build_model(args.model_size, Tokenizer.from_file(str(tokenizer / "tokenizer.json"))).to(device)
+        lm = build_model(args.model_size, Tokenizer.from_file(str(tokenizer / TOKENIZER_FILE))).to(device)
         lm.train()
         if compiled:
             lm.transformer.compile()
@@ -287,7 +289,7 @@ def main() -> int:
 
         from trainer.model import build_model, parameter_counts, training_flops_per_token
 
-        model = build_model(args.model_size, Tokenizer.from_file(str(tokenizer / "tokenizer.json")))
+        model = build_model(args.model_size, Tokenizer.from_file(str(tokenizer / TOKENIZER_FILE)))
         flops = training_flops_per_token(model.config, args.seq_length)
         peak32 = matmul_peak(torch.float32, args.device)
         low = torch.bfloat16 if args.mixed_precision == "bf16" else torch.float16

@@ -27,7 +27,8 @@ import sys
 from pathlib import Path
 
 from codeparrot_ls import __version__
-from codeparrot_ls.status import ENGINES, ENV_MODEL, ERROR, model_problem, startup_model
+from codeparrot_ls.modelfiles import ENGINES
+from codeparrot_ls.status import ENV_MODEL, ERROR, model_problem, startup_model
 from codeparrot_ls.transport import is_loopback, serve_stdio
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")

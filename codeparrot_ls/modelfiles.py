@@ -1,6 +1,8 @@
 """File names and the ONNX graph's input/output names: the contract between
 `codeparrot export` (which writes a model folder) and the server's engines
-(which read it). Keep both sides on these constants."""
+(which read it). Keep both sides on these constants. Also the engine names and
+the one check of a folder's files (`folder_problem`) that the server, the engines
+and the evaluation share."""
 
 from __future__ import annotations
 
@@ -12,6 +14,10 @@ EXPORT_INFO_FILE = "export.json"
 ONNX_FP32_FILE = "model.onnx"
 ONNX_INT8_FILE = "model.int8.onnx"
 SAFETENSORS_FILE = "model.safetensors"
+TORCH_BIN_FILE = "pytorch_model.bin"
+
+# What `--engine` accepts: "auto" serves ONNX when the folder has an exported model, else torch.
+ENGINES = ("auto", "onnx", "torch")
 
 # One graph serves the prompt (empty past, length 0) and every decode step.
 ONNX_INPUT_IDS = "input_ids"                # int64 [batch, seq]
@@ -47,4 +53,27 @@ def has_onnx_model(model_dir: str | Path) -> bool:
 
 def has_torch_checkpoint(model_dir: str | Path) -> bool:
     d = Path(model_dir)
-    return (d / CONFIG_FILE).is_file() and any(d.glob("*.safetensors")) or (d / "pytorch_model.bin").is_file()
+    return (d / CONFIG_FILE).is_file() and any(d.glob("*.safetensors")) or (d / TORCH_BIN_FILE).is_file()
+
+
+def folder_problem(model_dir: str | Path, engine: str = "auto") -> str | None:
+    """Why `model_dir` cannot be served by `engine`, judged by the files it holds (nothing is
+    loaded), or None: the folder, its tokenizer, and the model files the engine needs."""
+    d = Path(model_dir)
+    if engine not in ENGINES:
+        return f"unknown engine {engine!r} (expected one of {', '.join(ENGINES)})"
+    if not d.exists():
+        return f"model folder {d} does not exist"
+    if not d.is_dir():
+        return f"{d} is not a folder"
+    if not (d / TOKENIZER_FILE).is_file():
+        return f"{d} has no {TOKENIZER_FILE}; is it a model folder written by `codeparrot export`?"
+    onnx, torch = has_onnx_model(d), has_torch_checkpoint(d)
+    if engine == "onnx" and not onnx:
+        return f"{d} has no ONNX model ({ONNX_INT8_FILE} or {ONNX_FP32_FILE}; run `codeparrot export`)"
+    if engine == "torch" and not torch:
+        return f"{d} has no PyTorch checkpoint ({CONFIG_FILE} + *.safetensors)"
+    if not (onnx or torch):
+        return (f"{d} holds no model: neither an ONNX model ({ONNX_INT8_FILE}, {ONNX_FP32_FILE}, from "
+                f"`codeparrot export`) nor a PyTorch checkpoint ({CONFIG_FILE} + *.safetensors)")
+    return None

@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 
 ENV_MODEL = "CODEPARROT_LS_MODEL"
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "models" / "default"
-ENGINES = ("auto", "onnx", "torch")
 
 LOADING, READY, ERROR = "loading", "ready", "error"
 
@@ -55,24 +54,11 @@ def model_problem(model_dir: str | Path, engine: str = "auto") -> str | None:
     small and a broken one would fail every request), and the sizes the folder
     states. What needs the graph is checked when it loads (see the engines).
     """
+    problem = modelfiles.folder_problem(model_dir, engine)
+    if problem:
+        return problem
     d = Path(model_dir)
-    if engine not in ENGINES:
-        return f"unknown engine {engine!r} (expected one of {', '.join(ENGINES)})"
-    if not d.exists():
-        return f"model folder {d} does not exist"
-    if not d.is_dir():
-        return f"{d} is not a folder"
     tokenizer = d / modelfiles.TOKENIZER_FILE
-    if not tokenizer.is_file():
-        return f"{d} has no {modelfiles.TOKENIZER_FILE}; is it a model folder written by `codeparrot export`?"
-    has_onnx, has_torch = modelfiles.has_onnx_model(d), modelfiles.has_torch_checkpoint(d)
-    if engine == "onnx" and not has_onnx:
-        return f"{d} has no ONNX model ({modelfiles.ONNX_INT8_FILE} or {modelfiles.ONNX_FP32_FILE})"
-    if engine == "torch" and not has_torch:
-        return f"{d} has no PyTorch checkpoint ({modelfiles.CONFIG_FILE} + *.safetensors)"
-    if not (has_onnx or has_torch):
-        return (f"{d} has neither an ONNX model ({modelfiles.ONNX_INT8_FILE}, {modelfiles.ONNX_FP32_FILE}) "
-                f"nor a PyTorch checkpoint ({modelfiles.CONFIG_FILE} + *.safetensors)")
     for f in d.iterdir():
         if f.suffix in (".onnx", ".safetensors") and f.is_file() and f.stat().st_size == 0:
             return f"{f} is empty"

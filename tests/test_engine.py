@@ -188,6 +188,9 @@ def test_bad_model_folders(tmp_path, tiny_checkpoint_dir, tiny_onnx_dir):
     with pytest.raises(ModelLoadError, match="does not exist"):
         load_engine(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match=mf.TOKENIZER_FILE):
+        load_engine(tmp_path / "empty")
+    shutil.copy(tiny_onnx_dir / mf.TOKENIZER_FILE, tmp_path / "empty")
     with pytest.raises(ModelLoadError, match="holds no model"):
         load_engine(tmp_path / "empty")
     with pytest.raises(ModelLoadError, match="unknown engine"):

@@ -25,6 +25,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from codeparrot_ls.modelfiles import TOKENIZER_FILE
+
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 FINAL = "final"
@@ -211,8 +213,8 @@ def resolve_init(spec: str) -> Path:
                          "checkpoint it was exported from (a folder with config.json and model.safetensors)")
     if not ((path / "config.json").is_file() and has_weights):
         raise ValueError(f"--init-from {spec}: not a checkpoint folder (needs config.json and model.safetensors)")
-    if not (path / "tokenizer.json").is_file():
-        raise ValueError(f"--init-from {spec}: no tokenizer.json next to the weights")
+    if not (path / TOKENIZER_FILE).is_file():
+        raise ValueError(f"--init-from {spec}: no {TOKENIZER_FILE} next to the weights")
     return path
 
 
@@ -227,12 +229,12 @@ def check_init(path: Path, tokenizer_dir: Path | None = None) -> None:
         raise ValueError(f"--init-from {path}: unreadable config.json ({exc})") from exc
     if config.model_type != "gpt2":
         raise ValueError(f"--init-from {path}: a {config.model_type!r} model; this trainer trains GPT-2 models")
-    own = Tokenizer.from_file(str(path / "tokenizer.json")).get_vocab()
+    own = Tokenizer.from_file(str(path / TOKENIZER_FILE)).get_vocab()
     if len(own) > config.vocab_size:
         raise ValueError(f"--init-from {path}: its tokenizer has {len(own)} tokens but the model only "
                          f"{config.vocab_size} embeddings: they do not belong together")
     if tokenizer_dir is not None and Path(tokenizer_dir).resolve() != path.resolve():
-        given = Tokenizer.from_file(str(Path(tokenizer_dir) / "tokenizer.json")).get_vocab()
+        given = Tokenizer.from_file(str(Path(tokenizer_dir) / TOKENIZER_FILE)).get_vocab()
         if given != own:
             raise ValueError(f"--tokenizer {tokenizer_dir} is not the tokenizer of --init-from {path}: "
                              "a model keeps the tokenizer it was trained with (leave --tokenizer out)")

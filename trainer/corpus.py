@@ -37,6 +37,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from codeparrot_ls.modelfiles import TOKENIZER_FILE
 from trainer.corpus_filters import ExactDedup, NearDedup, content_hash, measure, uniform_draw
 from trainer.corpus_sources import Item, SourceError, default_source, resolve_source
 from trainer.corpus_writer import ShardWriter, SplitWriter, clear_outputs, existing_outputs
@@ -255,9 +256,9 @@ def format_summary(stats: dict) -> str:
 def load_tokenizer(path: str):
     from tokenizers import Tokenizer
 
-    file = Path(path) / "tokenizer.json" if Path(path).is_dir() else Path(path)
+    file = Path(path) / TOKENIZER_FILE if Path(path).is_dir() else Path(path)
     if not file.is_file():
-        raise SourceError(f"--tokenizer {path!r}: no tokenizer.json there")
+        raise SourceError(f"--tokenizer {path!r}: no {TOKENIZER_FILE} there")
     return Tokenizer.from_file(str(file))
 
 

@@ -23,7 +23,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from trainer.eval_common import ENGINES, ModelFolderError, open_engine
+from codeparrot_ls.modelfiles import ENGINES
+from trainer.eval_common import ModelFolderError, open_engine
 
 TASKS = ("perplexity", "line-completion", "repo-completion", "humaneval")
 

@@ -23,7 +23,7 @@ from codeparrot_ls import modelfiles as mf
 from codeparrot_ls.prompt import END_OF_TEXT, special_token_ids, supports_fim
 
 # Files copied next to the ONNX model so the folder is self-contained.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
+TOKENIZER_FILES = (mf.TOKENIZER_FILE, "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
 
 
 class ExportError(Exception):

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from codeparrot_ls.modelfiles import TOKENIZER_FILE
 from codeparrot_ls.prompt import END_OF_TEXT
 
 # Fields every preset shares. No dropout: pretraining sees its data about once (nanoGPT,
@@ -219,9 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # unknown flags
         print(f"init-model: {exc}", file=sys.stderr)
         return 2
-    tok_file = Path(args.tokenizer) / "tokenizer.json"
+    tok_file = Path(args.tokenizer) / TOKENIZER_FILE
     if not tok_file.is_file():
-        print(f"init-model: no tokenizer.json in {args.tokenizer}", file=sys.stderr)
+        print(f"init-model: no {TOKENIZER_FILE} in {args.tokenizer}", file=sys.stderr)
         return 2
     try:
         torch.manual_seed(args.seed)

@@ -29,6 +29,7 @@ if __name__ == "__main__" and sys.path and Path(sys.path[0]).resolve() == Path(_
     # repository root rather than letting trainer/*.py shadow top-level modules (evaluate, ...).
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from codeparrot_ls.modelfiles import TOKENIZER_FILE
 from trainer.pretrain_args import PretrainArguments, UsageError, check_args, parse_args, read_config  # noqa: F401
 
 
@@ -162,7 +163,7 @@ def run(args: PretrainArguments) -> int:
     if resume_dir and state.get("world_size") != accelerator.num_processes:
         raise UsageError(f"{resume_dir} was written by {state.get('world_size')} processes, this run has "
                          f"{accelerator.num_processes}: the data position would not be exact")
-    tokenizer_file = Path(args.tokenizer) / "tokenizer.json"
+    tokenizer_file = Path(args.tokenizer) / TOKENIZER_FILE
     if resume_dir:
         model = GPT2LMHeadModel.from_pretrained(resume_dir, dtype=torch.float32)
     elif args.init_from:  # trained in fp32 whatever precision the checkpoint was stored in

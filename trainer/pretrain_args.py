@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from codeparrot_ls.modelfiles import TOKENIZER_FILE
+
 MIXED_PRECISION = ("no", "bf16", "fp16")
 REPORT_TO = ("tensorboard", "wandb", "all", "none")
 
@@ -112,8 +114,8 @@ def check_args(args: PretrainArguments) -> None:
 
         try:
             init = resolve_init(args.init_from)
-            if args.tokenizer and not (Path(args.tokenizer) / "tokenizer.json").is_file():
-                raise ValueError(f"--tokenizer {args.tokenizer}: no tokenizer.json there")
+            if args.tokenizer and not (Path(args.tokenizer) / TOKENIZER_FILE).is_file():
+                raise ValueError(f"--tokenizer {args.tokenizer}: no {TOKENIZER_FILE} there")
             check_init(init, Path(args.tokenizer) if args.tokenizer else None)
         except (OSError, ValueError) as exc:
             raise UsageError(str(exc)) from exc
@@ -123,8 +125,8 @@ def check_args(args: PretrainArguments) -> None:
     for name in ("corpus", "tokenizer", "output"):
         if not getattr(args, name):
             raise UsageError(f"--{name} is required")
-    if not (Path(args.tokenizer) / "tokenizer.json").is_file():
-        raise UsageError(f"--tokenizer {args.tokenizer}: no tokenizer.json there")
+    if not (Path(args.tokenizer) / TOKENIZER_FILE).is_file():
+        raise UsageError(f"--tokenizer {args.tokenizer}: no {TOKENIZER_FILE} there")
     if not Path(args.corpus).is_dir():
         raise UsageError(f"--corpus {args.corpus}: not a folder")
     if args.mixed_precision not in MIXED_PRECISION:

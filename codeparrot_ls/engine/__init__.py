@@ -14,10 +14,8 @@ from codeparrot_ls.engine.base import Engine, Generation, GenerationRequest, Mod
 from codeparrot_ls.engine.decoding import generate_batch
 from codeparrot_ls.engine.loading import ModelLoadError
 
-ENGINES = ("auto", "onnx", "torch")
-
 __all__ = ["Engine", "Generation", "GenerationRequest", "ModelInfo", "ModelLoadError", "generate_batch",
-           "load_engine", "ENGINES"]
+           "load_engine"]
 
 
 def load_engine(model_dir: str | Path, engine: str = "auto", threads: int | None = None,
@@ -29,19 +27,11 @@ def load_engine(model_dir: str | Path, engine: str = "auto", threads: int | None
     threads: intra-op threads (None: torch's default; ONNX: the usable CPUs, at most 4).
     """
     d = Path(model_dir)
-    if engine not in ENGINES:
-        raise ModelLoadError(f"unknown engine {engine!r}; expected one of {ENGINES}")
-    if not d.is_dir():
-        raise ModelLoadError(f"model folder {d} does not exist")
+    problem = mf.folder_problem(d, engine)
+    if problem:
+        raise ModelLoadError(problem)
     if engine == "auto":
-        if mf.has_onnx_model(d):
-            engine = "onnx"
-        elif mf.has_torch_checkpoint(d):
-            engine = "torch"
-        else:
-            raise ModelLoadError(
-                f"{d} holds no model: expected {mf.ONNX_FP32_FILE} / {mf.ONNX_INT8_FILE} (from `codeparrot export`) "
-                f"or a Hugging Face checkpoint ({mf.CONFIG_FILE} + *.safetensors)")
+        engine = "onnx" if mf.has_onnx_model(d) else "torch"
     if engine == "onnx":
         from codeparrot_ls.engine.onnx_engine import OnnxEngine
 

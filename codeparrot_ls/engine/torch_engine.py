@@ -40,9 +40,9 @@ class TorchEngine(Engine):
         model_dir = Path(model_dir)
         if precision not in ("auto", "fp32"):
             raise ModelLoadError(f"the torch engine runs fp32 only (precision {precision!r} asked)")
-        if not mf.has_torch_checkpoint(model_dir):
-            raise ModelLoadError(f"{model_dir} is not a Hugging Face checkpoint folder "
-                                 f"({mf.CONFIG_FILE} and *.safetensors are needed for the torch engine)")
+        problem = mf.folder_problem(model_dir, "torch")
+        if problem:
+            raise ModelLoadError(problem)
         config = read_json(model_dir / mf.CONFIG_FILE)
         if config.get("model_type") != "gpt2":
             raise ModelLoadError(f"{model_dir}: model type {config.get('model_type')!r} is not supported (GPT-2 only)")
