@@ -12,6 +12,7 @@ from typing import Any
 from codeparrot_ls.engine.lookup import DEFAULT_DRAFT_TOKENS
 
 
+SECTION = "codeparrot"            # the settings' key in workspace/configuration and initializationOptions
 # More draft tokens per pass cost more than right guesses save (a pass of 5 tokens costs ~1.5x one).
 MAX_LOOKUP_TOKENS = 16
 # Candidates of an explicit invocation are decoded side by side: each is a row of the KV cache
@@ -97,6 +98,14 @@ class CompletionSettings:
             raise ValueError(f"maxNewTokens must be at most {n_positions - MIN_PROMPT_TOKENS} for this model "
                              f"({n_positions} positions, {MIN_PROMPT_TOKENS} kept for the prompt; got "
                              f"{self.max_new_tokens})")
+
+
+def client_options(options: Any) -> dict[str, Any]:
+    """Settings are accepted flat or under a `codeparrot` key (as VS Code and Neovim send them)."""
+    if not isinstance(options, dict):
+        return {}
+    inner = options.get(SECTION)
+    return inner if isinstance(inner, dict) else options
 
 
 def _within(key: str, value, low, high) -> None:

@@ -180,7 +180,7 @@ class TcpServer:
         """`initialize` of a new connection: the token must match and no other session be active."""
         given = None
         # Flat or under `codeparrot`, like the settings; removed so that nothing logs it.
-        from codeparrot_ls.server import SETTINGS_SECTION
+        from codeparrot_ls.settings import SECTION as SETTINGS_SECTION
 
         for options in (params.initialization_options, _get(params.initialization_options, SETTINGS_SECTION)):
             if isinstance(options, dict) and TOKEN_OPTION in options:
