@@ -80,7 +80,7 @@ def synthetic_module(i: int) -> str:
 def child(kind: str, copies: int, with_tests: bool) -> dict:
     """Runs one scenario in this process and returns its measurements."""
     from trainer.corpus import main
-    from trainer.corpus_sources import STDLIB_SKIP_DIRS, default_source, walk_python_files
+    from trainer.corpus.sources import STDLIB_SKIP_DIRS, default_source, walk_python_files
 
     stdlib = default_source()
     skip = STDLIB_SKIP_DIRS - {"test", "tests", "idle_test"} if with_tests else STDLIB_SKIP_DIRS
@@ -102,7 +102,7 @@ def child(kind: str, copies: int, with_tests: bool) -> dict:
         result = {"files": files, "bytes": nbytes, "wall_s": time.perf_counter() - start,
                   "cpu_s": time.process_time() - cpu_start}
     else:
-        import trainer.corpus_sources as sources
+        import trainer.corpus.sources as sources
         sources.STDLIB_SKIP_DIRS = skip
         with tempfile.TemporaryDirectory() as out:
             argv = [a for _ in range(copies) for a in ("--source", stdlib)]
@@ -140,7 +140,7 @@ def mutated_stdlib(root: Path, copies: int) -> int:
     """`copies` copies of the stdlib's files; copy k > 0 edits each file by its index:
     unchanged (an exact copy), re-indented blank lines (exact modulo whitespace), or one
     comment line with new words added (a near copy). Returns the number of files."""
-    from trainer.corpus_sources import STDLIB_SKIP_DIRS, default_source, walk_python_files
+    from trainer.corpus.sources import STDLIB_SKIP_DIRS, default_source, walk_python_files
 
     n = 0
     for k in range(copies):

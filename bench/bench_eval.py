@@ -13,7 +13,7 @@ bits, so a few may differ).
 Sandbox: HumanEval's reference solutions (prompt + solution + test + check), per program:
 `python -I -c` in a plain subprocess (the floor: one interpreter start), the whole program
 in the sandbox (`trainer.sandbox.run_python`), and the verdict path of an evaluation
-(`trainer.eval_humaneval.check_completion`: the solution in the sandbox, the test in a
+(`trainer.evaluate.humaneval.check_completion`: the solution in the sandbox, the test in a
 checker process), with 1 and 2 workers; wall ms per program and CPU ms per program
 (this process and its children), which a loaded machine disturbs less.
 
@@ -66,9 +66,9 @@ def build_model(folder: Path) -> tuple[Path, Path]:
 
 
 def bench_line_completion(model: Path, engine_kind: str, data: Path, args) -> None:
-    from trainer.eval_common import open_engine
-    from trainer.eval_data import DataStats
-    from trainer.eval_line_completion import run_mode, sample_positions
+    from trainer.evaluate.common import open_engine
+    from trainer.evaluate.data import DataStats
+    from trainer.evaluate.line_completion import run_mode, sample_positions
 
     engine = open_engine(model, engine_kind, "fp32", threads=args.threads)
     positions = sample_positions(str(data), args.positions, 0, "indent", DataStats())
@@ -89,7 +89,7 @@ def bench_line_completion(model: Path, engine_kind: str, data: Path, args) -> No
 
 
 def _load_module(path: str):
-    """Another version of trainer/sandbox.py (e.g. `git show REV:trainer/sandbox.py > old.py`), to compare."""
+    """Another version of trainer/sandbox/__init__.py (e.g. `git show REV:trainer/sandbox/__init__.py > old.py`), to compare."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("old_sandbox", path)
@@ -102,7 +102,7 @@ def _load_module(path: str):
 def bench_sandbox(n: int, old_path: str | None = None) -> None:
     import resource
 
-    from trainer.eval_humaneval import check_completion, load_problems
+    from trainer.evaluate.humaneval import check_completion, load_problems
     from trainer.sandbox import isolation, run_python
 
     problems = load_problems()[:n]
@@ -147,7 +147,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--programs", type=int, default=40, help="HumanEval problems for the sandbox benchmark")
     ap.add_argument("--sandbox-only", action="store_true", help="only the sandbox benchmark")
-    ap.add_argument("--old-sandbox", help="another trainer/sandbox.py to time on the same programs")
+    ap.add_argument("--old-sandbox", help="another trainer/sandbox/__init__.py to time on the same programs")
     args = ap.parse_args()
     if args.sandbox_only:
         print(f"sandbox: {args.programs} programs")

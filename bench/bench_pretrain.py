@@ -61,7 +61,7 @@ def build_corpus(folder: Path) -> Path:
 
 
 def build_tokenizer(corpus: Path, folder: Path) -> Path:
-    from trainer.data import read_documents, shard_files, StreamStats
+    from trainer.pretraining.data import read_documents, shard_files, StreamStats
     from trainer.tokenizer import save_tokenizer, train_tokenizer
 
     docs = (r["content"] for r in read_documents(shard_files(corpus, "train"), StreamStats()))
@@ -95,7 +95,7 @@ def reference_run(args, corpus: Path, tokenizer: Path, device: str, textbook: bo
     from tokenizers import Tokenizer
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from trainer.data import PackedDataset, shard_files
+    from trainer.pretraining.data import PackedDataset, shard_files
     from trainer.model import PRESETS, build_model
 
     torch.manual_seed(0)
@@ -192,7 +192,7 @@ def step_variants(args, corpus: Path, tokenizer: Path) -> None:
 
     from tokenizers import Tokenizer
 
-    from trainer.data import PackedDataset, shard_files
+    from trainer.pretraining.data import PackedDataset, shard_files
     from trainer.model import LanguageModelLoss, build_model
     from trainer.pretrain import parameter_groups
 

@@ -6,7 +6,7 @@ document given to `Completer.complete` is the held-out file with the rest of the
 cursor's line removed (the lines after it stay: the FIM suffix), and the prediction is
 the first line of the suggestion the pipeline returns (post-processing included; no
 suggestion counts as an empty prediction). Positions come from the evaluator's sampler
-(trainer/eval_line_completion.py), so the scores are comparable with
+(trainer/evaluate/line_completion.py), so the scores are comparable with
 `codeparrot evaluate line-completion`:
 
   indent   the cursor right after the line's indentation
@@ -37,8 +37,8 @@ sys.path.insert(0, str(ROOT))
 from codeparrot_ls.completion import Completer  # noqa: E402
 from codeparrot_ls.engine import load_engine  # noqa: E402
 from codeparrot_ls.settings import CompletionSettings  # noqa: E402
-from trainer.eval_data import DataStats  # noqa: E402
-from trainer.eval_line_completion import Position, edit_similarity, exact_match, sample_positions  # noqa: E402
+from trainer.evaluate.data import DataStats  # noqa: E402
+from trainer.evaluate.line_completion import Position, edit_similarity, exact_match, sample_positions  # noqa: E402
 
 
 def line_start_positions(positions):

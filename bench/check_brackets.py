@@ -40,7 +40,7 @@ from codeparrot_ls.engine import load_engine  # noqa: E402
 from codeparrot_ls.postprocess import CursorContext, bracket_excess  # noqa: E402
 from codeparrot_ls.settings import CompletionSettings  # noqa: E402
 from codeparrot_ls.status import default_model_dir  # noqa: E402
-from trainer.eval_line_completion import edit_similarity, exact_match  # noqa: E402
+from trainer.evaluate.line_completion import edit_similarity, exact_match  # noqa: E402
 
 _TAIL = re.compile(r"[)\]}:,;\s]*$")     # what an auto-closing editor leaves after the cursor
 

@@ -10,7 +10,7 @@ tokenized separately)::
 
     <|endoftext|>  [snippet block, <|endoftext|>]  [quality token]  FIM prompt (or the bare prefix)
 
-* Every prompt starts like a training document (trainer/data.py joins documents with
+* Every prompt starts like a training document (trainer/pretraining/data.py joins documents with
   `<|endoftext|>` and puts the quality token at a document's start), so even an empty
   prefix (a new file) is a valid prompt.
 * The FIM prompt comes from `codeparrot_ls.prompt.fim_prompt_ids`. Serving uses the SPM

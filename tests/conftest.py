@@ -82,7 +82,7 @@ def write_corpus_shards(folder: Path, split: str, shards: list[list[dict]]) -> l
 def tiny_corpus_dir(tmp_path_factory) -> Path:
     """Corpus shards from the sample modules: train-00000/1 (8 modules) and valid-00000 (2).
 
-    Records carry `content` and a `quality` in [0, 1], like trainer/corpus.py's output.
+    Records carry `content` and a `quality` in [0, 1], like trainer/corpus/__init__.py's output.
     """
     out = tmp_path_factory.mktemp("corpus")
     records = [{"content": text, "quality": round(0.1 * i, 2)} for i, text in enumerate(sample_texts())]

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-import trainer.corpus_sources as corpus_sources
+import trainer.corpus.sources as corpus_sources
 from trainer.corpus import REASONS, main
-from trainer.corpus_filters import NearDedup, alnum_fraction, identifier_set, measure
+from trainer.corpus.filters import NearDedup, alnum_fraction, identifier_set, measure
 
 WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india",
          "juliet", "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo"]

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 import trainer.corpus as corpus
-import trainer.corpus_sources as corpus_sources
+import trainer.corpus.sources as corpus_sources
 from tests.test_corpus import good_source, near_copy, read_shards, write
 from trainer.corpus import REASONS, main
-from trainer.corpus_filters import content_hash
+from trainer.corpus.filters import content_hash
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -226,7 +226,7 @@ def shard_union(source, world: int) -> list[tuple]:
 
 
 def test_sources_are_split_across_tasks_without_loss_or_overlap(tmp_path, monkeypatch):
-    from trainer.corpus_sources import resolve_source
+    from trainer.corpus.sources import resolve_source
 
     folder, jsonl = planted_tree(tmp_path, monkeypatch)
     for i in range(3):
@@ -246,7 +246,7 @@ def test_slurm_chain_carries_the_options(tmp_path):
     """The Slurm executors are built (not submitted: no cluster here) one per stage, each
     depending on the previous one, with the partition, time, memory and extra sbatch options."""
     from trainer.corpus import CorpusArgs
-    from trainer.corpus_dt import _executor, build_stages
+    from trainer.corpus.dt import _executor, build_stages
 
     args = CorpusArgs(output=str(tmp_path / "out"), executor="slurm", tasks=8, workers=4, slurm_partition="cpu",
                       slurm_time="02:00:00", mem_per_cpu_gb=3, slurm_sbatch=["account=proj"])

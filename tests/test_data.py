@@ -10,7 +10,7 @@ import pytest
 from conftest import sample_texts, write_corpus_shards
 
 from codeparrot_ls.prompt import END_OF_TEXT, FIM_PREFIX, FIM_SUFFIX, quality_token, split_fim_document
-from trainer.data import PackedDataset, make_loader, shard_files
+from trainer.pretraining.data import PackedDataset, make_loader, shard_files
 
 SEQ = 64
 

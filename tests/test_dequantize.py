@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from trainer.dequantize import main as dequantize_main
+from trainer.export.dequantize import main as dequantize_main
 from trainer.pretrain import main as pretrain_main
 from test_pretrain import base_args, train_losses
 

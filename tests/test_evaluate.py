@@ -8,10 +8,10 @@ import math
 
 import pytest
 
-from trainer.eval_humaneval import check_completion, load_problems, pass_at_k
-from trainer.eval_line_completion import Position, build_requests, edit_similarity, exact_match, sample_positions
-from trainer.eval_data import DataStats
-from trainer.eval_perplexity import PerplexityTotals, token_nats, windows
+from trainer.evaluate.humaneval import check_completion, load_problems, pass_at_k
+from trainer.evaluate.line_completion import Position, build_requests, edit_similarity, exact_match, sample_positions
+from trainer.evaluate.data import DataStats
+from trainer.evaluate.perplexity import PerplexityTotals, token_nats, windows
 from trainer.sandbox import Isolation, SandboxLimits
 
 # ---- pass@k ---------------------------------------------------------------------------------
@@ -70,8 +70,8 @@ def test_perplexity_equals_the_models_own_loss(tiny_checkpoint_dir, tmp_path):
     import torch
     from transformers import GPT2LMHeadModel
 
-    from trainer.eval_common import encode, open_engine
-    from trainer.eval_perplexity import evaluate_perplexity
+    from trainer.evaluate.common import encode, open_engine
+    from trainer.evaluate.perplexity import evaluate_perplexity
 
     text = "def add(a, b):\n    return a + b\n\n\nprint(add(1, 2))\n"
     (tmp_path / "a.py").write_text(text)
@@ -92,8 +92,8 @@ def test_sliding_window_matches_a_manual_chunked_computation(tiny_checkpoint_dir
     from transformers import GPT2LMHeadModel
 
     from conftest import sample_texts
-    from trainer.eval_common import encode, open_engine
-    from trainer.eval_perplexity import evaluate_perplexity
+    from trainer.evaluate.common import encode, open_engine
+    from trainer.evaluate.perplexity import evaluate_perplexity
 
     text = sample_texts()[4][:1200]  # shlex.py: several windows of 64
     (tmp_path / "long.py").write_text(text)
@@ -150,7 +150,7 @@ def test_positions_are_seeded_and_well_formed(tmp_path):
 def test_prompts_heal_like_the_server_and_keep_fim_in_budget(tiny_checkpoint_dir):
     from codeparrot_ls.healing import should_heal
     from codeparrot_ls.prompt import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
-    from trainer.eval_common import open_engine
+    from trainer.evaluate.common import open_engine
 
     engine = open_engine(tiny_checkpoint_dir, "torch")
     eos = engine.info.eos_id
@@ -239,9 +239,9 @@ def test_bad_model_folder_and_usage_errors_exit_2(tmp_path, tiny_checkpoint_dir,
 
 def test_humaneval_without_a_kernel_sandbox_refuses_unless_allowed(tiny_checkpoint_dir, tmp_path, capsys,
                                                                    monkeypatch):
-    import trainer.eval_humaneval
+    import trainer.evaluate.humaneval
 
-    monkeypatch.setattr(trainer.eval_humaneval, "isolation", lambda: Isolation())  # a machine without namespaces
+    monkeypatch.setattr(trainer.evaluate.humaneval, "isolation", lambda: Isolation())  # a machine without namespaces
     argv = ["--model", str(tiny_checkpoint_dir), "--task", "humaneval", "--engine", "torch", "--limit", "1",
             "--max_new_tokens", "4", "--output", str(tmp_path / "he.json")]
     rc, out = _run(argv, capsys)
@@ -309,7 +309,7 @@ def test_humaneval_resumes_a_killed_run_from_its_journal(tiny_checkpoint_dir, tm
 
 
 def test_a_corpus_folder_gives_its_validation_shards_only(tiny_corpus_dir):
-    from trainer.eval_data import data_files, iter_documents
+    from trainer.evaluate.data import data_files, iter_documents
 
     files = data_files(tiny_corpus_dir)
     assert [f.name for f in files] == ["valid-00000.jsonl.gz"]
@@ -326,8 +326,8 @@ def test_out_of_range_options_exit_2(tiny_checkpoint_dir, tmp_path, capsys):
 
 
 def test_onnx_export_scores_like_its_checkpoint(tiny_checkpoint_dir, tiny_onnx_dir, tmp_path):
-    from trainer.eval_common import open_engine
-    from trainer.eval_perplexity import evaluate_perplexity
+    from trainer.evaluate.common import open_engine
+    from trainer.evaluate.perplexity import evaluate_perplexity
 
     (tmp_path / "m.py").write_text(SOURCE * 4)
     torch_out = evaluate_perplexity(open_engine(tiny_checkpoint_dir, "torch"), str(tmp_path), 64, 32)["results"]

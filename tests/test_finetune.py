@@ -14,9 +14,9 @@ import pytest
 from conftest import SAMPLE_MODULES, STDLIB
 
 from codeparrot_ls.status import DEFAULT_MODEL_DIR
-from trainer import checkpoint as ckpt
+from trainer.pretraining import checkpoint as ckpt
 from trainer.finetune import main
-from trainer.finetune_data import DataError, build_finetune_corpus, split_held_out
+from trainer.finetune.data import DataError, build_finetune_corpus, split_held_out
 
 # Real modules that none of the fixtures trains its tokenizer on.
 OWN_CODE = ["bisect.py", "colorsys.py", "calendar.py", "gzip.py", "sched.py", "queue.py", "netrc.py", "base64.py"]

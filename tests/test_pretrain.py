@@ -13,7 +13,7 @@ import pytest
 from conftest import write_corpus_shards
 from tokenizers import Tokenizer
 
-from trainer import checkpoint as ckpt
+from trainer.pretraining import checkpoint as ckpt
 from trainer.model import build_model
 from trainer.pretrain import main, parameter_groups, perplexity
 

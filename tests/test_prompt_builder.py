@@ -36,9 +36,9 @@ def test_server_evaluation_and_complete_send_identical_prompts(onnx_int8, tmp_pa
     """Would fail as soon as one of the paths framed, budgeted or healed a prompt differently."""
     from codeparrot_ls.completion import Completer
     from trainer import complete as C
-    from trainer.eval_data import DataStats
-    from trainer.eval_humaneval import problem_prompt
-    from trainer.eval_line_completion import build_requests, sample_positions
+    from trainer.evaluate.data import DataStats
+    from trainer.evaluate.humaneval import problem_prompt
+    from trainer.evaluate.line_completion import build_requests, sample_positions
 
     (tmp_path / "pprint.py").write_text(PROMPT_SOURCE, encoding="utf-8")
     positions = [p for cursor in ("indent", "random")

@@ -342,7 +342,7 @@ def test_every_humaneval_canonical_solution_passes_in_the_sandbox():
     """The sandbox and the checker must not break legitimate programs: all 164 reference solutions pass."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from trainer.eval_humaneval import check_completion, load_problems
+    from trainer.evaluate.humaneval import check_completion, load_problems
 
     problems = load_problems()
     with ThreadPoolExecutor(2) as pool:

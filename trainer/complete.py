@@ -21,7 +21,7 @@ from codeparrot_ls.engine import GenerationRequest
 from codeparrot_ls.modelfiles import ENGINES
 from codeparrot_ls.prompt import PYTHON_STOP_SEQUENCES
 from codeparrot_ls.prompt_builder import SERVED_LAYOUT, PromptBuilder
-from trainer.eval_common import ModelFolderError, open_engine
+from trainer.evaluate.common import ModelFolderError, open_engine
 
 
 @dataclass

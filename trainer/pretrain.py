@@ -6,7 +6,7 @@
 
 Arguments come from flags, from a JSON/YAML file (`--config FILE`, flags override
 it), or both. `--resume` (alone, or `--resume latest`) continues the newest complete
-checkpoint in OUTPUT; `--resume PATH` continues a given one. See trainer/checkpoint.py
+checkpoint in OUTPUT; `--resume PATH` continues a given one. See trainer/pretraining/checkpoint.py
 for the output layout.
 """
 
@@ -30,7 +30,7 @@ if __name__ == "__main__" and sys.path and Path(sys.path[0]).resolve() == Path(_
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from codeparrot_ls.modelfiles import TOKENIZER_FILE
-from trainer.pretrain_args import PretrainArguments, UsageError, check_args, parse_args, read_config  # noqa: F401
+from trainer.pretraining.args import PretrainArguments, UsageError, check_args, parse_args, read_config  # noqa: F401
 
 
 # Arguments that shape the data stream: changing one on --resume changes the data that follows.
@@ -99,7 +99,7 @@ def evaluate(accelerator, model, dataset, max_batches: int) -> tuple[float, floa
     """Mean token loss over the valid stream of every rank, and its perplexity."""
     import torch
 
-    from trainer.data import make_loader
+    from trainer.pretraining.data import make_loader
 
     unwrapped = accelerator.unwrap_model(model)  # no DDP collectives: ranks may hold different batch counts
     unwrapped.eval()
@@ -128,8 +128,8 @@ def run(args: PretrainArguments) -> int:
     from tqdm.auto import tqdm
     from transformers import GPT2LMHeadModel, get_cosine_schedule_with_warmup
 
-    from trainer import checkpoint as ckpt
-    from trainer.data import PackedDataset, make_loader, shard_files
+    from trainer.pretraining import checkpoint as ckpt
+    from trainer.pretraining.data import PackedDataset, make_loader, shard_files
     from trainer.model import LanguageModelLoss, build_model, parameter_counts, training_flops_per_token
 
     output = Path(args.output)

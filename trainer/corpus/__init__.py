@@ -10,7 +10,7 @@ without its test suites).
 
 This module is the single-process path (the default: the fastest for small corpora).
 `--executor local|slurm|ray` runs the same recipe as a staged, resumable datatrove
-pipeline whose memory does not grow with the corpus (trainer/corpus_dt.py).
+pipeline whose memory does not grow with the corpus (trainer/corpus/dt.py).
 
 Order of checks per file: read problems, size bounds, exact dedup, the quality filters,
 near dedup. The first reason that applies is the one counted, so every file seen is
@@ -38,9 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from codeparrot_ls.modelfiles import TOKENIZER_FILE
-from trainer.corpus_filters import ExactDedup, NearDedup, content_hash, measure, uniform_draw
-from trainer.corpus_sources import Item, SourceError, default_source, resolve_source
-from trainer.corpus_writer import ShardWriter, SplitWriter, clear_outputs, existing_outputs
+from trainer.corpus.filters import ExactDedup, NearDedup, content_hash, measure, uniform_draw
+from trainer.corpus.sources import Item, SourceError, default_source, resolve_source
+from trainer.corpus.writer import ShardWriter, SplitWriter, clear_outputs, existing_outputs
 
 # Every reason a file can be dropped, in the order the summary lists them.
 READ_REASONS = ("unreadable", "broken_symlink", "symlink_loop", "not_a_file", "binary",
@@ -317,7 +317,7 @@ def resumable(args: CorpusArgs) -> bool:
 def run_datatrove(args: CorpusArgs, specs: list[str]) -> int:
     import shutil
 
-    from trainer.corpus_dt import StageFailed, run_distributed
+    from trainer.corpus.dt import StageFailed, run_distributed
 
     work = work_dir(args)
     if args.overwrite and work.exists():
@@ -364,6 +364,3 @@ def main(argv: list[str] | None = None) -> int:
     print(format_summary(stats))
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """The corpus stage on datatrove executors: `codeparrot corpus --executor local|slurm|ray`.
 
-The same recipe as the single-process path (trainer/corpus.py), cut into stages whose
+The same recipe as the single-process path (trainer/corpus/__init__.py), cut into stages whose
 tasks share nothing but files under the work folder (default OUTPUT/.datatrove):
 
   read      N tasks  each reads its share of the sources, read checks and size bounds,
@@ -32,8 +32,8 @@ from datatrove.pipeline.dedup.exact_dedup import (ExactDedupConfig, ExactDedupFi
 from datatrove.pipeline.dedup.minhash import (MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster,
                                               MinhashDedupFilter)
 
-from trainer.corpus_dt_output import Finish, WriteShards
-from trainer.corpus_dt_steps import (CorpusFilter, CorpusMinhashSignature, CorpusRead, LoadDocs, RssProbe,
+from trainer.corpus.dt_output import Finish, WriteShards
+from trainer.corpus.dt_steps import (CorpusFilter, CorpusMinhashSignature, CorpusRead, LoadDocs, RssProbe,
                                      ShuffleOut, SpillDocs, document_digest, write_json)
 
 EXECUTORS = ("single", "local", "slurm", "ray")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from datatrove.pipeline.base import PipelineStep
 
-from trainer.corpus_dt_steps import write_json
-from trainer.corpus_writer import ShardWriter
+from trainer.corpus.dt_steps import write_json
+from trainer.corpus.writer import ShardWriter
 
 
 def read_counts(counts_dir: Path, stage: str) -> list[dict]:

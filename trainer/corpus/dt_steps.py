@@ -1,4 +1,4 @@
-"""The corpus stage's own datatrove pipeline steps (see trainer/corpus_dt.py for the stages).
+"""The corpus stage's own datatrove pipeline steps (see trainer/corpus/dt.py for the stages).
 
 Every step that decides a file's fate writes its counts to `COUNTS/<stage>/<rank>.json`
 when its task's stream is exhausted (write-then-rename, so a killed task leaves no
@@ -24,7 +24,7 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.dedup.minhash import MinhashDedupSignature
 from datatrove.utils.word_tokenizers import WordTokenizer
 
-from trainer.corpus_filters import content_hash, identifier_set, uniform_draw
+from trainer.corpus.filters import content_hash, identifier_set, uniform_draw
 
 
 def write_json(path: Path, obj) -> None:
@@ -81,7 +81,7 @@ class CorpusRead(_Counting):
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
         from trainer.corpus import filter_verdict, load_tokenizer
-        from trainer.corpus_sources import resolve_source
+        from trainer.corpus.sources import resolve_source
 
         a = self.args
         sources = [resolve_source(s, a.hf_split, a.hf_data_files) for s in self.specs]

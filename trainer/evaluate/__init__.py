@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from codeparrot_ls.modelfiles import ENGINES
-from trainer.eval_common import ModelFolderError, open_engine
+from trainer.evaluate.common import ModelFolderError, open_engine
 
 TASKS = ("perplexity", "line-completion", "repo-completion", "humaneval")
 
@@ -93,11 +93,11 @@ def run_task(engine, args: EvaluateArgs) -> dict:
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
     if args.task == "perplexity":
-        from trainer.eval_perplexity import evaluate_perplexity
+        from trainer.evaluate.perplexity import evaluate_perplexity
 
         return evaluate_perplexity(engine, args.data, args.context, args.stride, args.limit)
     if args.task == "line-completion":
-        from trainer.eval_line_completion import evaluate_line_completion
+        from trainer.evaluate.line_completion import evaluate_line_completion
 
         if args.cursor == "api":
             raise ValueError("--cursor api is for --task repo-completion")
@@ -110,11 +110,11 @@ def run_task(engine, args: EvaluateArgs) -> dict:
         return evaluate_line_completion(engine, args.data, count, args.seed, args.cursor, args.fim, args.fim_layout,
                                         max_new, batch, args.token_healing, args.suffix_share, args.after_cursor)
     if args.task == "repo-completion":
-        from trainer.eval_repo_completion import evaluate_repo_completion
+        from trainer.evaluate.repo_completion import evaluate_repo_completion
 
         count = min(args.positions, args.limit) if args.limit is not None else args.positions
         return evaluate_repo_completion(engine, args.data, count, args.seed, args.cursor, args.max_new_tokens or 48)
-    from trainer.eval_humaneval import evaluate_humaneval
+    from trainer.evaluate.humaneval import evaluate_humaneval
 
     if any(t < 0 for t in args.temperatures) or not 0 < args.top_p <= 1:
         raise ValueError("temperatures must be >= 0 and --top_p in (0, 1]")
@@ -219,6 +219,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"results written to {out}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,7 +2,7 @@
 
 For each problem and temperature, `n` completions of the problem's prompt are
 decoded by the server's engine with HumanEval's stop sequences; each program
-(prompt + completion) runs in its own kernel sandbox (trainer/sandbox.py) while
+(prompt + completion) runs in its own kernel sandbox (trainer/sandbox/__init__.py) while
 generation goes on, and the problem's `check(entry_point)` runs in a separate
 checker process whose calls the program answers as plain data, so the verdict
 is out of the program's reach. pass@k is

@@ -43,7 +43,7 @@ from rapidfuzz import fuzz
 
 from codeparrot_ls.engine import GenerationRequest
 from codeparrot_ls.prompt_builder import SERVED_LAYOUT, SUFFIX_KINDS, PromptBuilder, suffix_kind
-from trainer.eval_data import DataStats, iter_documents
+from trainer.evaluate.data import DataStats, iter_documents
 
 MIN_TARGET_CHARS = 4
 CURSORS = ("indent", "random")

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from trainer.eval_common import document_start, encode
-from trainer.eval_data import DataStats, iter_documents
+from trainer.evaluate.common import document_start, encode
+from trainer.evaluate.data import DataStats, iter_documents
 
 
 @dataclass

@@ -31,7 +31,7 @@ from codeparrot_ls.completion import Completer
 from codeparrot_ls.repo_context import RepoContext, path_to_uri
 from codeparrot_ls.settings import CompletionSettings
 from codeparrot_ls.workspace import WorkspaceIndex
-from trainer.eval_line_completion import candidate_lines, edit_similarity, exact_match
+from trainer.evaluate.line_completion import candidate_lines, edit_similarity, exact_match
 
 GROUPS = ("cross_file", "ordinary")
 # indent / random as in line completion; api (CrossCodeEval's placement): a cross-file position's

@@ -1,6 +1,6 @@
 """`codeparrot export`: a Hugging Face GPT-2 checkpoint -> one ONNX graph with a KV cache.
 
-The graph (trainer/export_graph.py) serves both the prompt pass (empty past) and
+The graph (trainer/export/graph.py) serves both the prompt pass (empty past) and
 every decode step, so the server runs a single ONNX Runtime session. `logits_to_keep` is an
 input: the prompt pass pays the output layer only for the last position, while
 perplexity evaluation asks for all positions.
@@ -90,10 +90,10 @@ def load_checkpoint(ckpt: Path):
 
 
 def export_onnx(model, path: Path, opset: int) -> float:
-    """Write `model`'s graph (trainer/export_graph.py) to `path`; returns seconds taken."""
+    """Write `model`'s graph (trainer/export/graph.py) to `path`; returns seconds taken."""
     import onnx
 
-    from trainer.export_graph import GraphError, build_graph
+    from trainer.export.graph import GraphError, build_graph
 
     t0 = time.perf_counter()
     try:
@@ -107,8 +107,8 @@ def export_onnx(model, path: Path, opset: int) -> float:
 def run(args: ExportArgs) -> dict:
     import onnx
 
-    from trainer import export_checks as checks
-    from trainer import export_graph as eg
+    from trainer.export import checks
+    from trainer.export import graph as eg
 
     ckpt, out = Path(args.checkpoint), Path(args.output)
     check_checkpoint(ckpt)
@@ -176,7 +176,7 @@ def run(args: ExportArgs) -> dict:
         "supports_fim": supports_fim(vocab),
         "inputs": eg.input_names(model.config.n_layer),
         "outputs": eg.output_names(model.config.n_layer),
-        # past and present are one buffer per layer, n_positions long (see export_graph.py)
+        # past and present are one buffer per layer, n_positions long (see graph.py)
         "past_shape": ["batch", model.config.n_head, "capacity", model.config.n_embd // model.config.n_head],
         "kv_cache": "shared-buffer",
         "parity": parity,
@@ -228,6 +228,3 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

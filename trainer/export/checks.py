@@ -1,4 +1,4 @@
-"""Checks run on an exported graph (helpers of trainer/export.py): parity with PyTorch,
+"""Checks run on an exported graph (helpers of trainer/export/__init__.py): parity with PyTorch,
 int8 quantization and its agreement with fp32, and the optional offline optimization.
 
 They run the graph the way the server does, through codeparrot_ls's `KVGraph`.

@@ -8,7 +8,7 @@ folder that `AutoModelForCausalLM`, `codeparrot pretrain --init-from` and
 (ONNX Runtime's dynamic quantization: one scale and zero point per tensor), which a
 short continued training removes.
 
-    python -m trainer.dequantize codeparrot_ls/models/default runs/default-ckpt
+    python -m trainer.export.dequantize codeparrot_ls/models/default runs/default-ckpt
 """
 
 from __future__ import annotations

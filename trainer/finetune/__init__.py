@@ -4,12 +4,12 @@
                         [--minutes 10] [--held-out 0.1]
 
 1. corpus: the sources through the corpus stage (filters, exact and near dedup), split by file
-   into train and held-out (a seeded draw; trainer/finetune_data.py);
+   into train and held-out (a seeded draw; trainer/finetune/data.py);
 2. train: `codeparrot pretrain --init-from` with a fine-tuning schedule (lower peak rate, short
    warmup), the held-out loss evaluated as it goes, the best model kept, bounded by --minutes;
 3. export to ONNX int8;
 4. evaluate the starting model and the fine-tuned one on the held-out files and on a general
-   set (trainer/finetune_eval.py), print one before/after table, and write the serving
+   set (trainer/finetune/evaluation.py), print one before/after table, and write the serving
    choice (FIM or left to right) into the model's export.json.
 
 Every stage is skipped when its result is in OUTPUT, and an interrupted training resumes
@@ -36,8 +36,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from trainer.corpus_sources import SourceError
-from trainer.finetune_data import DataError
+from trainer.corpus.sources import SourceError
+from trainer.finetune.data import DataError
 
 log = logging.getLogger("codeparrot.finetune")
 SETTINGS = "finetune.json"
@@ -71,8 +71,8 @@ class FinetuneArguments:
 
 def check_args(args: FinetuneArguments) -> Path:
     """Everything that can be checked before any work; returns the starting checkpoint folder."""
-    from trainer.checkpoint import check_init, resolve_init
-    from trainer.corpus_sources import resolve_source
+    from trainer.pretraining.checkpoint import check_init, resolve_init
+    from trainer.corpus.sources import resolve_source
 
     if not args.source:
         raise DataError("--source is required: the folder of the code to fine-tune on")
@@ -209,7 +209,7 @@ def train(settings: dict, corpus: Path, out: Path) -> dict:
     code = pretrain.main(argv)
     if code:
         raise RuntimeError(f"training failed (exit code {code}); see the messages above")
-    from trainer import checkpoint as ckpt
+    from trainer.pretraining import checkpoint as ckpt
 
     state, best = ckpt.read_state(ckpt.latest_checkpoint(out)), ckpt.read_best(out)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if line]
@@ -221,9 +221,9 @@ def train(settings: dict, corpus: Path, out: Path) -> dict:
 
 
 def run(args: FinetuneArguments) -> int:
-    from trainer.checkpoint import default_checkpoint
-    from trainer.finetune_data import build_finetune_corpus, build_general_set
-    from trainer.finetune_eval import compare, evaluation_plan, run_evaluations, write_comparison
+    from trainer.pretraining.checkpoint import default_checkpoint
+    from trainer.finetune.data import build_finetune_corpus, build_general_set
+    from trainer.finetune.evaluation import compare, evaluation_plan, run_evaluations, write_comparison
     from trainer.quickstart import record_fim_choice
 
     init = check_args(args)
@@ -321,6 +321,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"codeparrot finetune: {exc}", file=sys.stderr)
         return 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,8 +16,8 @@ import shutil
 from pathlib import Path
 
 from trainer.corpus import CorpusArgs, build_corpus
-from trainer.corpus_filters import uniform_draw
-from trainer.corpus_sources import default_source, resolve_source
+from trainer.corpus.filters import uniform_draw
+from trainer.corpus.sources import default_source, resolve_source
 
 # The share of the standard library the corpus stage puts in its valid split by default:
 # with the same rule (the draw on the content hash), the files no default model trained on.
@@ -97,8 +97,8 @@ def build_general_set(output: Path, limit: int) -> dict:
     """The standard library's valid split as the corpus stage draws it (the same filters), at
     most `limit` files: general Python that no default model trained on, to catch forgetting."""
     from trainer.corpus import CorpusBuilder
-    from trainer.corpus_filters import content_hash
-    from trainer.corpus_writer import SplitWriter
+    from trainer.corpus.filters import content_hash
+    from trainer.corpus.writer import SplitWriter
 
     tmp = output.with_name(".tmp-" + output.name)
     shutil.rmtree(tmp, ignore_errors=True)

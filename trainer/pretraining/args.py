@@ -110,7 +110,7 @@ def read_config(path: str) -> dict:
 
 def check_args(args: PretrainArguments) -> None:
     if args.init_from:
-        from trainer.checkpoint import check_init, resolve_init
+        from trainer.pretraining.checkpoint import check_init, resolve_init
 
         try:
             init = resolve_init(args.init_from)

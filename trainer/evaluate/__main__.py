@@ -1,0 +1,7 @@
+"""`python -m trainer.evaluate ...`: the same program as `codeparrot evaluate ...`."""
+
+import sys
+
+from trainer.evaluate import main
+
+sys.exit(main())
