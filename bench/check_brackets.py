@@ -37,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import codeparrot_ls.postprocess as PP  # noqa: E402
 from codeparrot_ls.completion import Completer  # noqa: E402
 from codeparrot_ls.engine import load_engine  # noqa: E402
-from codeparrot_ls.postprocess import CursorContext, bracket_excess  # noqa: E402
+from codeparrot_ls.postprocess import CursorContext  # noqa: E402
+from codeparrot_ls.postprocess.brackets import bracket_excess  # noqa: E402
 from codeparrot_ls.settings import CompletionSettings  # noqa: E402
 from codeparrot_ls.status import default_model_dir  # noqa: E402
 from trainer.evaluate.line_completion import edit_similarity, exact_match  # noqa: E402

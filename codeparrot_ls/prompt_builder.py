@@ -25,7 +25,7 @@ from tokenizers import Tokenizer
 from codeparrot_ls import prompt as P
 from codeparrot_ls.context import ContextBuilder, PromptContext
 from codeparrot_ls.healing import heal
-from codeparrot_ls.postprocess import CursorContext, indent_width
+from codeparrot_ls.postprocess.cursor import CursorContext, indent_width
 
 # The FIM layout the language server prompts with: the prefix is the prompt's last piece,
 # so typing only changes the prompt's end (KV reuse; codeparrot_ls/context.py).

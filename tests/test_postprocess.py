@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from codeparrot_ls.postprocess import (CursorContext, drop_closing_duplicate, drop_suffix_duplicate_lines,
-                                       drop_trailing_repetition, fix_indent_style, fix_leading_whitespace,
-                                       is_worth_showing, keep_single_line, postprocess, stop_at_block_end)
+from codeparrot_ls.postprocess import CursorContext, is_worth_showing, postprocess
+from codeparrot_ls.postprocess.brackets import drop_closing_duplicate
+from codeparrot_ls.postprocess.endings import (drop_repeated_fragment, drop_repeated_lines, drop_suffix_duplicate_lines,
+                                               keep_single_line, stop_at_block_end)
+from codeparrot_ls.postprocess.indentation import drop_leading_space, fix_first_line_indent, fix_indent_style
 
 DATA = Path(__file__).parent / "data"
 
@@ -141,23 +143,23 @@ def test_drop_repeated_lines_at_the_end():
     ctx, after = cursor("model_module.py", 'n_positions=256),\n', truncate=True)
     real = after.split("\n")[0]
     raw = "\n".join([real] * 4)
-    assert drop_trailing_repetition(raw, ctx) == real
+    assert drop_repeated_lines(raw, ctx) == real
     loop = 'if x:\n    return value\nif x:\n    return value\nif x:'
-    assert drop_trailing_repetition(loop, ctx) == "if x:\n    return value"
+    assert drop_repeated_lines(loop, ctx) == "if x:\n    return value"
 
 
 def test_drop_a_repeated_fragment_at_the_end_of_a_line():
-    assert drop_trailing_repetition('raise ValueError(ValueError(ValueError(ValueError(ValueError(') == "raise "
-    assert drop_trailing_repetition("x = [\n    ((((((((((((") == "x = ["
+    assert drop_repeated_fragment('raise ValueError(ValueError(ValueError(ValueError(ValueError(') == "raise "
+    assert drop_repeated_fragment("x = [\n    ((((((((((((") == "x = ["
 
 
 def test_real_code_is_not_repetition():
     text = read("settings_module.py")
     body = text[text.index("    def validate"):text.index("def _snake")]
-    assert drop_trailing_repetition(body) == body.rstrip()
+    assert drop_repeated_fragment(drop_repeated_lines(body)) == body.rstrip()
     presets = read("model_module.py")
     block = presets[presets.index("PRESETS = {"):presets.index("}\n") + 1]
-    assert drop_trailing_repetition(block) == block
+    assert drop_repeated_fragment(drop_repeated_lines(block)) == block
 
 
 # ----------------------------------------------------------------------------- whitespace
@@ -165,19 +167,19 @@ def test_real_code_is_not_repetition():
 def test_extra_indentation_after_typed_indentation_is_removed():
     ctx, _ = cursor("settings_module.py", "    def validate(self) -> None:\n", new_line="        ")
     raw = "    if self.max_new_tokens < 1:\n            raise ValueError(\"maxNewTokens must be >= 1\")"
-    assert fix_leading_whitespace(raw, ctx) == raw[4:]
+    assert fix_first_line_indent(raw, ctx) == raw[4:]
     # A valid indentation is kept (a nested line after a line that opens a block).
     ctx2, _ = cursor("settings_module.py", "        if self.max_new_tokens < 1:\n", new_line="        ")
-    assert fix_leading_whitespace("    raise ValueError('x')", ctx2) == "    raise ValueError('x')"
+    assert fix_first_line_indent("    raise ValueError('x')", ctx2) == "    raise ValueError('x')"
 
 
 def test_no_double_space_and_no_space_after_a_dot():
     ctx, _ = cursor("settings_module.py", 'raise ValueError("topP must be in (0, 1]")\n        if self.time_budget_ms < 1:\n            raise ',
                     cut_line=True)
     assert not ctx.mid_line
-    assert fix_leading_whitespace(' ValueError("timeBudgetMs must be >= 1")', ctx) == 'ValueError("timeBudgetMs must be >= 1")'
+    assert drop_leading_space(' ValueError("timeBudgetMs must be >= 1")', ctx) == 'ValueError("timeBudgetMs must be >= 1")'
     ctx, _ = cursor("settings_module.py", "        if self.time_budget_ms < 1:\n            raise ValueError(\"timeBudgetMs must be >= 1\")\n", new_line="        self.")
-    assert fix_leading_whitespace(" validate()", ctx) == "validate()"
+    assert drop_leading_space(" validate()", ctx) == "validate()"
 
 
 def test_tabs_document_gets_tabs():

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from codeparrot_ls.postprocess import CursorContext, balance_brackets, bracket_excess, postprocess
+from codeparrot_ls.postprocess import CursorContext, postprocess
+from codeparrot_ls.postprocess.brackets import balance_brackets, bracket_excess
 from conftest import STDLIB
 from test_postprocess import cursor
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from codeparrot_ls.postprocess import (CursorContext, _may_continue, block_end_line, postprocess,
-                                       settled_length)
+from codeparrot_ls.postprocess import CursorContext, postprocess, settled_length
+from codeparrot_ls.postprocess.endings import _may_continue, block_end_line
 
 DATA = Path(__file__).parent / "data"
 FILES = [*sorted(DATA.glob("*.py")), Path(textwrap.__file__), Path(textwrap.__file__).parent / "pprint.py"]
