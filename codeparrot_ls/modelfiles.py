@@ -72,7 +72,7 @@ def folder_problem(model_dir: str | Path, engine: str = "auto") -> str | None:
     if engine == "onnx" and not onnx:
         return f"{d} has no ONNX model ({ONNX_INT8_FILE} or {ONNX_FP32_FILE}; run `codeparrot export`)"
     if engine == "torch" and not torch:
-        return f"{d} has no PyTorch checkpoint ({CONFIG_FILE} + *.safetensors)"
+        return f"{d} has no PyTorch checkpoint for the torch engine ({CONFIG_FILE} + *.safetensors)"
     if not (onnx or torch):
         return (f"{d} holds no model: neither an ONNX model ({ONNX_INT8_FILE}, {ONNX_FP32_FILE}, from "
                 f"`codeparrot export`) nor a PyTorch checkpoint ({CONFIG_FILE} + *.safetensors)")
