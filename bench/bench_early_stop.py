@@ -14,7 +14,7 @@ post-processing throws the rest away. Measured here, in one run, at the same pos
    decode); the gap to it is mostly repetition loops, which post-processing cuts at the end
    of the text, so no rule can cut them before the end without changing some suggestions;
 3. the decode loop's own overhead: every generation of the "off" run is replayed token by
-   token through the loop's bookkeeping (`_Row.push`), without and with the real early-stop
+   token through the loop's bookkeeping (`Row.push`), without and with the real early-stop
    predicate (made never to stop, so both see every token), against the engine's time per
    decode step.
 
@@ -42,8 +42,7 @@ from codeparrot_ls.completion import Completer, cut_at_stops, stops_for  # noqa:
 from codeparrot_ls.positions import locate  # noqa: E402
 from codeparrot_ls.engine import load_engine  # noqa: E402
 from codeparrot_ls.engine.base import GenerationRequest  # noqa: E402
-from codeparrot_ls.engine.decoding import _decode_utf8, _Row  # noqa: E402
-from codeparrot_ls.engine.tokens import token_table  # noqa: E402
+from codeparrot_ls.engine.rows import Row, decode_utf8  # noqa: E402
 from codeparrot_ls.postprocess import CursorContext, postprocess  # noqa: E402
 from codeparrot_ls.settings import CompletionSettings  # noqa: E402
 from codeparrot_ls.status import DEFAULT_MODEL_DIR  # noqa: E402
@@ -66,12 +65,12 @@ def held_out_dirs() -> list[Path]:
 
 
 class Recorder:
-    """Keeps the requests and generations of an engine (to replay them through the loop)."""
+    """Keeps the requests and generations of a decoder (to replay them through the loop)."""
 
-    def __init__(self, engine):
-        self.engine, self.calls = engine, []
-        self._generate = engine.generate
-        engine.generate = self.generate
+    def __init__(self, decoder):
+        self.decoder, self.calls = decoder, []
+        self._generate = decoder.generate
+        decoder.generate = self.generate
 
     def generate(self, request: GenerationRequest):
         gens = self._generate(request)
@@ -79,16 +78,16 @@ class Recorder:
         return gens
 
 
-def oracle_tokens(engine, position, request: GenerationRequest, token_ids: list[int], shown: str | None) -> int:
+def oracle_tokens(decoder, position, request: GenerationRequest, token_ids: list[int], shown: str | None) -> int:
     """Fewest of `token_ids` whose text post-processes (as the Completer does) to `shown`."""
     text, line, col = position
     cursor = CursorContext.from_document(text, locate(text, line, col).offset)
     required = request.required_prefix
     _, later = stops_for(required, request.stop)
-    pieces, raw = token_table(engine).pieces, b""
+    pieces, raw = decoder.table.pieces, b""
     for k, tok in enumerate(token_ids, 1):
         raw += pieces[tok]
-        generated = _decode_utf8(raw)
+        generated = decode_utf8(raw)
         if generated.startswith(required):
             body = cut_at_stops(generated[len(required):], later)[0]
             if postprocess(body, cursor, single_line=cursor.mid_line, min_chars=SETTINGS.min_chars) == shown:
@@ -101,11 +100,11 @@ def pct(values, q: float) -> float:
     return v[min(len(v) - 1, round(q * (len(v) - 1)))]
 
 
-def replay_push_us(engine, replays, with_predicate: bool, repeats: int = 5) -> tuple[float, int, int]:
-    """Mean microseconds of `_Row.push` per token over `replays` ((request of the early-stop
+def replay_push_us(decoder, replays, with_predicate: bool, repeats: int = 5) -> tuple[float, int, int]:
+    """Mean microseconds of `Row.push` per token over `replays` ((request of the early-stop
     run, token ids decoded without early stop)), best of `repeats`; predicate calls; tokens.
     With the predicate: the request's real one, made never to stop."""
-    table, info = token_table(engine), engine.info
+    table, info = decoder.table, decoder.info
     best, asked, tokens = float("inf"), 0, 0
     for _ in range(repeats):
         asked = tokens = 0
@@ -123,7 +122,7 @@ def replay_push_us(engine, replays, with_predicate: bool, repeats: int = 5) -> t
                                     required_prefix=request.required_prefix,
                                     stop_when=never if with_predicate else None)
             stops = [s.encode("utf-8") for s in req.stop if s]
-            row = _Row(req, len(request.prompt_ids))
+            row = Row(req, len(request.prompt_ids))
             t0 = time.perf_counter()
             for tok in ids:
                 row.push(tok, table, info.eos_id, info.n_positions, stops)
@@ -156,13 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     positions = sample_positions(args.positions, args.seed, files)
     eng_on, eng_off = load_engine(args.model, threads=args.threads), load_engine(args.model, threads=args.threads)
     on, off = Completer(eng_on), Completer(eng_off, early_stop=False)
-    rec_off, rec_on = Recorder(eng_off), Recorder(eng_on)
+    rec_off, rec_on = Recorder(off.decoder), Recorder(on.decoder)
     rows, mismatches = [], 0
     for i, (text, line, col) in enumerate(positions):
         uri = f"file:///held-out/{i}.py"
         row = {}
         for name, c in (("on", on), ("off", off)) if i % 2 else (("off", off), ("on", on)):
-            c.engine._prefix_cache = None  # cold: the same work for both
+            c.decoder.reset()  # cold: the same work for both
             t0 = time.perf_counter()
             out = c.complete(uri, text, locate(text, line, col).offset, SETTINGS, invoked=False)
             row[name + "_ms"] = (time.perf_counter() - t0) * 1e3
@@ -176,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     ms_on = [r["on_ms"] for r in rows]
     ms_off = [r["off_ms"] for r in rows]
     stopped = sum(a < b for a, b in zip(tok_on, tok_off))
-    tok_oracle = [oracle_tokens(eng_off, pos, req, gens[0].token_ids, r["off_text"])
+    tok_oracle = [oracle_tokens(off.decoder, pos, req, gens[0].token_ids, r["off_text"])
                   for pos, (req, gens), r in zip(positions, rec_off.calls, rows)]
     shown = sum(r["on_text"] is not None for r in rows)
     step_ms = statistics.median(g[0].decode_ms / len(g[0].token_ids) for _, g in rec_off.calls if g[0].token_ids)
@@ -184,8 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     # Multi-line requests (one-line ones get no predicate: their "\n" stop ends them).
     replays = [(r_on, g_off[0].token_ids) for (r_on, _), (_, g_off) in zip(rec_on.calls, rec_off.calls)
                if r_on.stop_when is not None]
-    push_plain, _, n_tok = replay_push_us(eng_off, replays, False)
-    push_pred, asked, _ = replay_push_us(eng_off, replays, True)
+    push_plain, _, n_tok = replay_push_us(off.decoder, replays, False)
+    push_pred, asked, _ = replay_push_us(off.decoder, replays, True)
 
     print(f"model {args.model} ({eng_on.info.engine}, {args.threads} threads), {len(positions)} positions in "
           f"{len(files)} held-out files, automatic trigger, maxNewTokens {SETTINGS.max_new_tokens}")

@@ -4,7 +4,7 @@ HumanEval sandbox vs a bare subprocess.
 Line completion (the same positions, greedy, on the same model, in one run):
   batch 1      one prompt at a time through `Engine.generate` (the server's path, with
                its KV prefix reuse between consecutive prompts of a file): the baseline
-  batch B      B prompts per left-padded batch through `generate_batch`
+  batch B      B prompts per left-padded batch through `Decoder.generate_batch`
 for the torch engine (checkpoint) and the ONNX engine (fp32 export). Reported: ms per
 position and speed-up over batch 1 of the same engine; and whether the predictions
 are equal to batch 1's (a batch decodes its rows together, which may change the last float
@@ -70,14 +70,17 @@ def bench_line_completion(model: Path, engine_kind: str, data: Path, args) -> No
     from trainer.evaluate.data import DataStats
     from trainer.evaluate.line_completion import run_mode, sample_positions
 
+    from codeparrot_ls.engine import Decoder
+
     engine = open_engine(model, engine_kind, "fp32", threads=args.threads)
+    decoder = Decoder(engine)
     positions = sample_positions(str(data), args.positions, 0, "indent", DataStats())
     base_ms, base_pred = None, None
     for batch in [1, *args.batches]:
         best, preds = None, None
         for _ in range(args.repeats):
-            engine._prefix_cache = None  # every repeat starts cold
-            summary, samples = run_mode(engine, positions, "off", args.max_new_tokens, batch, True, 0.25)
+            decoder.reset()  # every repeat starts cold
+            summary, samples = run_mode(decoder, positions, "off", args.max_new_tokens, batch, True, 0.25)
             best = summary["ms_per_position"] if best is None else min(best, summary["ms_per_position"])
             preds = [s["prediction"] for s in samples]
         if base_ms is None:

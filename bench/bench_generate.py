@@ -114,15 +114,15 @@ def time_engine(engine, ids: list[int], repeats: int, typed: int = 0, lookup: in
     """Cold runs (no KV prefix reuse); with `typed` > 0, the engine has just served the
     prompt without its last `typed` tokens, as when the user types on after a request.
     `lookup`: prompt-lookup draft tokens per pass (0: one token per pass, a true decode step)."""
-    from codeparrot_ls.engine import GenerationRequest
+    from codeparrot_ls.engine import Decoder, GenerationRequest
 
-    runs = []
+    decoder, runs = Decoder(engine), []
     for _ in range(repeats):
-        engine._prefix_cache = None
+        decoder.reset()
         if typed:
-            engine.generate(GenerationRequest(ids[:-typed], max_new_tokens=NEW_TOKENS, lookup_tokens=lookup))
+            decoder.generate(GenerationRequest(ids[:-typed], max_new_tokens=NEW_TOKENS, lookup_tokens=lookup))
         t0 = time.perf_counter()
-        g = engine.generate(GenerationRequest(ids, max_new_tokens=NEW_TOKENS, lookup_tokens=lookup))[0]
+        g = decoder.generate(GenerationRequest(ids, max_new_tokens=NEW_TOKENS, lookup_tokens=lookup))[0]
         runs.append((time.perf_counter() - t0, g))
     total_s, g = min(runs, key=lambda r: r[0])
     n = len(g.token_ids) + (g.finish_reason == "eos")

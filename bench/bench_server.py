@@ -225,17 +225,16 @@ def capture_prompts(onnx_dir: Path, positions, threads: int) -> list[tuple[list[
     from codeparrot_ls.positions import locate
     from codeparrot_ls.settings import CompletionSettings
 
-    engine = load_engine(onnx_dir, threads=threads)
-    completer = Completer(engine)
+    completer = Completer(load_engine(onnx_dir, threads=threads))
     seen = []
-    generate = engine.generate
+    generate = completer.decoder.generate
 
     def recording(request):
         gens = generate(request)
         seen.append((list(request.prompt_ids), max(1, len(gens[0].token_ids))))
         return gens
 
-    engine.generate = recording
+    completer.decoder.generate = recording
     settings = CompletionSettings().updated(SETTINGS)
     out = []
     for i, (text, line, col) in enumerate(positions):
@@ -243,7 +242,7 @@ def capture_prompts(onnx_dir: Path, positions, threads: int) -> list[tuple[list[
         t0 = time.perf_counter()
         completer.complete(f"file:///capture/{i}.py", text, locate(text, line, col).offset, settings, invoked=False)
         out.append((*seen[0], (time.perf_counter() - t0) * 1e3))
-    engine.close()
+    completer.close()
     return out
 
 

@@ -30,6 +30,7 @@ from dataclasses import astuple, dataclass
 from codeparrot_ls import prompt as P
 from codeparrot_ls.cache import CachedSuggestion, SuggestionCache
 from codeparrot_ls.engine.base import Engine, GenerationRequest
+from codeparrot_ls.engine.decoding import Decoder
 from codeparrot_ls.postprocess import CursorContext, postprocess, settled_length
 from codeparrot_ls.prompt_builder import SERVED_LAYOUT, PromptBuilder
 from codeparrot_ls.settings import CompletionSettings
@@ -119,7 +120,7 @@ def early_stop_rule(required: str, cursor: CursorContext, stops: Sequence[str]) 
 class Completer:
     def __init__(self, engine: Engine, layout: str = SERVED_LAYOUT, healing_policy: str = "boundary",
                  early_stop: bool = True):
-        self.engine = engine
+        self.decoder = Decoder(engine)   # the token table is built here, when the model loads
         self.early_stop = early_stop
         # The one prompt builder (evaluation and `codeparrot complete` use it too).
         self.builder = PromptBuilder.for_engine(engine, layout, healing_policy)
@@ -127,6 +128,10 @@ class Completer:
         self.cache = SuggestionCache()
         self.stats = CompletionStats()
         self._engine_lock = threading.Lock()  # the engine serves one generation at a time
+
+    @property
+    def engine(self) -> Engine:
+        return self.decoder.engine
 
     def complete(self, uri: str, text: str, offset: int,
                  settings: CompletionSettings, invoked: bool,
@@ -166,7 +171,7 @@ class Completer:
         engine_stops, later_stops = stops_for(prompt.required_prefix, stops)
         request = self._request(prompt, settings, invoked, stops, engine_stops, deadline, is_cancelled)
         with self._engine_lock:
-            generations = self.engine.generate(request)
+            generations = self.decoder.generate(request)
         self.stats.model_runs += 1
         if generations:
             self.stats.last_prompt_tokens = generations[0].prompt_tokens
@@ -242,4 +247,4 @@ class Completer:
         return astuple(settings)
 
     def close(self) -> None:
-        self.engine.close()
+        self.decoder.close()

@@ -97,7 +97,6 @@ class ModelHolder:
 
     def __init__(self, on_change: Callable[[ModelStatus], None] | None = None):
         self.status = ModelStatus("none", message="no model loaded yet")
-        self.engine = None
         self.completer = None
         self.on_change = on_change
         self._thread: threading.Thread | None = None
@@ -127,9 +126,9 @@ class ModelHolder:
         return self._ready.wait(timeout)
 
     def close(self) -> None:
-        if self.engine is not None:
+        if self.completer is not None:
             try:
-                self.engine.close()
+                self.completer.close()
             except Exception:
                 log.exception("closing the engine failed")
 
@@ -149,7 +148,7 @@ class ModelHolder:
             log.exception("loading the model from %s failed", model_dir)
             self.fail(f"cannot load the model from {model_dir}: {exc}", model=model_dir)
             return
-        self.engine, self.completer = loaded, completer
+        self.completer = completer
         info = loaded.info
         self._set(ModelStatus(READY, model=str(model_dir), engine=info.engine,
                               message=f"{info.name} ({info.engine}, {info.n_layer} layers, "

@@ -134,9 +134,10 @@ def prompt_ids(engine, n=64, offset=0):
 
 
 def fresh(engine):
-    """Forget the previous call's KV cache so a run is cold."""
-    engine._prefix_cache = None
-    return engine
+    """A decoder on `engine` with an empty KV prefix cache: its first run is cold."""
+    from codeparrot_ls.engine import Decoder
+
+    return Decoder(engine)
 
 
 # The tiny model is trained to reproduce SAMPLE (the `memorized_model_dir` fixture); the editor

@@ -116,18 +116,18 @@ def test_a_cancellation_after_decoding_stops_post_processing(onnx_int8):
     settings = CompletionSettings(temperature=1.0, num_candidates=4, min_chars=0)
     text = "def area(width, height):\n    return "
     decoded = []
-    generate = completer.engine.generate
+    generate = completer.decoder.generate
 
     def generate_then_cancel(request):
         decoded.append(generate(request))
         return decoded[-1]
 
-    completer.engine.generate = generate_then_cancel
+    completer.decoder.generate = generate_then_cancel
     try:
         result = completer.complete("file:///a.py", text, len(text), settings, invoked=True,
                                     is_cancelled=lambda: bool(decoded))
     finally:
-        del completer.engine.generate
+        del completer.decoder.generate
     assert decoded and decoded[0], "the engine ran"
     assert result == [] and completer.stats.cancelled == 1
 
@@ -137,9 +137,9 @@ def test_a_long_prompt_stops_between_prefill_chunks_and_the_next_request_reuses_
     from codeparrot_ls.engine import GenerationRequest
     from conftest import fresh, prompt_ids
 
-    engine = fresh(onnx_fp32)
+    engine = onnx_fp32
     ids = prompt_ids(engine, n=200)
-    full = engine.generate(GenerationRequest(ids, max_new_tokens=8))[0]
+    full = fresh(engine).generate(GenerationRequest(ids, max_new_tokens=8))[0]
     calls = []
     forward = engine.forward
 
@@ -147,12 +147,13 @@ def test_a_long_prompt_stops_between_prefill_chunks_and_the_next_request_reuses_
         calls.append(args[0].shape[1])
         return forward(*args, **kw)
 
-    fresh(engine).forward, engine.prefill_chunk = counted, 64
+    decoder = fresh(engine)
+    engine.forward, engine.prefill_chunk = counted, 64
     try:
-        out = engine.generate(GenerationRequest(ids, max_new_tokens=8, is_cancelled=lambda: bool(calls)))
+        out = decoder.generate(GenerationRequest(ids, max_new_tokens=8, is_cancelled=lambda: bool(calls)))
         assert [g.finish_reason for g in out] == ["cancelled"] and out[0].token_ids == []
         assert calls == [64], "one chunk ran, the other 136 prompt tokens did not"
-        again = engine.generate(GenerationRequest(ids, max_new_tokens=8))[0]
+        again = decoder.generate(GenerationRequest(ids, max_new_tokens=8))[0]
     finally:
         del engine.forward
         engine.prefill_chunk = DEFAULT_PREFILL_CHUNK

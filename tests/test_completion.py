@@ -202,17 +202,17 @@ def test_torch_engine_gives_the_same_greedy_suggestions(tiny_checkpoint_dir, com
 def test_lookup_tokens_setting_reaches_the_engine(completer):
     """`lookupTokens` 0 decodes one token per pass; the default lets passes check drafts."""
     seen = []
-    generate = completer.engine.generate
+    generate = completer.decoder.generate
 
     def recording(request):
         seen.append(request.lookup_tokens)
         return generate(request)
 
-    completer.engine.generate = recording
+    completer.decoder.generate = recording
     try:
         for n in (0, 4):   # (different settings: no answer from the cache)
             completer.complete("file:///project/lookup.py", DOC, line_start(DOC, 30), SETTINGS.updated({"lookupTokens": n}),
                                invoked=False)
     finally:
-        del completer.engine.generate
+        del completer.decoder.generate
     assert seen == [0, 4]

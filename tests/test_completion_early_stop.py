@@ -88,7 +88,7 @@ def compare(engine_on, engine_off, n: int) -> tuple[int, int, int, int, int]:
         settings, invoked = {6: (INVOKED_GREEDY, True), 3: (EXTRA_STOPS, False)}.get(i % 7, (AUTOMATIC, False))
         results = []
         for c in (on, off):
-            c.engine._prefix_cache = None
+            c.decoder.reset()
             results.append([s.insert_text for s in c.complete(uri, doc, offset, settings, invoked)])
         assert results[0] == results[1], (uri, line, offset)
         assert on.stats.last_generated_tokens <= off.stats.last_generated_tokens

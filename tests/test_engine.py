@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from codeparrot_ls import modelfiles as mf
-from codeparrot_ls.engine import GenerationRequest, ModelLoadError, generate_batch, load_engine
+from codeparrot_ls.engine import Decoder, GenerationRequest, ModelLoadError, load_engine
 from conftest import PROMPT_SOURCE, fresh, prompt_ids
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,17 +65,18 @@ def test_int8_runs_and_agrees_on_most_tokens(onnx_fp32, onnx_int8):
 def test_kv_prefix_reuse_matches_cold_run(request, engine_name):
     eng = request.getfixturevalue(engine_name)
     base = prompt_ids(eng, 120)
-    first = fresh(eng).generate(GenerationRequest(base[:80], max_new_tokens=8))[0]
+    dec = fresh(eng)
+    first = dec.generate(GenerationRequest(base[:80], max_new_tokens=8))[0]
     assert first.reused_tokens == 0
     # A prompt that shares 70 tokens with the previous one: only its tail runs.
     edited = base[:70] + base[90:120]
-    warm = eng.generate(GenerationRequest(edited, max_new_tokens=12))[0]
+    warm = dec.generate(GenerationRequest(edited, max_new_tokens=12))[0]
     cold = fresh(eng).generate(GenerationRequest(edited, max_new_tokens=12))[0]
     assert warm.reused_tokens == 70 and cold.reused_tokens == 0
     assert warm.token_ids == cold.token_ids
     # Typing along the suggestion: the prompt now extends the previous prompt + generation.
     along = edited + cold.token_ids[:5]
-    warm2 = eng.generate(GenerationRequest(along, max_new_tokens=6))[0]
+    warm2 = dec.generate(GenerationRequest(along, max_new_tokens=6))[0]
     cold2 = fresh(eng).generate(GenerationRequest(along, max_new_tokens=6))[0]
     assert warm2.reused_tokens == len(along) - 1
     assert warm2.token_ids == cold2.token_ids
@@ -83,11 +84,12 @@ def test_kv_prefix_reuse_matches_cold_run(request, engine_name):
 
 def test_stop_string_is_cut_and_reported(onnx_fp32):
     ids = prompt_ids(onnx_fp32, 60)
-    full = fresh(onnx_fp32).generate(GenerationRequest(ids, max_new_tokens=40))[0]
+    dec = fresh(onnx_fp32)
+    full = dec.generate(GenerationRequest(ids, max_new_tokens=40))[0]
     assert len(full.text) > 12
     stop = full.text[8:12]
     cut = full.text.index(stop)
-    got = onnx_fp32.generate(GenerationRequest(ids, max_new_tokens=40, stop=["\x00never", stop]))[0]
+    got = dec.generate(GenerationRequest(ids, max_new_tokens=40, stop=["\x00never", stop]))[0]
     assert got.finish_reason == "stop"
     assert got.text == full.text[:cut]
     assert got.token_ids == full.token_ids[: len(got.token_ids)] and len(got.token_ids) < 40
@@ -95,9 +97,10 @@ def test_stop_string_is_cut_and_reported(onnx_fp32):
 
 def test_max_tokens_deadline_and_cancel(onnx_fp32):
     ids = prompt_ids(onnx_fp32, 30)
-    gen = onnx_fp32.generate(GenerationRequest(ids, max_new_tokens=7))[0]
+    dec = fresh(onnx_fp32)
+    gen = dec.generate(GenerationRequest(ids, max_new_tokens=7))[0]
     assert gen.finish_reason == "length" and len(gen.token_ids) == 7
-    late = onnx_fp32.generate(GenerationRequest(ids, max_new_tokens=7, deadline=time.monotonic() - 1))[0]
+    late = dec.generate(GenerationRequest(ids, max_new_tokens=7, deadline=time.monotonic() - 1))[0]
     assert late.finish_reason == "time" and late.token_ids == []
     calls = []
 
@@ -106,11 +109,11 @@ def test_max_tokens_deadline_and_cancel(onnx_fp32):
         return len(calls) > 3  # 1 check before the prompt pass, then 1 before each token
 
     # One token per pass here (lookup drafts off): the flag is checked before each pass.
-    gen = onnx_fp32.generate(GenerationRequest(ids, max_new_tokens=20, is_cancelled=cancelled_after_two_tokens,
-                                               lookup_tokens=0))[0]
+    gen = dec.generate(GenerationRequest(ids, max_new_tokens=20, is_cancelled=cancelled_after_two_tokens,
+                                         lookup_tokens=0))[0]
     assert gen.finish_reason == "cancelled" and len(gen.token_ids) == 2
     calls.clear()
-    gen = onnx_fp32.generate(GenerationRequest(ids, max_new_tokens=20, is_cancelled=cancelled_after_two_tokens))[0]
+    gen = dec.generate(GenerationRequest(ids, max_new_tokens=20, is_cancelled=cancelled_after_two_tokens))[0]
     assert gen.finish_reason == "cancelled" and 2 <= len(gen.token_ids) <= 2 * (1 + 4)
 
 
@@ -127,11 +130,11 @@ def test_eos_ends_generation(tiny_checkpoint_dir, tmp_path):
         model.transformer.ln_f.weight.zero_()
         model.transformer.ln_f.bias.copy_(model.transformer.wte.weight[0] * 50)
     model.save_pretrained(ckpt)
-    eng = load_engine(ckpt, engine="torch")
-    gen = eng.generate(GenerationRequest(eng.tokenizer.encode("x = 1\n").ids, max_new_tokens=10))[0]
+    dec = Decoder(load_engine(ckpt, engine="torch"))
+    gen = dec.generate(GenerationRequest(dec.tokenizer.encode("x = 1\n").ids, max_new_tokens=10))[0]
     assert gen.finish_reason == "eos" and gen.token_ids == [] and gen.text == ""
     # Token healing never lets EOS satisfy a required prefix.
-    healed = eng.generate(GenerationRequest(eng.tokenizer.encode("x = 1\n").ids, max_new_tokens=10,
+    healed = dec.generate(GenerationRequest(dec.tokenizer.encode("x = 1\n").ids, max_new_tokens=10,
                                             required_prefix="ret"))[0]
     assert healed.text.startswith("ret") and healed.finish_reason == "eos"
 
@@ -139,34 +142,38 @@ def test_eos_ends_generation(tiny_checkpoint_dir, tmp_path):
 @pytest.mark.parametrize("required", ["re", "return", "    self.", " (", "é"])
 def test_required_prefix_constrains_first_tokens(onnx_fp32, required):
     ids = prompt_ids(onnx_fp32, 40)
-    greedy = onnx_fp32.generate(GenerationRequest(ids, max_new_tokens=12, required_prefix=required))[0]
+    dec = fresh(onnx_fp32)
+    greedy = dec.generate(GenerationRequest(ids, max_new_tokens=12, required_prefix=required))[0]
     assert greedy.text.startswith(required), greedy.text
-    sampled = onnx_fp32.generate(GenerationRequest(ids, max_new_tokens=12, required_prefix=required,
-                                                   temperature=1.0, num_samples=3, seed=3))
+    sampled = dec.generate(GenerationRequest(ids, max_new_tokens=12, required_prefix=required,
+                                             temperature=1.0, num_samples=3, seed=3))
     assert all(s.text.startswith(required) for s in sampled)
 
 
 def test_sampling_is_seeded_and_batched(onnx_fp32):
     ids = prompt_ids(onnx_fp32, 40)
     req = GenerationRequest(ids, max_new_tokens=10, temperature=0.9, top_p=0.95, num_samples=4, seed=7)
-    a = onnx_fp32.generate(req)
+    dec = fresh(onnx_fp32)
+    dec.generate(GenerationRequest(ids, max_new_tokens=3))    # a, c and greedy reuse this prompt's cache
+    a = dec.generate(req)
     b = fresh(onnx_fp32).generate(req)
     assert [g.token_ids for g in a] == [g.token_ids for g in b]
     assert len(a) == 4 and len({tuple(g.token_ids) for g in a}) > 1
-    c = onnx_fp32.generate(GenerationRequest(ids, max_new_tokens=10, temperature=0.9, num_samples=4, seed=8))
+    c = dec.generate(GenerationRequest(ids, max_new_tokens=10, temperature=0.9, num_samples=4, seed=8))
     assert [g.token_ids for g in c] != [g.token_ids for g in a]
-    greedy = onnx_fp32.generate(GenerationRequest(ids, max_new_tokens=5, num_samples=3))
+    greedy = dec.generate(GenerationRequest(ids, max_new_tokens=5, num_samples=3))
     assert len(greedy) == 3 and all(g.token_ids == greedy[0].token_ids for g in greedy)
 
 
 def test_context_guard(onnx_fp32):
     long_ids = onnx_fp32.tokenizer.encode(PROMPT_SOURCE).ids[:300]
     n_pos = onnx_fp32.info.n_positions
-    gen = onnx_fp32.generate(GenerationRequest(long_ids, max_new_tokens=10))[0]
+    dec = fresh(onnx_fp32)
+    gen = dec.generate(GenerationRequest(long_ids, max_new_tokens=10))[0]
     assert gen.truncated_tokens == 300 - (n_pos - 10) and gen.prompt_tokens == n_pos - 10
     assert gen.finish_reason == "length" and len(gen.token_ids) == 10
     # More new tokens than half the window: half the window of prompt, then "context".
-    gen = onnx_fp32.generate(GenerationRequest(long_ids, max_new_tokens=200))[0]
+    gen = dec.generate(GenerationRequest(long_ids, max_new_tokens=200))[0]
     assert gen.prompt_tokens == n_pos // 2 and gen.finish_reason == "context"
     assert gen.prompt_tokens + len(gen.token_ids) == n_pos
 
@@ -177,7 +184,7 @@ def test_generate_batch_matches_single_generation(request, engine_name):
     src = eng.tokenizer.encode(PROMPT_SOURCE).ids
     reqs = [GenerationRequest(src[i * 50: i * 50 + n], max_new_tokens=m, stop=["\n\n"] if i == 1 else ())
             for i, (n, m) in enumerate([(20, 8), (45, 12), (7, 5)])]
-    batched = generate_batch(eng, reqs)
+    batched = fresh(eng).generate_batch(reqs)
     for req, got in zip(reqs, batched):
         single = fresh(eng).generate(req)[0]
         assert got.token_ids == single.token_ids and got.text == single.text
@@ -222,9 +229,9 @@ def test_onnx_path_runs_without_torch(tiny_onnx_dir):
         import sys
         sys.modules["torch"] = None          # any `import torch` now raises ImportError
         sys.modules["transformers"] = None
-        from codeparrot_ls.engine import GenerationRequest, load_engine
+        from codeparrot_ls.engine import Decoder, GenerationRequest, load_engine
         eng = load_engine({str(tiny_onnx_dir)!r})
-        gen = eng.generate(GenerationRequest(eng.tokenizer.encode("def main():").ids, max_new_tokens=6))[0]
+        gen = Decoder(eng).generate(GenerationRequest(eng.tokenizer.encode("def main():").ids, max_new_tokens=6))[0]
         assert len(gen.token_ids) == 6, gen
         try:
             load_engine({str(tiny_onnx_dir)!r}, engine="torch")
@@ -300,8 +307,8 @@ def test_truncated_past_is_extended_in_place(onnx_fp32):
 
 def test_stop_inside_required_prefix_does_not_stop(onnx_fp32):
     ids = prompt_ids(onnx_fp32, 40)
-    gen = onnx_fp32.generate(GenerationRequest(ids, max_new_tokens=12, required_prefix="\n    x",
-                                               stop=["\n"]))[0]
+    gen = fresh(onnx_fp32).generate(GenerationRequest(ids, max_new_tokens=12, required_prefix="\n    x",
+                                                      stop=["\n"]))[0]
     assert gen.text.startswith("\n    x")
     assert gen.finish_reason in ("stop", "length") and "\n" not in gen.text[1:]
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import fresh, prompt_ids
+from conftest import prompt_ids
 
 
 def test_padded_prompts_run_row_by_row(onnx_fp32):
@@ -17,8 +17,8 @@ def test_padded_prompts_run_row_by_row(onnx_fp32):
     rows = np.array([[0] * 30 + ids[:10], ids[:40]], np.int64)
     mask = (np.arange(40) >= np.array([[30], [0]])).astype(np.int64)
     logits, past = onnx_fp32.forward(rows, None, 12, attention_mask=mask)
-    short, short_past = fresh(onnx_fp32).forward(np.array([ids[:10]], np.int64), None, 10)
-    long, _ = fresh(onnx_fp32).forward(np.array([ids[:40]], np.int64), None, 12)
+    short, short_past = onnx_fp32.forward(np.array([ids[:10]], np.int64), None, 10)
+    long, _ = onnx_fp32.forward(np.array([ids[:40]], np.int64), None, 12)
     assert logits.shape == (2, 12, onnx_fp32.info.vocab_size) and past.length == 40
     assert not logits[0, :2].any() and np.abs(logits[0, 2:] - short[0]).max() < 1e-4
     assert np.abs(logits[1] - long[0]).max() < 1e-4
@@ -34,7 +34,7 @@ def test_a_batch_of_prompts_keeps_any_number_of_rows(onnx_fp32, keep):
         logits, past = run(ids, None, keep)
         assert logits.shape == (2, keep, onnx_fp32.info.vocab_size) and past.length == 30
         for b in range(2):
-            alone, _ = fresh(onnx_fp32).forward(ids[b:b + 1], None, keep)
+            alone, _ = onnx_fp32.forward(ids[b:b + 1], None, keep)
             assert np.abs(logits[b] - alone[0]).max() < 1e-4
 
 
@@ -42,8 +42,8 @@ def test_caller_positions_reach_each_row(onnx_fp32, torch_engine):
     """Row-by-row prompts take the positions the caller gives (as the torch engine does)."""
     ids = np.array([prompt_ids(onnx_fp32, 12), prompt_ids(onnx_fp32, 12, offset=20)], np.int64)
     pos = np.array([np.arange(12), np.arange(7, 19)], np.int64)
-    got, _ = fresh(onnx_fp32).forward(ids, None, 3, position_ids=pos)
-    want, _ = fresh(torch_engine).forward(ids, None, 3, position_ids=pos)
+    got, _ = onnx_fp32.forward(ids, None, 3, position_ids=pos)
+    want, _ = torch_engine.forward(ids, None, 3, position_ids=pos)
     assert np.abs(got - want).max() < 1e-4
 
 
@@ -54,15 +54,15 @@ def test_one_padded_row_longer_than_a_chunk(onnx_fp32, torch_engine):
     try:
         ids = np.array([[0] * 94 + real], np.int64)
         mask = np.array([[0] * 94 + [1] * len(real)], np.int64)
-        got, past = fresh(onnx_fp32).forward(ids, None, 2, attention_mask=mask)
-        want, _ = fresh(onnx_fp32).forward(np.array([real], np.int64), None, 2)
+        got, past = onnx_fp32.forward(ids, None, 2, attention_mask=mask)
+        want, _ = onnx_fp32.forward(np.array([real], np.int64), None, 2)
     finally:
         onnx_fp32.prefill_chunk = chunk
     assert got.shape == (1, 2, onnx_fp32.info.vocab_size) and np.abs(got - want).max() < 1e-4
     step_mask = np.concatenate([mask, np.ones((1, 1), np.int64)], axis=1)
     nxt, _ = onnx_fp32.forward(np.array([[real[5]]], np.int64), past, 1, attention_mask=step_mask,
                                position_ids=np.array([[len(real)]], np.int64))
-    ref, _ = fresh(torch_engine).forward(np.array([real + [real[5]]], np.int64), None, 1)
+    ref, _ = torch_engine.forward(np.array([real + [real[5]]], np.int64), None, 1)
     assert np.abs(nxt - ref).max() < 1e-4
 
 
@@ -71,7 +71,7 @@ def test_more_logits_than_positions_gives_every_position(onnx_fp32, keep):
     ids = np.array([prompt_ids(onnx_fp32, 5)], np.int64)
     for run in (onnx_fp32.forward, onnx_fp32.graph.run):
         got, _ = run(ids, None, keep)
-        every, _ = fresh(onnx_fp32).forward(ids, None, 5)
+        every, _ = onnx_fp32.forward(ids, None, 5)
         assert got.shape == (1, 5, onnx_fp32.info.vocab_size) and np.abs(got - every).max() < 1e-5
 
 

@@ -118,11 +118,11 @@ def test_cli_dispatch_and_optimize(tiny_checkpoint_dir, tmp_path):
     assert "verdict" in info["optimize"]
     assert not (out / "model.optimized.onnx").exists()
     assert not (out / mf.ONNX_INT8_FILE).exists()
-    from codeparrot_ls.engine import GenerationRequest, load_engine
+    from codeparrot_ls.engine import Decoder, GenerationRequest, load_engine
 
     eng = load_engine(out)
     assert eng.info.extra["precision"] == "fp32"
-    gen = eng.generate(GenerationRequest(eng.tokenizer.encode("def f(x):\n").ids, max_new_tokens=5))[0]
+    gen = Decoder(eng).generate(GenerationRequest(eng.tokenizer.encode("def f(x):\n").ids, max_new_tokens=5))[0]
     assert len(gen.token_ids) == 5
 
 

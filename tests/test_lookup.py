@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from codeparrot_ls.engine import GenerationRequest, load_engine
-from codeparrot_ls.engine.decoding import _draft_room, _Row
 from codeparrot_ls.engine.lookup import PromptLookup
+from codeparrot_ls.engine.rows import Row
+from conftest import fresh
 
 SOURCE = (Path(textwrap.__file__).parent / "pprint.py").read_text(encoding="utf-8")
 
@@ -41,8 +42,7 @@ def counted(engine, **kw):
 
     engine.forward = counting
     try:
-        engine._prefix_cache = None
-        gen = engine.generate(GenerationRequest(prompt_ids(engine), **kw))[0]
+        gen = fresh(engine).generate(GenerationRequest(prompt_ids(engine), **kw))[0]
     finally:
         engine.forward = forward
     return gen, fed
@@ -82,14 +82,12 @@ def wrong_draft_prompt(engine) -> list[int]:
     ids = engine.tokenizer.encode(SOURCE).ids
     for start in range(0, 1200, 60):
         body = ids[start:start + 80]
-        engine._prefix_cache = None
-        first = engine.generate(GenerationRequest(body, max_new_tokens=1, lookup_tokens=0))[0].token_ids[0]
+        first = fresh(engine).generate(GenerationRequest(body, max_new_tokens=1, lookup_tokens=0))[0].token_ids[0]
         if first in body:
             continue
         others = [t for t in ids[:20] if t != first][:3]
         prompt = [first, *others, *body]
-        engine._prefix_cache = None
-        if engine.generate(GenerationRequest(prompt, max_new_tokens=1, lookup_tokens=0))[0].token_ids[0] == first:
+        if fresh(engine).generate(GenerationRequest(prompt, max_new_tokens=1, lookup_tokens=0))[0].token_ids[0] == first:
             return prompt
     pytest.fail("no prompt found whose first draft the model rejects")
 
@@ -104,24 +102,22 @@ def test_a_rejected_draft_is_cut_from_the_kv_cache(engine):
             cuts.append(engine.past_length(past) - length)
         return truncate(past, length)
 
-    engine._prefix_cache = None
-    plain = engine.generate(GenerationRequest(prompt, max_new_tokens=24, lookup_tokens=0))[0]
+    plain = fresh(engine).generate(GenerationRequest(prompt, max_new_tokens=24, lookup_tokens=0))[0]
     engine.truncate_past = recording
     try:
-        engine._prefix_cache = None
-        drafted = engine.generate(GenerationRequest(prompt, max_new_tokens=24, lookup_tokens=4))[0]
+        decoder = fresh(engine)
+        drafted = decoder.generate(GenerationRequest(prompt, max_new_tokens=24, lookup_tokens=4))[0]
     finally:
         engine.truncate_past = truncate
     assert cuts, "no draft was cut back"
     assert drafted.token_ids == plain.token_ids
-    cache = engine._prefix_cache
+    cache = decoder.cached
     assert engine.past_length(cache.past) == len(cache.ids)
     # A next request that extends what was fed: reusing that cache gives what a cold engine gives.
     follow = GenerationRequest(list(cache.ids) + prompt[:3], max_new_tokens=12)
-    warm = engine.generate(follow)[0]
+    warm = decoder.generate(follow)[0]
     assert warm.reused_tokens > 0
-    engine._prefix_cache = None
-    assert engine.generate(follow)[0].token_ids == warm.token_ids
+    assert fresh(engine).generate(follow)[0].token_ids == warm.token_ids
 
 
 def draft(prompt, generated, room=3):
@@ -146,17 +142,17 @@ def test_no_draft_without_a_match_or_without_room():
     assert draft([1, 2, 3, 1, 2, 3], [1, 2], room=0) == []
 
 
-def make_row(prompt, generated, max_new_tokens=20, **kw) -> _Row:
-    row = _Row(GenerationRequest(prompt, max_new_tokens=max_new_tokens, **kw), len(prompt))
+def make_row(prompt, generated, max_new_tokens=20, **kw) -> Row:
+    row = Row(GenerationRequest(prompt, max_new_tokens=max_new_tokens, **kw), len(prompt))
     row.ids = list(generated)
     return row
 
 
 def test_draft_room_keeps_within_the_budget_and_the_positions():
-    assert _draft_room(make_row([1] * 6, [1, 2]), n_positions=100) == 4              # lookup_tokens
-    assert _draft_room(make_row([1] * 6, [1, 2], max_new_tokens=3), n_positions=100) == 1
-    assert _draft_room(make_row([1] * 6, [1, 2]), n_positions=9) == 0                # positions full
-    assert _draft_room(make_row([1] * 6, [1, 2], temperature=0.8), n_positions=100) == 0
-    assert _draft_room(make_row([1] * 6, [1, 2], lookup_tokens=0), n_positions=100) == 0
+    assert make_row([1] * 6, [1, 2]).draft_room(n_positions=100) == 4              # lookup_tokens
+    assert make_row([1] * 6, [1, 2], max_new_tokens=3).draft_room(n_positions=100) == 1
+    assert make_row([1] * 6, [1, 2]).draft_room(n_positions=9) == 0                # positions full
+    assert make_row([1] * 6, [1, 2], temperature=0.8).draft_room(n_positions=100) == 0
+    assert make_row([1] * 6, [1, 2], lookup_tokens=0).draft_room(n_positions=100) == 0
     healing = make_row([1] * 6, [], required_prefix="os.pa")                         # re-typing the healed text
-    assert _draft_room(healing, n_positions=100) == 0
+    assert healing.draft_room(n_positions=100) == 0

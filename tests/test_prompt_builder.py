@@ -18,18 +18,15 @@ def builder(tok):
 
 
 class Recording:
-    """The real engine, with the requests it was asked to run written down."""
+    """A real decoder's `generate`, with the requests it was asked to run written down."""
 
-    def __init__(self, engine):
-        self.engine, self.requests = engine, []
-        self.info, self.tokenizer = engine.info, engine.tokenizer
+    def __init__(self, decoder):
+        self.requests, self._generate = [], decoder.generate
+        decoder.generate = self.generate
 
     def generate(self, request):
         self.requests.append(request)
-        return self.engine.generate(request)
-
-    def close(self):
-        pass
+        return self._generate(request)
 
 
 def test_server_evaluation_and_complete_send_identical_prompts(onnx_int8, tmp_path):
@@ -43,8 +40,8 @@ def test_server_evaluation_and_complete_send_identical_prompts(onnx_int8, tmp_pa
     (tmp_path / "pprint.py").write_text(PROMPT_SOURCE, encoding="utf-8")
     positions = [p for cursor in ("indent", "random")
                  for p in sample_positions(str(tmp_path), 6, seed=3, cursor=cursor, stats=DataStats())]
-    engine = Recording(onnx_int8)
-    server = Completer(engine)
+    server = Completer(onnx_int8)
+    engine = Recording(server.decoder)
     max_new = 12
     for mode, fim in (("off", False), ("spm", True), ("served", None)):
         requests, layouts = build_requests(onnx_int8, positions, mode, max_new, healing=True, suffix_share=0.25)

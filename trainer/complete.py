@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from codeparrot_ls.engine import GenerationRequest
+from codeparrot_ls.engine import Decoder, GenerationRequest
 from codeparrot_ls.modelfiles import ENGINES
 from codeparrot_ls.prompt import PYTHON_STOP_SEQUENCES
 from codeparrot_ls.prompt_builder import SERVED_LAYOUT, PromptBuilder
@@ -86,7 +86,7 @@ def complete(args: CompleteArgs) -> list[str]:
     engine = open_engine(args.model, args.engine, args.precision)
     try:
         request = build_request(engine, text, offset, args)
-        gens = engine.generate(request)
+        gens = Decoder(engine).generate(request)
     finally:
         engine.close()
     req = request.required_prefix

@@ -1,8 +1,9 @@
 """Inference engines: ONNX Runtime (default, no torch needed) and PyTorch.
 
 `load_engine(model_dir)` picks ONNX when the folder holds model.onnx / model.int8.onnx
-and the torch engine for a Hugging Face checkpoint folder. Nothing here imports
-torch or transformers until the torch engine is actually asked for.
+and the torch engine for a Hugging Face checkpoint folder; `Decoder(engine)` decodes on it
+(and keeps the token table and the KV prefix cache). Nothing here imports torch or
+transformers until the torch engine is actually asked for.
 """
 
 from __future__ import annotations
@@ -11,11 +12,10 @@ from pathlib import Path
 
 from codeparrot_ls import modelfiles as mf
 from codeparrot_ls.engine.base import Engine, Generation, GenerationRequest, ModelInfo
-from codeparrot_ls.engine.decoding import generate_batch
+from codeparrot_ls.engine.decoding import Decoder
 from codeparrot_ls.engine.loading import ModelLoadError
 
-__all__ = ["Engine", "Generation", "GenerationRequest", "ModelInfo", "ModelLoadError", "generate_batch",
-           "load_engine"]
+__all__ = ["Decoder", "Engine", "Generation", "GenerationRequest", "ModelInfo", "ModelLoadError", "load_engine"]
 
 
 def load_engine(model_dir: str | Path, engine: str = "auto", threads: int | None = None,

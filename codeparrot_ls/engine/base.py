@@ -1,9 +1,10 @@
 """The one interface every inference engine implements.
 
 An engine owns a model and its tokenizer and knows how to run one forward pass
-with a KV cache. Decoding (greedy / sampling, stop rules, budgets, cancellation,
-KV prefix reuse) is written once on top of `forward`, so the ONNX and the torch
-engines behave the same, and evaluation measures exactly what the server serves.
+with a KV cache and how to cut and pick rows of a past; nothing more. Decoding (greedy /
+sampling, stop rules, budgets, cancellation, KV prefix reuse) is written once on top of
+`forward` (`codeparrot_ls.engine.decoding.Decoder`), so the ONNX and the torch engines
+behave the same, and evaluation measures exactly what the server serves.
 """
 
 from __future__ import annotations
@@ -107,17 +108,6 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def select_past(self, past: Any, rows: Sequence[int]) -> Any:
         """Rows of `past` along the batch axis (repeat a row to expand one prompt into samples)."""
-
-    def generate(self, request: GenerationRequest) -> list[Generation]:
-        """Decode `request.num_samples` continuations of `request.prompt_ids`.
-
-        Shared by all engines (codeparrot_ls/engine/decoding.py). Not reentrant: call it
-        from one thread at a time (the server uses a single executor thread); the KV
-        prefix cache of the previous call lives on the engine.
-        """
-        from codeparrot_ls.engine.decoding import generate
-
-        return generate(self, request)
 
     def close(self) -> None:
         """Release the model (threads, sessions)."""

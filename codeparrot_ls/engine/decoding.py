@@ -1,4 +1,4 @@
-"""The one decode loop, written on top of `Engine.forward`, shared by every engine.
+"""The one decode loop, written on top of `Engine.forward`, shared by every engine: `Decoder`.
 
 Greedy or temperature/top-p sampling (seeded), several samples as one batch that
 shares a single prompt prefill, stop strings, EOS, token / time / context budgets,
@@ -21,7 +21,7 @@ Rules worth knowing:
 * `stop_when` (early stop) is asked only when a token ends a line or brings a new line's
   first visible character, with the text so far (a multi-byte character cut off at the
   end left out; never on invalid UTF-8); the text it keeps is returned, finish_reason "stop".
-* KV prefix reuse: the engine keeps the ids and past of its last call (the prompt
+* KV prefix reuse: the `Decoder` keeps the ids and past of its last call (the prompt
   plus the tokens fed while decoding one sample); a prompt sharing a prefix with
   them runs only its new tokens. Not thread-safe: one caller at a time.
 """
@@ -30,97 +30,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from codeparrot_ls.engine.base import Engine, Generation, GenerationRequest
+from codeparrot_ls.engine.base import Engine, Generation, GenerationRequest, ModelInfo
 from codeparrot_ls.engine.lookup import PromptLookup
-from codeparrot_ls.engine.tokens import TokenTable, token_table
-
-
-@dataclass
-class _Row:
-    """One sequence being decoded."""
-
-    request: GenerationRequest
-    prompt_len: int
-    ids: list[int] = field(default_factory=list)
-    buf: bytearray = field(default_factory=bytearray)
-    cut: int | None = None          # byte offset where a stop string starts (or stop_when cut)
-    finish: str | None = None
-    fresh_line: bool = False        # a line break was generated, only spaces / tabs since
-
-    def constraint(self) -> bytes:
-        """Bytes of required_prefix still to be produced."""
-        required = self.request.required_prefix.encode("utf-8")
-        return required[len(self.buf):] if len(self.buf) < len(required) else b""
-
-    def push(self, tok: int, table: TokenTable, eos_id: int, n_positions: int, stops: list[bytes]) -> None:
-        if tok == eos_id:
-            self.finish = "eos"
-            return
-        self.ids.append(tok)
-        piece = table.pieces[tok]
-        start = len(self.buf)
-        self.buf += piece
-        if stops:
-            # Only the new bytes can complete a stop; a stop lying wholly inside
-            # required_prefix does not count (that text belongs to the prompt's side).
-            floor = len(self.request.required_prefix.encode("utf-8"))
-            hits = [p for p in (self.buf.find(s, max(start - len(s) + 1, floor - len(s) + 1, 0)) for s in stops)
-                    if p >= 0]
-            if hits:
-                self.cut, self.finish = min(hits), "stop"
-                return
-        if self.request.stop_when is not None and self._settled(piece):
-            return
-        if len(self.ids) >= self.request.max_new_tokens:
-            self.finish = "length"
-        elif self.prompt_len + len(self.ids) >= n_positions:
-            self.finish = "context"
-
-    def _settled(self, piece: bytes) -> bool:
-        """Ask `stop_when` only when a line ends or a new line shows its first visible
-        character: the only moments a line-based rule can decide (O(1) for other tokens)."""
-        nl = piece.rfind(b"\n")
-        visible = piece[nl + 1:].strip(b" \t")
-        ask = nl >= 0 or (self.fresh_line and bool(visible))
-        self.fresh_line = (nl >= 0 or self.fresh_line) and not visible
-        if not ask:
-            return False
-        text = _complete_text(self.buf)
-        keep = None if text is None else self.request.stop_when(text)
-        if keep is None:
-            return False
-        self.cut, self.finish = len(text[:keep].encode("utf-8")), "stop"
-        return True
-
-    def result(self, **timing) -> Generation:
-        raw = bytes(self.buf if self.cut is None else self.buf[: self.cut])
-        return Generation(text=_decode_utf8(raw), token_ids=list(self.ids), finish_reason=self.finish or "length",
-                          prompt_tokens=self.prompt_len, **timing)
-
-
-def _complete_text(raw: bytes) -> str | None:
-    """`raw` as text without a multi-byte character cut off at the end; None when it holds
-    invalid UTF-8 (its characters would not map back to byte offsets)."""
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        if e.reason == "unexpected end of data":
-            return raw[: e.start].decode("utf-8")  # the first error: everything before is valid
-        return None
-
-
-def _decode_utf8(raw: bytes) -> str:
-    """Decode, dropping a multi-byte character cut off at the very end."""
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        if e.reason == "unexpected end of data":
-            return raw[: e.start].decode("utf-8", errors="replace")
-        return raw.decode("utf-8", errors="replace")
+from codeparrot_ls.engine.rows import Row
+from codeparrot_ls.engine.tokens import TokenTable
 
 
 def _sample(scores: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> int:
@@ -155,111 +72,10 @@ def fit_prompt(prompt_ids: Sequence[int], max_new_tokens: int, n_positions: int)
     return prompt[dropped:], dropped
 
 
-def _decode_loop(engine: Engine, rows: list[_Row], logits: np.ndarray, past, rng: np.random.Generator,
-                 mask: np.ndarray | None = None, pos: np.ndarray | None = None) -> tuple[object, list[int]]:
-    """Decode all `rows` from the prompt's `logits` / `past` (batch rows aligned with `rows`).
+@dataclass(frozen=True)
+class PrefixCache:
+    """The ids fed by a decoder's last call and the engine's past holding them."""
 
-    Returns the final past and the ids fed into it (only meaningful for a single row).
-    """
-    info = engine.info
-    table = token_table(engine)
-    stops = [[s.encode("utf-8") for s in r.request.stop if s] for r in rows]
-    active = [i for i, r in enumerate(rows) if r.finish is None]
-    fed: list[int] = []
-    # Prompt-lookup drafts need one unpadded row (a pass of several new tokens after a past);
-    # whether and how many the request allows is `_draft_room`'s to say.
-    lookup = None
-    if len(rows) == 1 and mask is None:
-        request, n_prompt = rows[0].request, rows[0].prompt_len   # the prompt as fed: fit_prompt keeps its end
-        lookup = PromptLookup(list(request.prompt_ids)[len(request.prompt_ids) - n_prompt:],
-                              min(request.max_new_tokens, info.n_positions - n_prompt))
-    while active:
-        for i in active:
-            reason = _budget_reason(rows[i].request)
-            if reason:
-                rows[i].finish = reason
-        keep = [j for j, i in enumerate(active) if rows[i].finish is None]
-        if len(keep) < len(active):
-            if not keep:
-                break
-            logits = logits[keep]
-            past = engine.select_past(past, keep)
-            mask = None if mask is None else mask[keep]
-            pos = None if pos is None else pos[keep]
-            active = [active[j] for j in keep]
-        scores = logits[:, -1, :] + table.bias
-        toks = []
-        for j, i in enumerate(active):
-            row, s = rows[i], scores[j]
-            remaining = row.constraint()
-            if remaining:
-                s = s + table.prefix_mask(remaining)
-            if row.request.temperature > 0:
-                tok = _sample(s, row.request.temperature, row.request.top_p, rng)
-            else:
-                tok = int(np.argmax(s))
-            if not np.isfinite(s[tok]):  # nothing allowed (cannot happen with a byte-level vocabulary)
-                row.finish = "eos"
-                toks.append(tok)
-                continue
-            row.push(tok, table, info.eos_id, info.n_positions, stops[i])
-            toks.append(tok)
-        still = [j for j, i in enumerate(active) if rows[i].finish is None]
-        if not still:
-            break
-        if len(still) < len(active):
-            past = engine.select_past(past, still)
-            mask = None if mask is None else mask[still]
-            pos = None if pos is None else pos[still]
-            toks = [toks[j] for j in still]
-            active = [active[j] for j in still]
-        if lookup is not None:
-            draft = lookup.draft(rows[0].ids, _draft_room(rows[0], info.n_positions))
-            if draft:
-                logits, past, ids = _check_draft(engine, rows[0], toks[0], draft, past, table, stops[0])
-                fed += ids
-                if rows[0].finish is not None:
-                    break
-                continue
-        if mask is not None:
-            mask = np.concatenate([mask, np.ones((len(active), 1), np.int64)], axis=1)
-            pos = pos[:, -1:] + 1
-        x = np.array(toks, np.int64)[:, None]
-        logits, past = engine.forward(x, past, 1, attention_mask=mask, position_ids=pos)
-        fed.append(toks[0])
-    return past, fed
-
-
-def _draft_room(row: _Row, n_positions: int) -> int:
-    """How many draft tokens may follow the next one: within the request's draft size, its
-    token budget and the model's positions; none while token healing constrains the text."""
-    if row.request.lookup_tokens <= 0 or row.request.temperature > 0 or row.constraint():
-        return 0
-    return min(row.request.lookup_tokens, row.request.max_new_tokens - len(row.ids),
-               n_positions - row.prompt_len - len(row.ids) - 1)
-
-
-def _check_draft(engine: Engine, row: _Row, tok: int, draft: list[int], past, table: TokenTable,
-                 stops: list[bytes]) -> tuple[np.ndarray, object, list[int]]:
-    """Feed `tok` and `draft` in one pass; keep the draft tokens the model's greedy choice
-    agrees with (each pushed onto `row`). Returns the logits after the last kept token, the
-    past cut back to the kept tokens, and the ids fed into it."""
-    info = engine.info
-    base = engine.past_length(past)
-    logits, past = engine.forward(np.array([[tok, *draft]], np.int64), past, 1 + len(draft))
-    kept = 0
-    for guess in draft:
-        if int(np.argmax(logits[0, kept] + table.bias)) != guess:
-            break
-        row.push(guess, table, info.eos_id, info.n_positions, stops)
-        kept += 1
-        if row.finish is not None:
-            break
-    return logits[:, kept:kept + 1], engine.truncate_past(past, base + 1 + kept), [tok, *draft[:kept]]
-
-
-@dataclass
-class _PrefixCache:
     ids: list[int]
     past: object
 
@@ -272,106 +88,240 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
-def _prefill(engine: Engine, request: GenerationRequest, prompt: list[int], reused: int, past):
-    """The prompt after its first `reused` tokens into the cache, in the engine's prefill
-    chunks (the passes its `forward` would run anyway) with the budget and cancellation
-    checked between them: a long prompt on a busy machine stops within one chunk. Returns
-    (logits of the last position or None, past, prompt tokens in the past, stop reason)."""
-    step = getattr(engine, "prefill_chunk", 0) or len(prompt)
-    filled = reused
-    while len(prompt) - filled > step:
-        _, past = engine.forward(np.array([prompt[filled:filled + step]], np.int64), past, 0)
-        filled += step
-        reason = _budget_reason(request)
-        if reason:
-            return None, past, filled, reason
-    logits, past = engine.forward(np.array([prompt[filled:]], np.int64), past, 1)
-    return logits, past, len(prompt), None
+class Decoder:
+    """Decoding on one engine: owns the engine, its token table (built here, once) and the KV
+    prefix cache of the last call. `reset()` forgets that cache (the next call runs cold).
 
-
-def generate(engine: Engine, request: GenerationRequest) -> list[Generation]:
-    """`request.num_samples` continuations (1 when greedy: greedy samples are identical)."""
-    info = engine.info
-    if not request.prompt_ids:
-        raise ValueError("empty prompt: at least one token is needed")
-    if request.temperature < 0 or not 0 < request.top_p <= 1:
-        raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
-    prompt, dropped = fit_prompt(request.prompt_ids, request.max_new_tokens, info.n_positions)
-    n = max(1, request.num_samples) if request.temperature > 0 else 1
-    rows = [_Row(request, len(prompt)) for _ in range(n)]
-    reason = _budget_reason(request) or ("length" if request.max_new_tokens <= 0 else None)
-    if reason:
-        return [_Row(request, len(prompt), finish=reason).result(truncated_tokens=dropped)
-                for _ in range(max(1, request.num_samples))]
-
-    cache: _PrefixCache | None = getattr(engine, "_prefix_cache", None)
-    reused, past = 0, None
-    if cache is not None:
-        reused = min(_common_prefix(cache.ids, prompt), len(prompt) - 1)
-        if reused > 0:
-            past = cache.past if reused == engine.past_length(cache.past) else engine.truncate_past(cache.past, reused)
-        else:
-            reused = 0
-    # The forward pass may write into the cached past's storage (an engine with a shared KV
-    # buffer): drop the cache first, so a failure here never leaves a half-overwritten one.
-    engine._prefix_cache = None
-    t0 = time.perf_counter()
-    logits, past, filled, reason = _prefill(engine, request, prompt, reused, past)
-    t1 = time.perf_counter()
-    engine._prefix_cache = _PrefixCache(prompt[:filled], past)
-    if reason:
-        return [_Row(request, len(prompt), finish=reason).result(reused_tokens=reused, prefill_ms=(t1 - t0) * 1e3,
-                                                                 truncated_tokens=dropped)
-                for _ in range(max(1, request.num_samples))]
-    if n > 1:
-        past = engine.select_past(past, [0] * n)
-        logits = np.repeat(logits, n, axis=0)
-    rng = np.random.default_rng(request.seed)
-    past, fed = _decode_loop(engine, rows, logits, past, rng)
-    t2 = time.perf_counter()
-    if n == 1 and fed:
-        engine._prefix_cache = _PrefixCache(prompt + fed, past)
-    timing = dict(reused_tokens=reused, prefill_ms=(t1 - t0) * 1e3, decode_ms=(t2 - t1) * 1e3, truncated_tokens=dropped)
-    results = [r.result(**timing) for r in rows]
-    if request.num_samples > 1 and n == 1:  # greedy: every sample is the same
-        results += [replace(results[0], token_ids=list(results[0].token_ids)) for _ in range(request.num_samples - 1)]
-    return results
-
-
-def generate_batch(engine: Engine, requests: Sequence[GenerationRequest], pad_id: int | None = None) -> list[Generation]:
-    """One greedy/sampled continuation per request, all prompts in one left-padded batch.
-
-    For evaluation: no KV prefix reuse, `num_samples` is ignored (one result per
-    request), sampling uses the first request's seed. Each request keeps its own
-    stop strings, budgets and required_prefix.
+    Not reentrant: call it from one thread at a time (the server uses a single executor thread).
     """
-    if not requests:
-        return []
-    info = engine.info
-    pad = info.eos_id if pad_id is None else pad_id
-    fitted = [fit_prompt(r.prompt_ids, r.max_new_tokens, info.n_positions) for r in requests]
-    if any(not p for p, _ in fitted):
-        raise ValueError("empty prompt: at least one token is needed")
-    width = max(len(p) for p, _ in fitted)
-    ids = np.full((len(requests), width), pad, np.int64)
-    mask = np.zeros((len(requests), width), np.int64)
-    for i, (p, _) in enumerate(fitted):
-        ids[i, width - len(p):] = p
-        mask[i, width - len(p):] = 1
-    pos = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
-    rows = [_Row(r, len(p)) for r, (p, _) in zip(requests, fitted)]
-    for row in rows:
-        if row.request.max_new_tokens <= 0:
-            row.finish = "length"
-    t0 = time.perf_counter()
-    logits, past = engine.forward(ids, None, 1, attention_mask=mask, position_ids=pos)
-    t1 = time.perf_counter()
-    active = [i for i, r in enumerate(rows) if r.finish is None]
-    if active and len(active) < len(rows):
-        logits, past, mask, pos = logits[active], engine.select_past(past, active), mask[active], pos[active]
-    if active:
-        sub = [rows[i] for i in active]
-        _decode_loop(engine, sub, logits, past, np.random.default_rng(requests[0].seed), mask, pos)
-    t2 = time.perf_counter()
-    timing = dict(prefill_ms=(t1 - t0) * 1e3, decode_ms=(t2 - t1) * 1e3)
-    return [r.result(truncated_tokens=d, **timing) for r, (_, d) in zip(rows, fitted)]
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        info = engine.info
+        self.table = TokenTable(engine.tokenizer, info.vocab_size, info.eos_id, list(info.special_ids.values()))
+        self._cache: PrefixCache | None = None
+
+    @property
+    def info(self) -> ModelInfo:
+        return self.engine.info
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    @property
+    def cached(self) -> PrefixCache | None:
+        """What the next call may reuse (None after `reset()` or before the first call)."""
+        return self._cache
+
+    def reset(self) -> None:
+        self._cache = None
+
+    def close(self) -> None:
+        """Drop the cache and release the engine."""
+        self._cache = None
+        self.engine.close()
+
+    def generate(self, request: GenerationRequest) -> list[Generation]:
+        """`request.num_samples` continuations of `request.prompt_ids` (one decoded when greedy:
+        greedy samples are identical)."""
+        info = self.info
+        if not request.prompt_ids:
+            raise ValueError("empty prompt: at least one token is needed")
+        if request.temperature < 0 or not 0 < request.top_p <= 1:
+            raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
+        prompt, dropped = fit_prompt(request.prompt_ids, request.max_new_tokens, info.n_positions)
+        n = max(1, request.num_samples) if request.temperature > 0 else 1
+        rows = [Row(request, len(prompt)) for _ in range(n)]
+        reason = _budget_reason(request) or ("length" if request.max_new_tokens <= 0 else None)
+        if reason:
+            return [Row(request, len(prompt), finish=reason).result(truncated_tokens=dropped)
+                    for _ in range(max(1, request.num_samples))]
+
+        reused, past = self._reuse(prompt)
+        # The forward pass may write into the cached past's storage (an engine with a shared KV
+        # buffer): drop the cache first, so a failure here never leaves a half-overwritten one.
+        self._cache = None
+        t0 = time.perf_counter()
+        logits, past, filled, reason = self._prefill(request, prompt, reused, past)
+        t1 = time.perf_counter()
+        self._cache = PrefixCache(prompt[:filled], past)
+        if reason:
+            return [Row(request, len(prompt), finish=reason).result(reused_tokens=reused, prefill_ms=(t1 - t0) * 1e3,
+                                                                    truncated_tokens=dropped)
+                    for _ in range(max(1, request.num_samples))]
+        if n > 1:
+            past = self.engine.select_past(past, [0] * n)
+            logits = np.repeat(logits, n, axis=0)
+        rng = np.random.default_rng(request.seed)
+        past, fed = self._decode_loop(rows, logits, past, rng)
+        t2 = time.perf_counter()
+        if n == 1 and fed:
+            self._cache = PrefixCache(prompt + fed, past)
+        timing = dict(reused_tokens=reused, prefill_ms=(t1 - t0) * 1e3, decode_ms=(t2 - t1) * 1e3,
+                      truncated_tokens=dropped)
+        results = [r.result(**timing) for r in rows]
+        if request.num_samples > 1 and n == 1:  # greedy: every sample is the same
+            results += [replace(results[0], token_ids=list(results[0].token_ids)) for _ in range(request.num_samples - 1)]
+        return results
+
+    def generate_batch(self, requests: Sequence[GenerationRequest], pad_id: int | None = None) -> list[Generation]:
+        """One greedy/sampled continuation per request, all prompts in one left-padded batch.
+
+        For evaluation: no KV prefix reuse (the cache is left as it is), `num_samples` is
+        ignored (one result per request), sampling uses the first request's seed. Each request
+        keeps its own stop strings, budgets and required_prefix.
+        """
+        if not requests:
+            return []
+        info, engine = self.info, self.engine
+        pad = info.eos_id if pad_id is None else pad_id
+        fitted = [fit_prompt(r.prompt_ids, r.max_new_tokens, info.n_positions) for r in requests]
+        if any(not p for p, _ in fitted):
+            raise ValueError("empty prompt: at least one token is needed")
+        width = max(len(p) for p, _ in fitted)
+        ids = np.full((len(requests), width), pad, np.int64)
+        mask = np.zeros((len(requests), width), np.int64)
+        for i, (p, _) in enumerate(fitted):
+            ids[i, width - len(p):] = p
+            mask[i, width - len(p):] = 1
+        pos = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
+        rows = [Row(r, len(p)) for r, (p, _) in zip(requests, fitted)]
+        for row in rows:
+            if row.request.max_new_tokens <= 0:
+                row.finish = "length"
+        t0 = time.perf_counter()
+        logits, past = engine.forward(ids, None, 1, attention_mask=mask, position_ids=pos)
+        t1 = time.perf_counter()
+        active = [i for i, r in enumerate(rows) if r.finish is None]
+        if active and len(active) < len(rows):
+            logits, past, mask, pos = logits[active], engine.select_past(past, active), mask[active], pos[active]
+        if active:
+            sub = [rows[i] for i in active]
+            self._decode_loop(sub, logits, past, np.random.default_rng(requests[0].seed), mask, pos)
+        t2 = time.perf_counter()
+        timing = dict(prefill_ms=(t1 - t0) * 1e3, decode_ms=(t2 - t1) * 1e3)
+        return [r.result(truncated_tokens=d, **timing) for r, (_, d) in zip(rows, fitted)]
+
+    def _reuse(self, prompt: list[int]) -> tuple[int, object]:
+        """(prompt tokens the cache already holds, a past of exactly those or None)."""
+        cache = self._cache
+        if cache is None:
+            return 0, None
+        reused = min(_common_prefix(cache.ids, prompt), len(prompt) - 1)
+        if reused <= 0:
+            return 0, None
+        engine = self.engine
+        return reused, (cache.past if reused == engine.past_length(cache.past) else engine.truncate_past(cache.past, reused))
+
+    def _prefill(self, request: GenerationRequest, prompt: list[int], reused: int, past):
+        """The prompt after its first `reused` tokens into the cache, in the engine's prefill
+        chunks (the passes its `forward` would run anyway) with the budget and cancellation
+        checked between them: a long prompt on a busy machine stops within one chunk. Returns
+        (logits of the last position or None, past, prompt tokens in the past, stop reason)."""
+        engine = self.engine
+        step = getattr(engine, "prefill_chunk", 0) or len(prompt)
+        filled = reused
+        while len(prompt) - filled > step:
+            _, past = engine.forward(np.array([prompt[filled:filled + step]], np.int64), past, 0)
+            filled += step
+            reason = _budget_reason(request)
+            if reason:
+                return None, past, filled, reason
+        logits, past = engine.forward(np.array([prompt[filled:]], np.int64), past, 1)
+        return logits, past, len(prompt), None
+
+    def _decode_loop(self, rows: list[Row], logits: np.ndarray, past, rng: np.random.Generator,
+                     mask: np.ndarray | None = None, pos: np.ndarray | None = None) -> tuple[object, list[int]]:
+        """Decode all `rows` from the prompt's `logits` / `past` (batch rows aligned with `rows`).
+
+        Returns the final past and the ids fed into it (only meaningful for a single row).
+        """
+        info, table = self.info, self.table
+        stops = [[s.encode("utf-8") for s in r.request.stop if s] for r in rows]
+        active = [i for i, r in enumerate(rows) if r.finish is None]
+        fed: list[int] = []
+        # Prompt-lookup drafts need one unpadded row (a pass of several new tokens after a past);
+        # whether and how many the request allows is `Row.draft_room`'s to say.
+        lookup = None
+        if len(rows) == 1 and mask is None:
+            request, n_prompt = rows[0].request, rows[0].prompt_len   # the prompt as fed: fit_prompt keeps its end
+            lookup = PromptLookup(list(request.prompt_ids)[len(request.prompt_ids) - n_prompt:],
+                                  min(request.max_new_tokens, info.n_positions - n_prompt))
+        while active:
+            for i in active:
+                reason = _budget_reason(rows[i].request)
+                if reason:
+                    rows[i].finish = reason
+            keep = [j for j, i in enumerate(active) if rows[i].finish is None]
+            if len(keep) < len(active):
+                if not keep:
+                    break
+                logits = logits[keep]
+                past, mask, pos = self._select(keep, past, mask, pos)
+                active = [active[j] for j in keep]
+            scores = logits[:, -1, :] + table.bias
+            toks = []
+            for j, i in enumerate(active):
+                toks.append(self._choose(rows[i], scores[j], rng))
+                if rows[i].finish is None:
+                    rows[i].push(toks[-1], table, info.eos_id, info.n_positions, stops[i])
+            still = [j for j, i in enumerate(active) if rows[i].finish is None]
+            if not still:
+                break
+            if len(still) < len(active):
+                past, mask, pos = self._select(still, past, mask, pos)
+                toks = [toks[j] for j in still]
+                active = [active[j] for j in still]
+            if lookup is not None:
+                draft = lookup.draft(rows[0].ids, rows[0].draft_room(info.n_positions))
+                if draft:
+                    logits, past, ids = self._check_draft(rows[0], toks[0], draft, past, stops[0])
+                    fed += ids
+                    if rows[0].finish is not None:
+                        break
+                    continue
+            if mask is not None:
+                mask = np.concatenate([mask, np.ones((len(active), 1), np.int64)], axis=1)
+                pos = pos[:, -1:] + 1
+            x = np.array(toks, np.int64)[:, None]
+            logits, past = self.engine.forward(x, past, 1, attention_mask=mask, position_ids=pos)
+            fed.append(toks[0])
+        return past, fed
+
+    def _choose(self, row: Row, scores: np.ndarray, rng: np.random.Generator) -> int:
+        """The row's next token from its scores: healing's constraint applied, then greedy or
+        sampled. Nothing allowed (cannot happen with a byte-level vocabulary) ends the row."""
+        remaining = row.constraint()
+        if remaining:
+            scores = scores + self.table.prefix_mask(remaining)
+        if row.request.temperature > 0:
+            tok = _sample(scores, row.request.temperature, row.request.top_p, rng)
+        else:
+            tok = int(np.argmax(scores))
+        if not np.isfinite(scores[tok]):
+            row.finish = "eos"
+        return tok
+
+    def _select(self, keep: list[int], past, mask, pos):
+        """The past, mask and positions of the batch rows `keep` (None stays None)."""
+        return (self.engine.select_past(past, keep), None if mask is None else mask[keep],
+                None if pos is None else pos[keep])
+
+    def _check_draft(self, row: Row, tok: int, draft: list[int], past,
+                     stops: list[bytes]) -> tuple[np.ndarray, object, list[int]]:
+        """Feed `tok` and `draft` in one pass; keep the draft tokens the model's greedy choice
+        agrees with (each pushed onto `row`). Returns the logits after the last kept token, the
+        past cut back to the kept tokens, and the ids fed into it."""
+        engine, info, table = self.engine, self.info, self.table
+        base = engine.past_length(past)
+        logits, past = engine.forward(np.array([[tok, *draft]], np.int64), past, 1 + len(draft))
+        kept = 0
+        for guess in draft:
+            if int(np.argmax(logits[0, kept] + table.bias)) != guess:
+                break
+            row.push(guess, table, info.eos_id, info.n_positions, stops)
+            kept += 1
+            if row.finish is not None:
+                break
+        return logits[:, kept:kept + 1], engine.truncate_past(past, base + 1 + kept), [tok, *draft[:kept]]

@@ -23,7 +23,6 @@ import numpy as np
 
 from codeparrot_ls import modelfiles as mf
 from codeparrot_ls.engine.base import Engine
-from codeparrot_ls.engine.tokens import token_table
 from codeparrot_ls.engine.denormals import flush_denormals_on_this_thread
 from codeparrot_ls.engine.loading import ModelLoadError, load_tokenizer, model_info, model_sizes, read_json
 
@@ -245,8 +244,7 @@ class OnnxEngine(Engine):
         self.prefill_chunk = prefill_chunk  # 0 = run any input in one pass
         self.info = info
         check_graph(self.graph, info, model_sizes(model_dir), path)
-        # Pay the one-off costs (token table, first-run allocations) now, not on the first request.
-        token_table(self)
+        # Pay the first run's one-off allocations now, not on the first request.
         self.forward(np.array([[self.info.eos_id]], np.int64), None)
 
     @property
@@ -295,7 +293,6 @@ class OnnxEngine(Engine):
 
     def close(self) -> None:
         self.graph = None
-        self._prefix_cache = None
 
 
 def check_graph(graph: KVGraph, info, sizes: dict[str, int], path: Path) -> None:

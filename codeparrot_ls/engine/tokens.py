@@ -1,13 +1,12 @@
 """Each token's bytes, and the ids decoding never generates: the table the decode loop
-(`codeparrot_ls.engine.decoding`) reads for stop strings, token healing and banned ids."""
+(`codeparrot_ls.engine.decoding.Decoder` builds and keeps it) reads for stop strings, token
+healing and banned ids."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import numpy as np
-
-from codeparrot_ls.engine.base import Engine
 
 
 def _byte_level_alphabet() -> dict[str, int]:
@@ -27,7 +26,7 @@ def _byte_level_alphabet() -> dict[str, int]:
 
 
 class TokenTable:
-    """Each token's bytes and the ids that may never be generated, computed once per engine."""
+    """Each token's bytes and the ids that may never be generated, computed once per model."""
 
     def __init__(self, tokenizer, vocab_rows: int, eos_id: int, special_ids: Sequence[int]):
         alphabet = _byte_level_alphabet()
@@ -68,11 +67,3 @@ class TokenTable:
             self._prefix_masks[remaining] = mask
         return mask
 
-
-def token_table(engine: Engine) -> TokenTable:
-    table = getattr(engine, "_token_table", None)
-    if table is None:
-        info = engine.info
-        table = TokenTable(engine.tokenizer, info.vocab_size, info.eos_id, list(info.special_ids.values()))
-        engine._token_table = table
-    return table

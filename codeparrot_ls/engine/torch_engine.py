@@ -14,7 +14,6 @@ import numpy as np
 
 from codeparrot_ls import modelfiles as mf
 from codeparrot_ls.engine.base import Engine
-from codeparrot_ls.engine.tokens import token_table
 from codeparrot_ls.engine.loading import ModelLoadError, load_tokenizer, model_info, read_json
 
 
@@ -56,7 +55,6 @@ class TorchEngine(Engine):
         self._torch = torch
         self._cache_keyword = cache_keyword(self.model)
         self.info = model_info(model_dir, "torch", self._tokenizer, precision="fp32", threads=threads or 0)
-        token_table(self)  # built once here rather than on the first request
 
     @property
     def tokenizer(self):
@@ -91,4 +89,3 @@ class TorchEngine(Engine):
 
     def close(self) -> None:
         self.model = None
-        self._prefix_cache = None

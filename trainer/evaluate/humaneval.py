@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from codeparrot_ls.engine import GenerationRequest
+from codeparrot_ls.engine import Decoder, GenerationRequest
 from codeparrot_ls.prompt import HUMANEVAL_STOP_SEQUENCES
 from codeparrot_ls.prompt_builder import PromptBuilder
 from trainer.sandbox import SandboxLimits, SandboxUnavailable, isolation, check_solution
@@ -132,7 +132,7 @@ def evaluate_humaneval(engine, num_samples: int = 1, temperatures: Sequence[floa
     if num_samples < 1 or batch_size < 1 or workers < 1:
         raise ValueError("--num-samples, --batch-size and --workers must be >= 1")
     problems = load_problems(limit)
-    builder = PromptBuilder.for_engine(engine)
+    builder, decoder = PromptBuilder.for_engine(engine), Decoder(engine)
     limits = SandboxLimits(timeout_s=timeout_s, memory_mb=memory_mb)
     iso = isolation()
     if not iso.boundary:
@@ -182,7 +182,7 @@ def evaluate_humaneval(engine, num_samples: int = 1, temperatures: Sequence[floa
                         top_p=top_p,
                         num_samples=take, seed=chunk_seed(seed, temperature, problem["task_id"], done),
                         stop=HUMANEVAL_STOP_SEQUENCES, required_prefix=required)
-                    for k, gen in enumerate(engine.generate(request)[:take]):
+                    for k, gen in enumerate(decoder.generate(request)[:take]):
                         if done + k in have:
                             continue
                         text = gen.text[len(required):] if gen.text.startswith(required) else gen.text

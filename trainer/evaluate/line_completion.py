@@ -41,7 +41,7 @@ from dataclasses import dataclass, replace
 
 from rapidfuzz import fuzz
 
-from codeparrot_ls.engine import GenerationRequest
+from codeparrot_ls.engine import Decoder, GenerationRequest
 from codeparrot_ls.prompt_builder import SERVED_LAYOUT, SUFFIX_KINDS, PromptBuilder, suffix_kind
 from trainer.evaluate.data import DataStats, iter_documents
 
@@ -134,17 +134,15 @@ def _key(req: GenerationRequest) -> tuple:
     return tuple(req.prompt_ids), req.required_prefix, req.max_new_tokens
 
 
-def generate_all(engine, requests: list[GenerationRequest], batch_size: int, done: dict) -> float:
+def generate_all(decoder: Decoder, requests: list[GenerationRequest], batch_size: int, done: dict) -> float:
     """Generate every request not in `done` (key -> Generation), in place; returns seconds."""
-    from codeparrot_ls.engine.decoding import generate_batch
-
     todo, seen = [], set()   # one request per distinct prompt not generated yet
     for i, r in enumerate(requests):
         if _key(r) not in done and _key(r) not in seen:
             seen.add(_key(r))
             todo.append(i)
     # Batches: similar lengths together (less padding). One at a time: file order, so the
-    # engine's KV prefix cache serves the part a prompt shares with the previous one.
+    # decoder's KV prefix cache serves the part a prompt shares with the previous one.
     # Either way the order is a pure function of the prompts: results are reproducible.
     if batch_size > 1:
         todo.sort(key=lambda i: (len(requests[i].prompt_ids), i))
@@ -152,9 +150,9 @@ def generate_all(engine, requests: list[GenerationRequest], batch_size: int, don
     for b in range(0, len(todo), batch_size):
         chunk = todo[b:b + batch_size]
         if batch_size == 1:
-            outs = engine.generate(requests[chunk[0]])[:1]
+            outs = decoder.generate(requests[chunk[0]])[:1]
         else:
-            outs = generate_batch(engine, [requests[i] for i in chunk])
+            outs = decoder.generate_batch([requests[i] for i in chunk])
         for i, g in zip(chunk, outs):
             done[_key(requests[i])] = g
     return time.monotonic() - start
@@ -167,13 +165,13 @@ def _scores(samples: list[dict]) -> dict:
             "edit_similarity": sum(s["edit_similarity"] for s in samples) / n if n else float("nan")}
 
 
-def run_mode(engine, positions: list[Position], mode: str, max_new_tokens: int, batch_size: int,
+def run_mode(decoder: Decoder, positions: list[Position], mode: str, max_new_tokens: int, batch_size: int,
              healing: bool, suffix_share: float, done: dict | None = None) -> tuple[dict, list[dict]]:
     """Generate and score every position in one mode (`MODES`); `done` holds generations of
     prompts already run (shared between modes: a prompt is generated once)."""
     done = {} if done is None else done
-    requests, layouts = build_requests(engine, positions, mode, max_new_tokens, healing, suffix_share)
-    seconds = generate_all(engine, requests, batch_size, done)
+    requests, layouts = build_requests(decoder.engine, positions, mode, max_new_tokens, healing, suffix_share)
+    seconds = generate_all(decoder, requests, batch_size, done)
     samples, reasons, prompt_tokens = [], Counter(), 0
     for pos, req, layout in zip(positions, requests, layouts):
         gen = done[_key(req)]
@@ -227,9 +225,10 @@ def evaluate_line_completion(engine, data: str, positions: int = 500, seed: int 
     if fim in ("both", "served"):
         modes.append("served")
     results, samples, done = {}, {}, {}
+    decoder = Decoder(engine)
     for mode in modes:
         name = mode_name(mode)
-        results[name], samples[name] = run_mode(engine, picked, mode, max_new_tokens, batch_size, healing,
+        results[name], samples[name] = run_mode(decoder, picked, mode, max_new_tokens, batch_size, healing,
                                                 suffix_share, done)
     return {"results": results, "data": stats.as_dict(), "samples": samples, "notes": notes,
             "settings": {"positions": positions, "seed": seed, "cursor": cursor, "fim": fim, "layout": layout,
