@@ -4,9 +4,12 @@ row alone and against the torch engine."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
 
+from codeparrot_ls.engine.onnx_engine import run_passes
 from conftest import prompt_ids
 
 
@@ -28,9 +31,10 @@ def test_padded_prompts_run_row_by_row(onnx_fp32):
 
 @pytest.mark.parametrize("keep", [1, 5, 30])
 def test_a_batch_of_prompts_keeps_any_number_of_rows(onnx_fp32, keep):
-    """Unpadded rows too: the last layer attends for the kept rows of one row at a time."""
+    """Unpadded rows too: the last layer attends for the kept rows of one row at a time (the
+    engine's passes and the export checks' passes, without prefill chunks, plan them alike)."""
     ids = np.array([prompt_ids(onnx_fp32, 30), prompt_ids(onnx_fp32, 30, offset=40)], np.int64)
-    for run in (onnx_fp32.forward, onnx_fp32.graph.run):
+    for run in (onnx_fp32.forward, partial(run_passes, onnx_fp32.graph)):
         logits, past = run(ids, None, keep)
         assert logits.shape == (2, keep, onnx_fp32.info.vocab_size) and past.length == 30
         for b in range(2):
@@ -69,7 +73,7 @@ def test_one_padded_row_longer_than_a_chunk(onnx_fp32, torch_engine):
 @pytest.mark.parametrize("keep", [6, 9, 50])
 def test_more_logits_than_positions_gives_every_position(onnx_fp32, keep):
     ids = np.array([prompt_ids(onnx_fp32, 5)], np.int64)
-    for run in (onnx_fp32.forward, onnx_fp32.graph.run):
+    for run in (onnx_fp32.forward, onnx_fp32.graph.run, partial(run_passes, onnx_fp32.graph)):
         got, _ = run(ids, None, keep)
         every, _ = onnx_fp32.forward(ids, None, 5)
         assert got.shape == (1, 5, onnx_fp32.info.vocab_size) and np.abs(got - every).max() < 1e-5
@@ -89,4 +93,17 @@ def test_padding_other_than_a_prompts_left_is_an_error(onnx_fp32):
     padded_after_past = np.ones((1, 24), np.int64)
     padded_after_past[0, 12] = 0
     with pytest.raises(ValueError, match="first pass"):
-        onnx_fp32.graph.run(ids[:1], past, 1, attention_mask=padded_after_past)
+        run_passes(onnx_fp32.graph, ids[:1], past, 1, attention_mask=padded_after_past)
+
+
+def test_a_graph_pass_is_one_pass(onnx_fp32):
+    """What needs several passes is refused by `KVGraph.run` (the planner, `run_passes`, splits it)."""
+    ids = np.array([prompt_ids(onnx_fp32, 12)] * 2, np.int64)
+    with pytest.raises(ValueError, match="run_passes"):
+        onnx_fp32.graph.run(ids, None, 1)
+    padded = np.ones((1, 12), np.int64)
+    padded[0, 0] = 0
+    with pytest.raises(ValueError, match="run_passes"):
+        onnx_fp32.graph.run(ids[:1], None, 1, attention_mask=padded)
+    logits, past = onnx_fp32.graph.run(ids[:, :1], None, 1)    # one token in each row: one pass
+    assert logits.shape == (2, 1, onnx_fp32.info.vocab_size) and past.length == 1

@@ -10,6 +10,10 @@ The KV cache lives in one preallocated buffer per layer (`n_positions` long), bo
 as both the graph's past and present through an IOBinding: each pass writes its new
 positions in place. A past is a view of the first `length` positions of a buffer;
 truncating one (KV prefix reuse) costs nothing; selecting rows copies them.
+
+`KVGraph.run` is one bound pass. `run_passes` plans every other input one way, rows ->
+chunks -> passes: prompts of several rows or with padding run row by row, long inputs in
+prefill chunks, several rows of several tokens after a past a token at a time.
 """
 
 from __future__ import annotations
@@ -96,8 +100,9 @@ class OnnxPast:
 class KVGraph:
     """An exported graph in an InferenceSession, run with its KV buffers bound in place.
 
-    Used by the engine and by `codeparrot export`'s checks (which have no model folder yet).
-    One pass at a time: buffers, their bindings and the logits buffers are reused across passes.
+    `run` is one pass; `run_passes` plans any other input into such passes, for the engine and
+    for `codeparrot export`'s checks (which have no model folder yet). One pass at a time:
+    buffers, their bindings and the logits buffers are reused across passes.
     """
 
     def __init__(self, path: Path, capacity: int, threads: int | None = None):
@@ -146,17 +151,18 @@ class KVGraph:
 
     def run(self, input_ids, past: OnnxPast | None, logits_to_keep: int = 1, attention_mask=None,
             position_ids=None):
-        """One pass; `attention_mask` and `position_ids` default to all ones and the positions
-        after the past. The graph reads a row's length from its mask (its tokens fill the start
-        of its cache row), and GroupQueryAttention takes several new tokens for one row at a
-        time, so prompts of several rows or with padding run row by row (`row_by_row`)."""
+        """Exactly one pass; `attention_mask` and `position_ids` default to all ones and the
+        positions after the past. The graph reads a row's length from its mask (its tokens fill
+        the start of its cache row), and GroupQueryAttention takes several new tokens for one row
+        at a time: an input that needs more than one pass is refused (`run_passes` plans those)."""
         flush_denormals_on_this_thread()
         batch, seq = input_ids.shape
         if logits_to_keep < 0:
             raise ValueError(f"logits_to_keep must be >= 0, got {logits_to_keep}")
         logits_to_keep = min(logits_to_keep, seq)   # (the graph would read a larger count from the end)
         if needs_rows(input_ids, attention_mask):
-            return self.row_by_row(input_ids, past, logits_to_keep, attention_mask, position_ids, self.run)
+            raise ValueError("several new tokens in several rows or after padding take one pass per row: "
+                             "run them through run_passes")
         if past is None:
             past = OnnxPast(self.new_buffer(batch), 0)
         total = past.length + seq
@@ -189,29 +195,6 @@ class KVGraph:
         io.bind_ortvalue_output(mf.ONNX_LOGITS, out[1])
         self.session.run_with_iobinding(io)
         return (out[0].copy() if small else out[0]), OnnxPast(past.buffer, total)
-
-    def row_by_row(self, input_ids, past: OnnxPast | None, logits_to_keep: int, attention_mask, position_ids,
-                   run_row):
-        """Prompts (padded on the left, if at all), each run alone by `run_row(ids, past, keep,
-        None, positions)` into its own row of one cache: row b's tokens then sit at positions
-        [0, length_b) and later passes (the same mask with ones appended) give each row its own
-        length. Positions default to 0, 1, ... from each row's first token; logits of padding
-        positions are zeros."""
-        batch, seq = input_ids.shape
-        if past is not None and past.length:
-            raise ValueError("several new tokens after a past run one row at a time (OnnxEngine.forward does), "
-                             "and padding is only supported in a batch's first pass (prompts padded on the left)")
-        real = (np.ones(input_ids.shape, bool) if attention_mask is None else attention_mask[:, -seq:].astype(bool))
-        if any(not r.any() or not r[int(np.argmax(r)):].all() for r in real):
-            raise ValueError("attention_mask: each row needs at least one token, and padding only on its left")
-        buffer = self.new_buffer(batch)
-        logits = np.zeros((batch, min(logits_to_keep, seq), self.vocab_size), np.float32)
-        for b in range(batch):
-            ids = input_ids[b:b + 1, real[b]]
-            positions = None if position_ids is None else position_ids[b:b + 1, real[b]]
-            got, _ = run_row(ids, OnnxPast(buffer.row(b), 0), min(logits_to_keep, ids.shape[1]), None, positions)
-            logits[b, logits.shape[1] - got.shape[1]:] = got[0]
-        return logits, OnnxPast(buffer, seq)
 
     def _binding(self, buffer: KVBuffer):
         """The buffer's IOBinding, its past and present bound once for every later pass."""
@@ -252,35 +235,8 @@ class OnnxEngine(Engine):
         return self._tokenizer
 
     def forward(self, input_ids, past, logits_to_keep=1, attention_mask=None, position_ids=None):
-        batch, seq = input_ids.shape
-        if past is None and needs_rows(input_ids, attention_mask):
-            return self.graph.row_by_row(input_ids, past, logits_to_keep, attention_mask, position_ids, self.forward)
-        if batch > 1 and past is not None and seq > 1:
-            # GroupQueryAttention runs several new tokens after a past only for one row.
-            return self._token_by_token(input_ids, past, logits_to_keep, attention_mask, position_ids)
-        chunk = self.prefill_chunk   # (several rows reach here only one token at a time)
-        if not chunk or seq <= chunk:
-            return self.graph.run(input_ids, past, logits_to_keep, attention_mask, position_ids)
-        past_len, first_kept = self.past_length(past), seq - logits_to_keep
-        pieces = []
-        for start in range(0, seq, chunk):
-            end = min(seq, start + chunk)
-            need = max(0, end - max(start, first_kept))   # 0: the chunk only fills the cache
-            logits, past = self.graph.run(input_ids[:, start:end], past, need,
-                                          *_columns(attention_mask, position_ids, past_len, start, end))
-            if need:
-                pieces.append(logits)
-        return (pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=1)), past
-
-    def _token_by_token(self, input_ids, past, logits_to_keep, attention_mask, position_ids):
-        seq, past_len = input_ids.shape[1], past.length
-        pieces = []
-        for t in range(seq):
-            logits, past = self.graph.run(input_ids[:, t:t + 1], past, 1,
-                                          *_columns(attention_mask, position_ids, past_len, t, t + 1))
-            if t >= seq - logits_to_keep:
-                pieces.append(logits)
-        return np.concatenate(pieces, axis=1), past
+        return run_passes(self.graph, input_ids, past, logits_to_keep, attention_mask, position_ids,
+                          self.prefill_chunk)
 
     def past_length(self, past) -> int:
         return 0 if past is None else past.length
@@ -339,3 +295,76 @@ def _columns(attention_mask, position_ids, past_len: int, start: int, end: int):
     """The mask and positions for input columns [start, end) after `past_len` (None stays None)."""
     return (None if attention_mask is None else attention_mask[:, : past_len + end],
             None if position_ids is None else position_ids[:, start:end])
+
+
+def run_passes(graph: KVGraph, input_ids, past: OnnxPast | None, logits_to_keep: int = 1, attention_mask=None,
+               position_ids=None, prefill_chunk: int = 0):
+    """Any input of `Engine.forward` as the single passes `graph.run` takes, planned one way:
+    rows (prompts of several rows or with padding, each alone into its own cache row), then
+    chunks (inputs longer than `prefill_chunk`, 0 = none, on top of the growing cache), then
+    one bound pass each. Several rows of several new tokens after a past run a token at a time."""
+    if logits_to_keep < 0:
+        raise ValueError(f"logits_to_keep must be >= 0, got {logits_to_keep}")
+    batch, seq = input_ids.shape
+    if needs_rows(input_ids, attention_mask) and (past is None or batch == 1):
+        return _rows(graph, input_ids, past, logits_to_keep, attention_mask, position_ids, prefill_chunk)
+    if batch > 1 and seq > 1:
+        # GroupQueryAttention runs several new tokens after a past only for one row.
+        return _token_by_token(graph, input_ids, past, logits_to_keep, attention_mask, position_ids)
+    return _chunks(graph, input_ids, past, logits_to_keep, attention_mask, position_ids, prefill_chunk)
+
+
+def _rows(graph: KVGraph, input_ids, past: OnnxPast | None, logits_to_keep: int, attention_mask, position_ids,
+          prefill_chunk: int):
+    """Prompts (padded on the left, if at all), each run alone (in chunks) into its own row of one
+    cache: row b's tokens then sit at positions [0, length_b) and later passes (the same mask with
+    ones appended) give each row its own length. Positions default to 0, 1, ... from each row's
+    first token; logits of padding positions are zeros."""
+    batch, seq = input_ids.shape
+    if past is not None and past.length:
+        raise ValueError("several new tokens after a past run one row at a time, and padding is only "
+                         "supported in a batch's first pass (prompts padded on the left)")
+    real = (np.ones(input_ids.shape, bool) if attention_mask is None else attention_mask[:, -seq:].astype(bool))
+    if any(not r.any() or not r[int(np.argmax(r)):].all() for r in real):
+        raise ValueError("attention_mask: each row needs at least one token, and padding only on its left")
+    buffer = graph.new_buffer(batch)
+    logits = np.zeros((batch, min(logits_to_keep, seq), graph.vocab_size), np.float32)
+    for b in range(batch):
+        ids = input_ids[b:b + 1, real[b]]
+        positions = None if position_ids is None else position_ids[b:b + 1, real[b]]
+        got, _ = _chunks(graph, ids, OnnxPast(buffer.row(b), 0), min(logits_to_keep, ids.shape[1]), None, positions,
+                         prefill_chunk)
+        logits[b, logits.shape[1] - got.shape[1]:] = got[0]
+    return logits, OnnxPast(buffer, seq)
+
+
+def _chunks(graph: KVGraph, input_ids, past: OnnxPast | None, logits_to_keep: int, attention_mask, position_ids,
+            prefill_chunk: int):
+    """One row's input in passes of at most `prefill_chunk` tokens (0: one pass); only the
+    passes that hold kept positions ask for logits."""
+    batch, seq = input_ids.shape
+    if not prefill_chunk or seq <= prefill_chunk:
+        return graph.run(input_ids, past, logits_to_keep, attention_mask, position_ids)
+    past_len, first_kept = 0 if past is None else past.length, seq - logits_to_keep
+    pieces = []
+    for start in range(0, seq, prefill_chunk):
+        end = min(seq, start + prefill_chunk)
+        need = max(0, end - max(start, first_kept))   # 0: the chunk only fills the cache
+        logits, past = graph.run(input_ids[:, start:end], past, need,
+                                 *_columns(attention_mask, position_ids, past_len, start, end))
+        if need:
+            pieces.append(logits)
+    if not pieces:
+        return np.zeros((batch, 0, graph.vocab_size), np.float32), past
+    return (pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=1)), past
+
+
+def _token_by_token(graph: KVGraph, input_ids, past: OnnxPast, logits_to_keep: int, attention_mask, position_ids):
+    seq, past_len = input_ids.shape[1], past.length
+    pieces = []
+    for t in range(seq):
+        logits, past = graph.run(input_ids[:, t:t + 1], past, 1,
+                                 *_columns(attention_mask, position_ids, past_len, t, t + 1))
+        if t >= seq - logits_to_keep:
+            pieces.append(logits)
+    return np.concatenate(pieces, axis=1), past

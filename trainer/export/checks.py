@@ -1,7 +1,8 @@
 """Checks run on an exported graph (helpers of trainer/export/__init__.py): parity with PyTorch,
 int8 quantization and its agreement with fp32, and the optional offline optimization.
 
-They run the graph the way the server does, through codeparrot_ls's `KVGraph`.
+They run the graph the way the server does, through codeparrot_ls's `KVGraph` and its pass planner
+(`run_passes`, without prefill chunks).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from codeparrot_ls.engine.onnx_engine import KVGraph
+from codeparrot_ls.engine.onnx_engine import KVGraph, run_passes
 from codeparrot_ls.engine.torch_engine import cache_keyword, output_cache
 
 
@@ -26,11 +27,11 @@ def check_parity(model, onnx_path: Path, ids: list[int], threads: int = 0, greed
     cache_arg = cache_keyword(model)
     # Prefill with all positions' logits (what perplexity evaluation asks for).
     ref = model(input_ids=t[:, :-1], use_cache=True)
-    got, past = graph.run(x[:, :-1], None, x.shape[1] - 1)
+    got, past = run_passes(graph, x[:, :-1], None, x.shape[1] - 1)
     prefill = float(np.abs(got - ref.logits.numpy()).max())
     # One decode step on top of the past.
     ref2 = model(input_ids=t[:, -1:], **{cache_arg: output_cache(ref)}, use_cache=True)
-    got2, _ = graph.run(x[:, -1:], past)
+    got2, _ = run_passes(graph, x[:, -1:], past)
     decode = float(np.abs(got2 - ref2.logits.numpy()[:, -1:]).max())
     # Left-padded batch (what batched evaluation sends): row 0 shorter, padded on the left,
     # then one decode step for both rows.
@@ -42,10 +43,10 @@ def check_parity(model, onnx_path: Path, ids: list[int], threads: int = 0, greed
     mask = np.ones((2, n), np.int64)
     mask[0, : n - short] = 0
     pos = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
-    got3, bpast = graph.run(rows, None, 1, mask, pos)
+    got3, bpast = run_passes(graph, rows, None, 1, mask, pos)
     nxt = np.array([[ids[short]], [ids[n]]], np.int64)
     mask2 = np.concatenate([mask, np.ones((2, 1), np.int64)], axis=1)
-    got4, _ = graph.run(nxt, bpast, 1, mask2, pos[:, -1:] + 1)
+    got4, _ = run_passes(graph, nxt, bpast, 1, mask2, pos[:, -1:] + 1)
     ref_short = model(input_ids=torch.tensor([ids[: short + 1]])).logits[:, -2:].numpy()
     ref_long = model(input_ids=torch.tensor([ids[: n + 1]])).logits[:, -2:].numpy()
     padded = float(max(np.abs(got3[0, -1] - ref_short[0, 0]).max(), np.abs(got3[1, -1] - ref_long[0, 0]).max(),
@@ -54,7 +55,7 @@ def check_parity(model, onnx_path: Path, ids: list[int], threads: int = 0, greed
     prompt = x[:, : max(1, len(ids) // 2)]
     ref_tokens, got_tokens = [], []
     out = model(input_ids=torch.from_numpy(prompt), use_cache=True, logits_to_keep=1)
-    logits, opast = graph.run(prompt, None)
+    logits, opast = run_passes(graph, prompt, None)
     cache = output_cache(out)
     for _ in range(greedy_steps):
         a, b = int(out.logits[0, -1].argmax()), int(logits[0, -1].argmax())
@@ -62,14 +63,14 @@ def check_parity(model, onnx_path: Path, ids: list[int], threads: int = 0, greed
         got_tokens.append(b)
         out = model(input_ids=torch.tensor([[a]]), **{cache_arg: cache}, use_cache=True)
         cache = output_cache(out)
-        logits, opast = graph.run(np.array([[b]], np.int64), opast)
+        logits, opast = run_passes(graph, np.array([[b]], np.int64), opast)
     return {"prompt_tokens": len(ids), "prefill_max_abs_diff": prefill, "decode_max_abs_diff": decode,
             "padded_max_abs_diff": padded, "greedy_equal": ref_tokens == got_tokens, "greedy_steps": greedy_steps}
 
 
 def _loss_and_top1(graph: KVGraph, ids: list[int]) -> tuple[float, np.ndarray]:
     x = np.array([ids], np.int64)
-    logits, _ = graph.run(x[:, :-1], None, x.shape[1] - 1)
+    logits, _ = run_passes(graph, x[:, :-1], None, x.shape[1] - 1)
     logits = logits[0].astype(np.float64)
     logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
     loss = float(np.mean(logz - logits[np.arange(len(ids) - 1), ids[1:]]))
@@ -99,10 +100,10 @@ def _time_graph(path: Path, capacity: int, ids: list[int], threads: int, steps: 
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
-        logits, past = graph.run(x, None)
+        logits, past = run_passes(graph, x, None)
         for _ in range(steps):
             nxt = np.array([[int(logits[0, -1].argmax())]], np.int64)
-            logits, past = graph.run(nxt, past)
+            logits, past = run_passes(graph, nxt, past)
         best = min(best, time.perf_counter() - t0)
     return best
 
