@@ -194,7 +194,7 @@ def step_variants(args, corpus: Path, tokenizer: Path) -> None:
 
     from trainer.pretraining.data import PackedDataset, shard_files
     from trainer.model import LanguageModelLoss, build_model
-    from trainer.pretrain import parameter_groups
+    from trainer.pretraining.setup import parameter_groups
 
     device = args.device
     data = PackedDataset(shard_files(corpus, "train"), tokenizer / TOKENIZER_FILE, args.seq_length,

@@ -15,7 +15,8 @@ from tokenizers import Tokenizer
 
 from trainer.pretraining import checkpoint as ckpt
 from trainer.model import build_model
-from trainer.pretrain import main, parameter_groups, perplexity
+from trainer.pretrain import main, perplexity
+from trainer.pretraining.setup import parameter_groups
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -234,7 +235,7 @@ def test_accelerate_launch_two_cpu_processes(tiny_corpus_dir, tiny_tokenizer_dir
 def test_shipped_configs_parse():
     import yaml
 
-    from trainer.pretrain import PretrainArguments, read_config
+    from trainer.pretraining.args import PretrainArguments, read_config
 
     for path in sorted((REPO / "configs" / "pretrain").glob("*.yaml")):
         PretrainArguments(**read_config(str(path)))  # every key is an argument
