@@ -1,9 +1,8 @@
 """The workspace index: the Python files under the editor's workspace folders and what each
 module defines (codeparrot_ls/definitions.py), built on a background thread.
 
-* What is indexed: `*.py` files under the roots, breadth first, skipping what `.gitignore`
-  files ignore, hidden folders, `__pycache__`, `node_modules`, `site-packages` /
-  `dist-packages` and virtual environments (a folder with `pyvenv.cfg` or `conda-meta`).
+* What is indexed: the `*.py` files under the roots that codeparrot_ls/workspace_files.py
+  lists (breadth first, without ignored, hidden, excluded folders and virtual environments).
   Bounded by a number of files, a byte budget (the sum of the files' sizes) and a size per
   file: the walk stops at the first two, a file over the third is skipped.
 * Kept per file: its module names, size and modification time, and its summary (definitions
@@ -22,20 +21,18 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import re
 import stat
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from codeparrot_ls.definitions import ModuleSummary, summarize
+from codeparrot_ls.workspace_files import python_files
 
 log = logging.getLogger(__name__)
 
-EXCLUDED_DIRS = frozenset({"__pycache__", "node_modules", "site-packages", "dist-packages"})
-VENV_MARKERS = ("pyvenv.cfg", "conda-meta")
 BUFFER_SETTLE_S = 0.5        # an edited open document is parsed once typing pauses this long
 
 
@@ -47,71 +44,6 @@ class IndexedFile:
     mtime_ns: int
     summary: ModuleSummary | None  # None: it does not parse
     is_package: bool
-
-
-# ----------------------------------------------------------------------------- .gitignore
-
-def _glob_regex(pattern: str) -> str:
-    out, i = [], 0
-    while i < len(pattern):
-        c = pattern[i]
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-            continue
-        if pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-            continue
-        if c == "*":
-            out.append("[^/]*")
-        elif c == "?":
-            out.append("[^/]")
-        elif c == "[":
-            j = pattern.find("]", i + 1)
-            if j < 0:
-                out.append(re.escape(c))
-            else:
-                body = pattern[i + 1:j].replace("\\", "\\\\")
-                out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
-                i = j
-        else:
-            out.append(re.escape(c))
-        i += 1
-    return "".join(out)
-
-
-def parse_gitignore(text: str, base: str) -> list[tuple[re.Pattern, bool, bool, str]]:
-    """Rules (regex, negated, directories only, base folder) of one .gitignore in `base`."""
-    rules = []
-    for raw in text.splitlines():
-        line = raw.rstrip()
-        if not line or line.startswith("#"):
-            continue
-        negate = line.startswith("!")
-        line = line[1:] if negate else line
-        line = line[1:] if line.startswith("\\") else line
-        dir_only = line.endswith("/")
-        line = line.rstrip("/")
-        if not line:
-            continue
-        anchored = "/" in line
-        body = _glob_regex(line.lstrip("/"))
-        regex = re.compile(("" if anchored else "(?:.*/)?") + body + "$")
-        rules.append((regex, negate, dir_only, base))
-    return rules
-
-
-def is_ignored(rules, path: str, is_dir: bool) -> bool:
-    """Git's rule: the last matching pattern decides (paths relative to each rule's folder)."""
-    ignored = False
-    for regex, negate, dir_only, base in rules:
-        if dir_only and not is_dir:
-            continue
-        rel = os.path.relpath(path, base).replace(os.sep, "/")
-        if not rel.startswith("../") and regex.match(rel):
-            ignored = not negate
-    return ignored
 
 
 # ----------------------------------------------------------------------------- module names
@@ -286,56 +218,10 @@ class WorkspaceIndex:
             self.bytes, self.truncated, self.build_ms = 0, None, None
             self.skipped = Counter()
         package_dirs: dict[str, bool] = {}
-        seen_dirs: set[tuple[int, int]] = set()
-        todo = deque((r, []) for r in roots)
-        while todo and self.truncated is None:
-            folder, rules = todo.popleft()
-            try:
-                st = os.stat(folder)
-                key = (st.st_dev, st.st_ino)
-                if key in seen_dirs:
-                    self.skipped["symlinkLoop"] += 1
-                    continue
-                seen_dirs.add(key)
-                with os.scandir(folder) as it:
-                    entries = sorted(it, key=lambda e: e.name)
-            except FileNotFoundError:
-                self.skipped["missingFolder"] += 1
-                continue
-            except OSError:
-                self.skipped["unreadableFolder"] += 1
-                continue
-            names = {e.name for e in entries}
-            if any(m in names for m in VENV_MARKERS):
-                self.skipped["excludedFolder"] += 1
-                continue
-            if ".gitignore" in names:
-                try:
-                    text = Path(folder, ".gitignore").read_text(encoding="utf-8", errors="replace")
-                    rules = [*rules, *parse_gitignore(text, folder)]
-                except OSError:
-                    pass
-            for e in entries:
-                try:
-                    is_dir = e.is_dir()
-                except OSError:
-                    self.skipped["unreadable"] += 1
-                    continue
-                if is_dir:
-                    if e.name.startswith(".") or e.name in EXCLUDED_DIRS:
-                        self.skipped["excludedFolder"] += 1
-                    elif rules and is_ignored(rules, e.path, True):
-                        self.skipped["ignored"] += 1
-                    else:
-                        todo.append((e.path, rules))
-                elif e.name.endswith(".py") and not e.name.startswith("."):
-                    if rules and is_ignored(rules, e.path, False):
-                        self.skipped["ignored"] += 1
-                    else:
-                        self._index_path(e.path, from_build=True, package_dirs=package_dirs)
-                        if self.truncated is not None:
-                            break
-            time.sleep(0)   # let request threads have the GIL between folders
+        for path in python_files(roots, self.skipped):
+            self._index_path(path, from_build=True, package_dirs=package_dirs)
+            if self.truncated is not None:
+                break
         with self._lock:
             self.state = "ready"
             self.build_ms = (time.perf_counter() - t0) * 1e3

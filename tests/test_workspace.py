@@ -15,7 +15,8 @@ from codeparrot_ls.context import ContextBuilder
 from codeparrot_ls.definitions import Binding, import_bindings, import_statements, resolve_relative, summarize
 from codeparrot_ls.repo_context import RepoContext
 from codeparrot_ls.settings import CompletionSettings
-from codeparrot_ls.workspace import WorkspaceIndex, is_ignored, module_names, parse_gitignore
+from codeparrot_ls.workspace import WorkspaceIndex, module_names
+from codeparrot_ls.workspace_files import is_ignored, parse_gitignore
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 
