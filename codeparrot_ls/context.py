@@ -26,26 +26,20 @@ tokenized separately)::
   codeparrot_ls/snippets.py; the server indexes a document when it is opened.
 * The window of lines kept around the cursor grows outward line by line (prefix first,
   then the suffix with its share `settings.suffix_share`; unused budget moves to the
-  other side). Token counts are per line and cached, so a request re-encodes only the
-  lines it has not seen before plus the final pieces once. When a document does not fit,
-  the prefix window keeps its first line from one request to the next while it fits
-  (`_grow_prefix`), so successive prompts while typing share everything but their end
-  (again for KV reuse).
+  other side), with cached per-line token counts; a prefix window keeps its first line
+  while typing (codeparrot_ls/fitting.py), again for KV reuse.
 """
 
 from __future__ import annotations
 
-import sys
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from codeparrot_ls import prompt as P
+from codeparrot_ls.fitting import TokenCounter, grow_prefix, grow_suffix
 from codeparrot_ls.settings import MIN_PROMPT_TOKENS
 from codeparrot_ls.snippets import SNIPPET_WINDOW_LINES, Snippet, SnippetIndex, format_snippet, identifiers, rank_snippets
 
-REFIT_SHARE = 0.9
-STICKY_MIN_SHARE = 0.75
 SUFFIX_ROOM_STEP = 64
 QUERY_LINES = 20
 # Stop looking for snippets when fewer tokens than this are left (two lines of code rarely fit).
@@ -54,50 +48,6 @@ MIN_SNIPPET_ROOM = 16
 # one or windows that do not fit are skipped, so the best 64 are more than enough.
 SNIPPET_CANDIDATES = 64
 
-
-# ----------------------------------------------------------------------------- token counts
-
-class TokenCounter:
-    """Token counts of single lines, cached (lines repeat across requests while typing).
-
-    The cache is bounded in bytes, not entries: its keys are whole lines, and a line can be
-    long (up to a document window, see `ContextBuilder.window`). When full it starts over.
-    """
-
-    def __init__(self, tokenizer, max_bytes: int = 4 << 20):
-        self.tokenizer = tokenizer
-        self.max_bytes = max_bytes
-        self.bytes = 0
-        self._counts: dict[str, int] = {}
-        self._lock = threading.Lock()
-
-    def counts(self, pieces: Sequence[str]) -> list[int]:
-        with self._lock:
-            known = [self._counts.get(p) for p in pieces]
-        missing = list(dict.fromkeys(p for p, c in zip(pieces, known) if c is None))
-        if not missing:
-            return known
-        encoded = self.tokenizer.encode_batch(missing, add_special_tokens=False)
-        found = {p: len(e.ids) for p, e in zip(missing, encoded)}
-        size = sum(map(_entry_bytes, missing))
-        with self._lock:
-            if self.bytes + size > self.max_bytes:
-                self._counts.clear()
-                self.bytes = 0
-            if size <= self.max_bytes:
-                self._counts.update(found)
-                self.bytes += size
-        return [found[p] if c is None else c for p, c in zip(pieces, known)]
-
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False).ids if text else []
-
-
-def _entry_bytes(key: str) -> int:
-    return sys.getsizeof(key) + 64    # + the dict slot and the count
-
-
-# ----------------------------------------------------------------------------- the context
 
 @dataclass
 class PromptContext:
@@ -141,8 +91,6 @@ class ContextBuilder:
         if self.eos_id is None:
             raise ValueError("the tokenizer has no end-of-text token: prompts could not start like training documents")
         self.quality_id = self.special_ids.get(P.BEST_QUALITY_TOKEN) if self.quality_conditioning else None
-        # No token covers more characters than its longest spelling (byte-level BPE: bytes >= characters).
-        self.max_token_chars = max(map(len, self.tokenizer.get_vocab(with_added_tokens=False)), default=1)
 
     def prompt_budget(self, settings) -> int:
         """Tokens of document text at most in a prompt: `context_tokens`, within what the model
@@ -158,9 +106,9 @@ class ContextBuilder:
         cursor, and a token covers at most `max_token_chars` characters, so nothing further
         away can matter: a request then costs the same on a 10 MB line or a 200,000-line
         document as on a small file. (The window holds more tokens than the budget on each
-        side it cuts, so the growth below never reaches a cut edge and takes it for the
-        document's start or end.)"""
-        reach = (self.prompt_budget(settings) + 1) * self.max_token_chars
+        side it cuts, so the lines `build` grows around the cursor never reach a cut edge
+        and take it for the document's start or end.)"""
+        reach = (self.prompt_budget(settings) + 1) * self.counter.max_token_chars
         start = max(0, offset - reach)
         return text[start:offset + reach], start
 
@@ -176,7 +124,7 @@ class ContextBuilder:
         """The context at `offset` (on `line`), for a FIM prompt (when the model has FIM
         tokens) or a left-to-right one (`use_fim`: `PromptBuilder` decides it per request).
         With `uri`, the window's first line is kept from the previous request on the same
-        document while it fits (see `_grow_prefix`). `repo` (a
+        document while it fits (see `fitting.grow_prefix`). `repo` (a
         codeparrot_ls.repo_context.RepoContext) adds the workspace's definitions and windows
         when `settings.workspace_context` is on; it reads the whole `document` (its imports)
         when `text` is a `window` of it."""
@@ -210,123 +158,23 @@ class ContextBuilder:
 
         suffix_budget = int(budget * settings.suffix_share) if use_fim else 0
         sticky = self._sticky.get(uri) if uri is not None else None
-        prefix_text, prefix_ids, start_line, p_done = self._grow_prefix(
-            text, offset, line_start, line, budget - suffix_budget, sticky)
+        prefix_text, prefix_ids, start_line, p_done = grow_prefix(
+            self.counter, text, offset, line_start, line, budget - suffix_budget, sticky)
         suffix_text, suffix_ids, end_line = "", [], line
         if use_fim:
             room = suffix_budget
             if p_done:  # the suffix may use what the prefix left, in steps (a stable suffix)
                 room = max(suffix_budget, (budget - len(prefix_ids)) // SUFFIX_ROOM_STEP * SUFFIX_ROOM_STEP)
-            suffix_text, suffix_ids, end_line, s_done = self._grow_suffix(text, offset, line_end, line, room)
+            suffix_text, suffix_ids, end_line, s_done = grow_suffix(self.counter, text, offset, line_end, line, room)
             if s_done and not p_done and len(prefix_ids) + len(suffix_ids) < budget:
-                prefix_text, prefix_ids, start_line, _ = self._grow_prefix(
-                    text, offset, line_start, line, budget - len(suffix_ids), sticky)
+                prefix_text, prefix_ids, start_line, _ = grow_prefix(
+                    self.counter, text, offset, line_start, line, budget - len(suffix_ids), sticky)
         if uri is not None:
             if len(self._sticky) > 256:
                 self._sticky.clear()
             self._sticky[uri] = start_line
         return PromptContext(prefix_text, suffix_text, prefix_ids, suffix_ids, head_ids, layout,
                              self.special_ids, snippets, start_line, end_line, definitions)
-
-    # -- prefix / suffix growth ------------------------------------------------------
-
-    def _grow_prefix(self, text, offset, line_start, line, budget, sticky_line=None):
-        """Lines above the cursor, nearest first, while they fit. Returns
-        (text, ids, first line, whether the document start was reached).
-
-        When the document does not fit, a fresh window fills only `REFIT_SHARE` of the
-        budget, and the next request keeps the same first line (`sticky_line`) while it
-        still fits and fills at least `STICKY_MIN_SHARE`: typing then only appends to the
-        prompt, for many characters in a row, instead of moving its start every few tokens.
-        """
-        head = text[line_start:offset]
-        if self._too_long(head, budget):  # one huge line: keep its end
-            head, ids = self._fit_chars(head, budget, keep_end=True)
-            return head, ids, line, False
-        cum = [self.counter.counts([head])[0]]   # cum[k]: tokens with k lines above
-        starts = [line_start]
-        done = line_start == 0
-        while not done and cum[-1] <= budget:
-            batch, p = [], starts[-1]
-            while p > 0 and len(batch) < 64:  # count lines in batches: one tokenizer call each
-                s = text.rfind("\n", 0, p - 1) + 1
-                batch.append((s, text[s:p]))
-                p = s
-            for (s, _), c in zip(batch, self.counter.counts([b for _, b in batch])):
-                cum.append(cum[-1] + c)
-                starts.append(s)
-                if cum[-1] > budget:
-                    break
-            done = starts[-1] == 0 and cum[-1] <= budget
-        if done:
-            n_above = len(cum) - 1
-        else:
-            fit = max(k for k in range(len(cum)) if cum[k] <= budget)
-            k_sticky = None if sticky_line is None else line - sticky_line
-            if k_sticky is not None and 0 <= k_sticky <= fit and cum[k_sticky] >= STICKY_MIN_SHARE * budget:
-                n_above = k_sticky
-            else:
-                n_above = max(k for k in range(fit + 1) if k == 0 or cum[k] <= REFIT_SHARE * budget)
-        pos = starts[n_above]
-        prefix = text[pos:offset]
-        ids = self.counter.encode(prefix)
-        while len(ids) > budget and pos < line_start:  # per-line counts are an estimate
-            pos = text.find("\n", pos) + 1
-            n_above -= 1
-            prefix = text[pos:offset]
-            ids = self.counter.encode(prefix)
-        return prefix, ids, line - n_above, done
-
-    def _grow_suffix(self, text, offset, line_end, line, budget):
-        """Lines below the cursor while they fit. Returns (text, ids, last line, end reached)."""
-        if budget <= 0:
-            return "", [], line, offset == len(text)
-        tail = text[offset:line_end]
-        if self._too_long(tail, budget):
-            tail, ids = self._fit_chars(tail, budget, keep_end=False)
-            return tail, ids, line, False
-        used = self.counter.counts([tail])[0]
-        pos, n_below, done = line_end, 0, line_end >= len(text)
-        while not done:
-            batch, p = [], pos
-            while p < len(text) and len(batch) < 64:
-                e = text.find("\n", p + 1)
-                e = len(text) if e < 0 else e
-                batch.append((e, text[p:e]))  # "\n" + the next line
-                p = e
-            stop = False
-            for (e, piece), c in zip(batch, self.counter.counts([b for _, b in batch])):
-                if used + c > budget:
-                    stop = True
-                    break
-                used += c
-                pos, n_below = e, n_below + 1
-            done = pos >= len(text)
-            if stop:
-                break
-        suffix = text[offset:pos]
-        ids = self.counter.encode(suffix)
-        while len(ids) > budget and pos > line_end:
-            pos = text.rfind("\n", 0, pos)
-            n_below -= 1
-            suffix = text[offset:pos]
-            ids = self.counter.encode(suffix)
-        return suffix, ids, line + n_below, done
-
-    def _too_long(self, piece: str, budget: int) -> bool:
-        # More characters than `budget` tokens can cover need no tokenizing to know.
-        return len(piece) > budget * self.max_token_chars or self.counter.counts([piece])[0] > budget
-
-    def _fit_chars(self, piece: str, budget: int, keep_end: bool) -> tuple[str, list[int]]:
-        """The longest end (or start) of one long line that fits `budget` tokens, cut at a
-        character (never inside a UTF-8 sequence)."""
-        n = min(len(piece), budget * 4)
-        while True:
-            cut = piece[len(piece) - n:] if keep_end else piece[:n]
-            ids = self.counter.encode(cut)
-            if len(ids) <= budget or n == 0:
-                return cut, ids
-            n = min(n - 1, n * budget // len(ids))
 
     # -- other documents ---------------------------------------------------------------
 

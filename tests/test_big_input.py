@@ -20,7 +20,8 @@ import pytest
 from lsprotocol import types as T
 
 from codeparrot_ls import prompt as P
-from codeparrot_ls.context import ContextBuilder, TokenCounter
+from codeparrot_ls.context import ContextBuilder
+from codeparrot_ls.fitting import TokenCounter
 from codeparrot_ls.engine.onnx_engine import DEFAULT_PREFILL_CHUNK
 from codeparrot_ls.positions import line_start, locate
 from codeparrot_ls.settings import CompletionSettings
@@ -79,7 +80,7 @@ def test_a_window_is_bounded_by_the_budget_not_the_document(builder):
     settings = CompletionSettings(context_tokens=256)
     doc = "y = 1\n" * 2_000_000
     view, start = builder.window(doc, len(doc) // 2, settings)
-    assert len(view) <= 2 * (256 + 1) * builder.max_token_chars
+    assert len(view) <= 2 * (256 + 1) * builder.counter.max_token_chars
     assert start > 0
 
 
