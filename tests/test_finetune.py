@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from conftest import SAMPLE_MODULES, STDLIB
 from codeparrot_ls.status import DEFAULT_MODEL_DIR
 from trainer.pretraining import checkpoint as ckpt
 from trainer.finetune import main
-from trainer.finetune.data import DataError, build_finetune_corpus, split_held_out
+from trainer.finetune.data import DataError, _read_records, build_finetune_corpus, build_general_set, split_held_out
 
 # Real modules that none of the fixtures trains its tokenizer on.
 OWN_CODE = ["bisect.py", "colorsys.py", "calendar.py", "gzip.py", "sched.py", "queue.py", "netrc.py", "base64.py"]
@@ -59,6 +60,26 @@ def test_a_near_duplicate_is_never_on_both_sides(tmp_path):
     again = build_finetune_corpus([str(source)], tmp_path / "corpus2", 0.3, seed=0)
     assert again["held_out"]["paths"] == first["held_out"]["paths"]
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_replay_mixes_in_general_code_but_never_the_general_set(tmp_path):
+    source = copy_modules(tmp_path / "src", OWN_CODE)
+    summary = build_finetune_corpus([str(source)], tmp_path / "corpus", 0.2, seed=0, replay=0.5)
+    train = _read_records(tmp_path / "corpus", "train")
+    own = {r["hash"] for r in train if re.match(r"m\d+_", r["path"])}
+    replayed = [r for r in train if r["hash"] not in own]
+    assert len(own) == summary["train"]["files"] and len(replayed) == summary["replay"]["files"] > 0
+    # Half the training bytes (the last file drawn may overshoot by at most its own size).
+    assert summary["train"]["bytes"] <= summary["replay"]["bytes"] < summary["train"]["bytes"] + \
+        max(r["size"] for r in replayed)
+    assert [r["path"] for r in train[:3]] != sorted(r["path"] for r in train)[:3]   # shuffled in, not appended
+    build_general_set(tmp_path / "general", 1000)
+    general = {r["hash"] for r in _read_records(tmp_path / "general", "valid")}
+    assert general and not general & {r["hash"] for r in replayed}
+    again = build_finetune_corpus([str(source)], tmp_path / "corpus2", 0.2, seed=0, replay=0.5)
+    assert again["replay"] == summary["replay"]
+    assert [r["hash"] for r in _read_records(tmp_path / "corpus2", "train")] == [r["hash"] for r in train]
+    assert build_finetune_corpus([str(source)], tmp_path / "corpus3", 0.2, seed=0)["replay"]["files"] == 0
 
 
 @pytest.fixture(scope="module")

@@ -12,12 +12,15 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import random
 import shutil
 from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
-from trainer.corpus import CorpusArgs, build_corpus
-from trainer.corpus.filters import uniform_draw
-from trainer.corpus.sources import default_source, resolve_source
+from trainer.corpus import CorpusArgs, CorpusBuilder, build_corpus
+from trainer.corpus.filters import content_hash, uniform_draw
+from trainer.corpus.sources import Item, default_source, resolve_source
+from trainer.corpus.writer import SplitWriter
 
 # The share of the standard library the corpus stage puts in its valid split by default:
 # with the same rule (the draw on the content hash), the files no default model trained on.
@@ -62,9 +65,12 @@ def _why_nothing(stats: dict, specs: list[str]) -> str:
     return f"{stats['seen']} file(s) in {where}, {stats['kept']} kept by the corpus filters ({dropped})"
 
 
-def build_finetune_corpus(specs: list[str], output: Path, fraction: float, seed: int) -> dict:
+def build_finetune_corpus(specs: list[str], output: Path, fraction: float, seed: int, replay: float = 0.0) -> dict:
     """Corpus stage over `specs` into `output` (train-* and held-out valid-* shards, stats.json,
-    held_out.json). Written in a temporary folder renamed at the end: nothing half-written."""
+    held_out.json). Written in a temporary folder renamed at the end: nothing half-written.
+
+    `replay` is the share of the training bytes drawn from general code (`replay_records`),
+    shuffled in among the user's files."""
     sources = [resolve_source(s) for s in specs]  # SourceError: a missing path, said before any work
     tmp = output.with_name(".tmp-" + output.name)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -78,13 +84,21 @@ def build_finetune_corpus(specs: list[str], output: Path, fraction: float, seed:
         train, held = split_held_out(records, fraction, seed)
         for shard in tmp.glob("*-*.jsonl.gz"):
             shard.unlink()
-        _write_shard(tmp / "train-00000.jsonl.gz", train)
+        mixed = train
+        if replay > 0:
+            target = int(replay / (1 - replay) * sum(r["size"] for r in train))
+            extra = replay_records(target, seed, tmp / "replay")
+            mixed = train + extra
+            random.Random(f"replay-{seed}").shuffle(mixed)
+        _write_shard(tmp / "train-00000.jsonl.gz", mixed)
         _write_shard(tmp / "valid-00000.jsonl.gz", held)
         summary = {"sources": specs, "seed": seed, "fraction": fraction, "files_seen": stats["seen"],
                    "files_kept": len(records), "dropped": {k: v for k, v in stats["dropped"].items() if v},
                    "train": {"files": len(train), "bytes": sum(r["size"] for r in train)},
                    "held_out": {"files": len(held), "bytes": sum(r["size"] for r in held),
-                                "paths": [r.get("path") for r in held]}}
+                                "paths": [r.get("path") for r in held]},
+                   "replay": {"share": replay, "files": len(mixed) - len(train),
+                              "bytes": sum(r["size"] for r in mixed) - sum(r["size"] for r in train)}}
         (tmp / "held_out.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
         shutil.rmtree(output, ignore_errors=True)
         os.rename(tmp, output)
@@ -93,31 +107,56 @@ def build_finetune_corpus(specs: list[str], output: Path, fraction: float, seed:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def build_general_set(output: Path, limit: int) -> dict:
-    """The standard library's valid split as the corpus stage draws it (the same filters), at
-    most `limit` files: general Python that no default model trained on, to catch forgetting."""
-    from trainer.corpus import CorpusBuilder
-    from trainer.corpus.filters import content_hash
-    from trainer.corpus.writer import SplitWriter
+def _stdlib_items(valid: bool) -> Iterator[Item]:
+    """The standard library's files in the corpus stage's valid split (or its train split, the
+    files every default model trained on), drawn by the same rule on the content hash."""
+    for item in resolve_source(default_source()).items(CorpusArgs(output="").max_bytes):
+        if item.reason is not None:
+            continue
+        data = item.data if item.data is not None else item.content.encode("utf-8")
+        if (uniform_draw(0, "split", content_hash(item.content, data)) < GENERAL_VALID_FRACTION) == valid:
+            yield item
 
+
+def _filtered(output: Path, split: str, items: Iterable[Item], stop: Callable[[CorpusBuilder], bool]) -> int:
+    """`items` through the corpus filters into `output`'s `split` shards (arrival order) until
+    `stop`; written in a temporary folder renamed at the end. Returns the files kept."""
     tmp = output.with_name(".tmp-" + output.name)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     args = CorpusArgs(output=str(tmp), progress=False)
-    builder, writer = CorpusBuilder(args), SplitWriter(tmp, 1.0, args.shard_records, shuffle_buckets=0)
+    builder, writer = CorpusBuilder(args), SplitWriter(tmp, float(split == "valid"), args.shard_records, shuffle_buckets=0)
     try:
-        for item in resolve_source(default_source()).items(args.max_bytes):
-            if item.reason is not None:
-                continue
-            data = item.data if item.data is not None else item.content.encode("utf-8")
-            if uniform_draw(0, "split", content_hash(item.content, data)) >= GENERAL_VALID_FRACTION:
-                continue
+        for item in items:
             builder.add(item, writer)
-            if builder.kept >= limit:
+            if stop(builder):
                 break
         writer.close()
         shutil.rmtree(output, ignore_errors=True)
         os.rename(tmp, output)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"files": builder.kept, "source": f"{default_source()} (valid split)"}
+    return builder.kept
+
+
+def build_general_set(output: Path, limit: int) -> dict:
+    """The standard library's valid split as the corpus stage draws it (the same filters), at
+    most `limit` files: general Python that no default model trained on, to catch forgetting."""
+    kept = _filtered(output, "valid", _stdlib_items(valid=True), lambda b: b.kept >= limit)
+    return {"files": kept, "source": f"{default_source()} (valid split)"}
+
+
+def replay_records(target_bytes: int, seed: int, scratch: Path) -> list[dict]:
+    """About `target_bytes` of the standard library's train split, in a seeded draw: general
+    code the starting model already learned, mixed into fine-tuning so it is not forgotten.
+    Never a file of the general set, which measures the forgetting."""
+    def rank(item) -> float:
+        data = item.data if item.data is not None else item.content.encode("utf-8")
+        return uniform_draw(seed, "replay", content_hash(item.content, data))
+
+    items = sorted(_stdlib_items(valid=False), key=rank)
+    _filtered(scratch, "train", items, lambda b: b.bytes_out >= target_bytes)
+    try:
+        return _read_records(scratch, "train")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
