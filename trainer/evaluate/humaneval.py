@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,7 @@ import numpy as np
 from codeparrot_ls.engine import Decoder, GenerationRequest
 from codeparrot_ls.prompt import HUMANEVAL_STOP_SEQUENCES
 from codeparrot_ls.prompt_builder import PromptBuilder
-from trainer.sandbox import SandboxLimits, SandboxUnavailable, isolation, check_solution
+from trainer.sandbox import Isolation, SandboxLimits, SandboxUnavailable, isolation, check_solution
 
 PASS_AT_K = (1, 10, 100)
 
@@ -123,82 +124,79 @@ class SampleJournal:
             f.write(json.dumps(record) + "\n")
 
 
-def evaluate_humaneval(engine, num_samples: int = 1, temperatures: Sequence[float] = (0.0,), top_p: float = 0.95,
-                       max_new_tokens: int = 256, batch_size: int = 10, seed: int = 0, limit: int | None = None,
-                       workers: int = 2, timeout_s: float = 3.0, memory_mb: int = 2048,
-                       healing: bool = True, journal_path: str | Path | None = None,
-                       identity: dict | None = None, allow_unsandboxed: bool = False) -> dict:
-    """pass@k of `engine`; with `journal_path`, samples are journaled there and a rerun resumes."""
-    if num_samples < 1 or batch_size < 1 or workers < 1:
-        raise ValueError("--num-samples, --batch-size and --workers must be >= 1")
-    problems = load_problems(limit)
-    builder, decoder = PromptBuilder.for_engine(engine), Decoder(engine)
-    limits = SandboxLimits(timeout_s=timeout_s, memory_mb=memory_mb)
+def require_isolation(allow_unsandboxed: bool):
+    """The sandbox's isolation; without a kernel boundary, refused unless the caller allows it."""
     iso = isolation()
     if not iso.boundary:
         if not allow_unsandboxed:
             raise SandboxUnavailable(f"{iso.describe()['warning']}. Refusing to run model-written code; "
                                      "pass --allow-unsandboxed to run it anyway.")
         print(f"WARNING: {iso.describe()['warning']}", file=sys.stderr)
-    journal = None
-    if journal_path is not None:
-        journal = SampleJournal(journal_path, {**(identity or {}), "top_p": top_p, "max_new_tokens": max_new_tokens,
-                                               "batch_size": batch_size, "seed": seed, "token_healing": healing,
-                                               "timeout_s": timeout_s, "memory_mb": memory_mb})
-    results, samples = {}, []
-    gen_seconds, resumed = 0.0, 0
-    start = time.monotonic()
+    return iso
 
-    def finish(record: dict, res) -> dict:
+
+@dataclass
+class Sampler:
+    """Draws a problem's completions and hands each to the pool to be checked in the sandbox."""
+    decoder: Decoder
+    builder: PromptBuilder
+    pool: ThreadPoolExecutor
+    limits: SandboxLimits
+    iso: Isolation
+    allow_unsandboxed: bool
+    journal: SampleJournal | None
+    top_p: float
+    max_new_tokens: int
+    batch_size: int
+    seed: int
+    healing: bool
+    resumed: int = 0                # samples taken from the journal
+    generation_seconds: float = 0.0
+
+    def sample(self, problem: dict, temperature: float, n: int) -> list[Future]:
+        """Futures of the problem's `n` finished records at `temperature`: the journal's as they
+        are, the others generated from the first incomplete chunk (its seed reproduces it)."""
+        have = self.journal.done(problem["task_id"], temperature) if self.journal else {}
+        futures = [_done_future(have[i]) for i in sorted(have)[:n]]
+        self.resumed += len(futures)
+        missing = [i for i in range(n) if i not in have]
+        if not missing:
+            return futures
+        done = missing[0] // self.batch_size * self.batch_size
+        built = problem_prompt(self.builder, problem["prompt"], self.max_new_tokens, self.healing)
+        required = built.required_prefix
+        t0 = time.monotonic()
+        while done < n:
+            take = min(self.batch_size, n - done)
+            request = GenerationRequest(
+                prompt_ids=built.ids, max_new_tokens=self.max_new_tokens + built.n_healed, temperature=temperature,
+                top_p=self.top_p, num_samples=take, seed=chunk_seed(self.seed, temperature, problem["task_id"], done),
+                stop=HUMANEVAL_STOP_SEQUENCES, required_prefix=required)
+            for k, gen in enumerate(self.decoder.generate(request)[:take]):
+                if done + k in have:
+                    continue
+                text = gen.text[len(required):] if gen.text.startswith(required) else gen.text
+                record = {"task_id": problem["task_id"], "temperature": temperature, "index": done + k,
+                          "completion": text, "finish_reason": gen.finish_reason}
+                futures.append(self.pool.submit(self.check, record, problem, text))
+            done += take
+        self.generation_seconds += time.monotonic() - t0
+        return futures
+
+    def check(self, record: dict, problem: dict, completion: str) -> dict:
+        """The record with the sandbox's verdict, journaled."""
+        res = check_completion(problem, completion, self.limits, self.iso, self.allow_unsandboxed)
         record["status"] = res.status
         if not res.passed:
             record["error"] = res.stderr.strip().splitlines()[-1][-200:] if res.stderr.strip() else ""
-        if journal is not None:
-            journal.add(record)
+        if self.journal is not None:
+            self.journal.add(record)
         return record
 
-    pool = ThreadPoolExecutor(max_workers=workers)
-    try:
-        jobs = []  # (temperature index, problem index, future of the finished record)
-        for ti, temperature in enumerate(temperatures):
-            n = num_samples if temperature > 0 else 1
-            for pi, problem in enumerate(problems):
-                have = journal.done(problem["task_id"], temperature) if journal else {}
-                for i in sorted(have)[:n]:
-                    jobs.append((ti, pi, _done_future(have[i])))
-                    resumed += 1
-                # Resume at the start of the first incomplete chunk: its seed reproduces it.
-                missing = [i for i in range(n) if i not in have]
-                if not missing:
-                    continue
-                done = missing[0] // batch_size * batch_size
-                built = problem_prompt(builder, problem["prompt"], max_new_tokens, healing)
-                ids, required = built.ids, built.required_prefix
-                t0 = time.monotonic()
-                while done < n:
-                    take = min(batch_size, n - done)
-                    request = GenerationRequest(
-                        prompt_ids=ids, max_new_tokens=max_new_tokens + built.n_healed, temperature=temperature,
-                        top_p=top_p,
-                        num_samples=take, seed=chunk_seed(seed, temperature, problem["task_id"], done),
-                        stop=HUMANEVAL_STOP_SEQUENCES, required_prefix=required)
-                    for k, gen in enumerate(decoder.generate(request)[:take]):
-                        if done + k in have:
-                            continue
-                        text = gen.text[len(required):] if gen.text.startswith(required) else gen.text
-                        record = {"task_id": problem["task_id"], "temperature": temperature, "index": done + k,
-                                  "completion": text, "finish_reason": gen.finish_reason}
-                        future = pool.submit(lambda r=record, p=problem, c=text: finish(
-                            r, check_completion(p, c, limits, iso, allow_unsandboxed)))
-                        jobs.append((ti, pi, future))
-                    done += take
-                gen_seconds += time.monotonic() - t0
-        finished = [(ti, pi, f.result()) for ti, pi, f in jobs]
-    finally:
-        # On an interrupt, drop the programs not started yet instead of running them all.
-        pool.shutdown(wait=True, cancel_futures=True)
-    samples = [r for _, _, r in finished]
-    seconds = time.monotonic() - start
+
+def score(finished: list[tuple[int, int, dict]], temperatures: Sequence[float], problems: list[dict]) -> dict:
+    """pass@k and counts per temperature from (temperature index, problem index, record)."""
+    results = {}
     for ti, temperature in enumerate(temperatures):
         correct = [0] * len(problems)
         total = [0] * len(problems)
@@ -215,13 +213,47 @@ def evaluate_humaneval(engine, num_samples: int = 1, temperatures: Sequence[floa
             "timeouts": statuses.count("timeout"),
             "per_problem_correct": {p["task_id"]: c for p, c in zip(problems, correct)},
         }
-    return {"results": results, "samples": samples,
+    return results
+
+
+def evaluate_humaneval(engine, num_samples: int = 1, temperatures: Sequence[float] = (0.0,), top_p: float = 0.95,
+                       max_new_tokens: int = 256, batch_size: int = 10, seed: int = 0, limit: int | None = None,
+                       workers: int = 2, timeout_s: float = 3.0, memory_mb: int = 2048,
+                       healing: bool = True, journal_path: str | Path | None = None,
+                       identity: dict | None = None, allow_unsandboxed: bool = False) -> dict:
+    """pass@k of `engine`; with `journal_path`, samples are journaled there and a rerun resumes."""
+    if num_samples < 1 or batch_size < 1 or workers < 1:
+        raise ValueError("--num-samples, --batch-size and --workers must be >= 1")
+    problems = load_problems(limit)
+    iso = require_isolation(allow_unsandboxed)
+    journal = None
+    if journal_path is not None:
+        journal = SampleJournal(journal_path, {**(identity or {}), "top_p": top_p, "max_new_tokens": max_new_tokens,
+                                               "batch_size": batch_size, "seed": seed, "token_healing": healing,
+                                               "timeout_s": timeout_s, "memory_mb": memory_mb})
+    start = time.monotonic()
+    pool = ThreadPoolExecutor(max_workers=workers)
+    sampler = Sampler(Decoder(engine), PromptBuilder.for_engine(engine), pool,
+                      SandboxLimits(timeout_s=timeout_s, memory_mb=memory_mb), iso, allow_unsandboxed, journal,
+                      top_p, max_new_tokens, batch_size, seed, healing)
+    try:
+        jobs = []  # (temperature index, problem index, future of the finished record)
+        for ti, temperature in enumerate(temperatures):
+            for pi, problem in enumerate(problems):
+                futures = sampler.sample(problem, temperature, num_samples if temperature > 0 else 1)
+                jobs += [(ti, pi, f) for f in futures]
+        finished = [(ti, pi, f.result()) for ti, pi, f in jobs]
+    finally:
+        # On an interrupt, drop the programs not started yet instead of running them all.
+        pool.shutdown(wait=True, cancel_futures=True)
+    seconds = time.monotonic() - start
+    return {"results": score(finished, temperatures, problems), "samples": [r for _, _, r in finished],
             "settings": {"num_samples": num_samples, "temperatures": list(temperatures), "top_p": top_p,
                          "max_new_tokens": max_new_tokens, "batch_size": batch_size, "seed": seed,
                          "problems": len(problems), "limit": limit, "workers": workers, "timeout_s": timeout_s,
                          "memory_mb": memory_mb, "token_healing": healing,
                          "stop": list(HUMANEVAL_STOP_SEQUENCES)},
             "sandbox": iso.describe(),
-            "resumed_samples": resumed, "journal": str(journal_path) if journal_path else None,
-            "timings": {"seconds": seconds, "generation_seconds": gen_seconds,
-                        "execution_wait_seconds": seconds - gen_seconds}}
+            "resumed_samples": sampler.resumed, "journal": str(journal_path) if journal_path else None,
+            "timings": {"seconds": seconds, "generation_seconds": sampler.generation_seconds,
+                        "execution_wait_seconds": seconds - sampler.generation_seconds}}

@@ -104,12 +104,7 @@ def export_onnx(model, path: Path, opset: int) -> float:
     return time.perf_counter() - t0
 
 
-def run(args: ExportArgs) -> dict:
-    import onnx
-
-    from trainer.export import checks
-    from trainer.export import graph as eg
-
+def check_args(args: ExportArgs) -> None:
     ckpt, out = Path(args.checkpoint), Path(args.output)
     check_checkpoint(ckpt)
     if args.eval_file and not Path(args.eval_file).is_file():
@@ -118,85 +113,106 @@ def run(args: ExportArgs) -> dict:
         raise ExportError(f"--opset {args.opset}: at least 24 is needed (TensorScatter writes the last layer's cache)")
     if out.resolve() == ckpt.resolve():
         raise ExportError("--output must differ from --checkpoint")
-    model = load_checkpoint(ckpt)
+
+
+def load_tokenizer(ckpt: Path, model):
+    """The checkpoint's tokenizer, refused if it has more tokens than the model has rows."""
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(ckpt / mf.TOKENIZER_FILE))
-    vocab = tok.get_vocab(with_added_tokens=True)
     if tok.get_vocab_size() > model.config.vocab_size:
         raise ExportError(f"tokenizer has {tok.get_vocab_size()} tokens but the model only {model.config.vocab_size} rows")
+    return tok
 
-    out.mkdir(parents=True, exist_ok=True)
-    fp32_path = out / mf.ONNX_FP32_FILE
-    tmp_path = out / (mf.ONNX_FP32_FILE + ".tmp")
-    secs = export_onnx(model, tmp_path, args.opset)
+
+def write_checked_graph(model, path: Path, opset: int, name: str) -> None:
+    """The graph (to be published as `name`) written to `path` and accepted by onnx.checker
+    (else removed)."""
+    import onnx
+
+    secs = export_onnx(model, path, opset)
     try:
-        onnx.checker.check_model(str(tmp_path))
+        onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as e:
-        tmp_path.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
         raise ParityError(f"onnx.checker rejected the exported graph: {e}") from e
-    print(f"exported {fp32_path.name} in {secs:.1f} s; onnx.checker ok")
+    print(f"exported {name} in {secs:.1f} s; onnx.checker ok")
 
+
+def parity_ids(args: ExportArgs, tok, n_positions: int) -> list[int]:
+    """The token ids of the text the checks run on (--eval_file, else a stdlib module)."""
     try:
         text = Path(args.eval_file).read_text(encoding="utf-8") if args.eval_file else default_eval_text()
     except (OSError, UnicodeDecodeError) as e:
         raise ExportError(f"cannot read --eval_file {args.eval_file}: {e}") from e
-    n_eval = args.eval_tokens or min(256, model.config.n_positions)
-    ids = tok.encode(text).ids[:n_eval]
+    ids = tok.encode(text).ids[:args.eval_tokens or min(256, n_positions)]
     if len(ids) < 8:
         raise ExportError("the parity text is too short (need at least 8 tokens)")
-    parity = checks.check_parity(model, tmp_path, ids, threads=args.threads)
+    return ids
+
+
+def require_parity(model, path: Path, ids: list[int], args: ExportArgs) -> dict:
+    """Logits of the graph at `path` against PyTorch's; a graph out of tolerance is removed."""
+    from trainer.export import checks
+
+    parity = checks.check_parity(model, path, ids, threads=args.threads)
     print(f"parity vs PyTorch: prefill max |diff| {parity['prefill_max_abs_diff']:.2e}, "
           f"decode step {parity['decode_max_abs_diff']:.2e}, padded batch {parity['padded_max_abs_diff']:.2e}, "
           f"greedy tokens equal {parity['greedy_equal']}")
     worst = max(parity["prefill_max_abs_diff"], parity["decode_max_abs_diff"], parity["padded_max_abs_diff"])
     if worst > args.tolerance or not parity["greedy_equal"]:
-        tmp_path.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
         raise ParityError(f"exported graph differs from PyTorch: max |diff| {worst:.3e} "
                           f"(tolerance {args.tolerance:g}), greedy tokens equal: {parity['greedy_equal']}")
-    tmp_path.replace(fp32_path)
-    stale = out / mf.ONNX_INT8_FILE
-    if args.quantize != "int8" and stale.is_file():
-        # An int8 graph from an earlier export would be served in preference to this one.
-        stale.unlink()
-        print(f"removed the stale {stale.name} of an earlier export")
-    (out / mf.EXPORT_INFO_FILE).unlink(missing_ok=True)  # rewritten last: its presence marks a finished export
+    return parity
 
-    info: dict = {
+
+def export_info(args: ExportArgs, ckpt: Path, model, tok, parity: dict) -> dict:
+    """export.json's contents: what the server needs to run the graph, and its checks."""
+    from trainer.export import graph as eg
+
+    config, vocab = model.config, tok.get_vocab(with_added_tokens=True)
+    return {
         "format": "codeparrot-onnx-kv",
         "opset": args.opset,
         "source_checkpoint": str(ckpt.resolve()),
-        "n_layer": model.config.n_layer, "n_head": model.config.n_head, "n_embd": model.config.n_embd,
-        "head_dim": model.config.n_embd // model.config.n_head,
-        "n_positions": model.config.n_positions,
-        "vocab_size": model.config.vocab_size,
+        "n_layer": config.n_layer, "n_head": config.n_head, "n_embd": config.n_embd,
+        "head_dim": config.n_embd // config.n_head,
+        "n_positions": config.n_positions,
+        "vocab_size": config.vocab_size,
         "tokenizer_vocab_size": tok.get_vocab_size(),
-        "eos_token_id": vocab.get(END_OF_TEXT, model.config.eos_token_id),
+        "eos_token_id": vocab.get(END_OF_TEXT, config.eos_token_id),
         "special_token_ids": special_token_ids(vocab),
         "supports_fim": supports_fim(vocab),
-        "inputs": eg.input_names(model.config.n_layer),
-        "outputs": eg.output_names(model.config.n_layer),
+        "inputs": eg.input_names(config.n_layer),
+        "outputs": eg.output_names(config.n_layer),
         # past and present are one buffer per layer, n_positions long (see graph.py)
-        "past_shape": ["batch", model.config.n_head, "capacity", model.config.n_embd // model.config.n_head],
+        "past_shape": ["batch", config.n_head, "capacity", config.n_embd // config.n_head],
         "kv_cache": "shared-buffer",
         "parity": parity,
         "files": {},
     }
 
+
+def write_variants(args: ExportArgs, out: Path, model, ids: list[int], info: dict) -> None:
+    """The optional optimized and int8 graphs beside model.onnx, their checks into `info`."""
+    from trainer.export import checks
+
+    fp32_path = out / mf.ONNX_FP32_FILE
     if args.optimize:
         info["optimize"] = checks.try_optimize(fp32_path, model, ids, args.tolerance, threads=args.threads)
         print(f"optimize: {info['optimize']['verdict']}")
-
     if args.quantize == "int8":
-        int8_path = out / mf.ONNX_INT8_FILE
-        info["int8"] = checks.quantize_int8(fp32_path, int8_path, ids, model.config.n_positions,
-                                             threads=args.threads)
-        q = info["int8"]
+        info["int8"] = q = checks.quantize_int8(fp32_path, out / mf.ONNX_INT8_FILE, ids, model.config.n_positions,
+                                                threads=args.threads)
         print(f"int8: {q['size_mb']:.1f} MB (fp32 {q['fp32_size_mb']:.1f} MB), top-1 agreement {q['top1_agreement']:.3f}, "
               f"loss {q['loss_int8']:.4f} vs fp32 {q['loss_fp32']:.4f}")
         if not args.keep_fp32:
             fp32_path.unlink()
 
+
+def finish_folder(ckpt: Path, out: Path, info: dict) -> None:
+    """Tokenizer and config beside the graphs, then export.json last (it marks a finished export)."""
     for name in TOKENIZER_FILES:
         if (ckpt / name).is_file():
             shutil.copy(ckpt / name, out / name)
@@ -206,6 +222,28 @@ def run(args: ExportArgs) -> dict:
             info["files"][name] = (out / name).stat().st_size
     (out / mf.EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {out}: {', '.join(sorted(info['files']))}, tokenizer, {mf.CONFIG_FILE}, {mf.EXPORT_INFO_FILE}")
+
+
+def run(args: ExportArgs) -> dict:
+    check_args(args)
+    ckpt, out = Path(args.checkpoint), Path(args.output)
+    model = load_checkpoint(ckpt)
+    tok = load_tokenizer(ckpt, model)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp_path = out / (mf.ONNX_FP32_FILE + ".tmp")
+    write_checked_graph(model, tmp_path, args.opset, mf.ONNX_FP32_FILE)
+    ids = parity_ids(args, tok, model.config.n_positions)
+    parity = require_parity(model, tmp_path, ids, args)
+    tmp_path.replace(out / mf.ONNX_FP32_FILE)
+    stale = out / mf.ONNX_INT8_FILE
+    if args.quantize != "int8" and stale.is_file():
+        # An int8 graph from an earlier export would be served in preference to this one.
+        stale.unlink()
+        print(f"removed the stale {stale.name} of an earlier export")
+    (out / mf.EXPORT_INFO_FILE).unlink(missing_ok=True)  # rewritten last: its presence marks a finished export
+    info = export_info(args, ckpt, model, tok, parity)
+    write_variants(args, out, model, ids, info)
+    finish_folder(ckpt, out, info)
     return info
 
 

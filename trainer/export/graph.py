@@ -92,7 +92,7 @@ class _Graph:
 
 def build_graph(model, opset: int = 24):
     """An onnx.ModelProto computing `model` (a GPT2LMHeadModel in fp32) with a shared-buffer KV cache."""
-    from onnx import TensorProto, helper
+    from onnx import TensorProto
 
     cfg = model.config
     check_supported(cfg)
@@ -156,6 +156,14 @@ def build_graph(model, opset: int = 24):
     # The tied output layer gets its own transposed copy: a MatMul weight that int8 quantizes.
     g.op("MatMul", [out, g.const("lm_head_t", sd["transformer.wte.weight"].T)], [mf.ONNX_LOGITS])
 
+    return _model_proto(g, cfg, opset)
+
+
+def _model_proto(g: _Graph, cfg, opset: int):
+    """The graph's nodes and weights as a model: its inputs and outputs declared, its version set."""
+    from onnx import TensorProto, helper
+
+    n_head, head_dim = cfg.n_head, cfg.n_embd // cfg.n_head
     f32, i64 = TensorProto.FLOAT, TensorProto.INT64
     kv_shape = ["batch", n_head, "capacity", head_dim]
     inputs = [helper.make_tensor_value_info(mf.ONNX_INPUT_IDS, i64, ["batch", "seq"]),
@@ -163,7 +171,7 @@ def build_graph(model, opset: int = 24):
               helper.make_tensor_value_info(mf.ONNX_POSITION_IDS, i64, ["batch", "seq"]),
               helper.make_tensor_value_info(mf.ONNX_LOGITS_TO_KEEP, i64, [])]
     outputs = [helper.make_tensor_value_info(mf.ONNX_LOGITS, f32, ["batch", "kept", cfg.vocab_size])]
-    for i in range(n_layer):
+    for i in range(cfg.n_layer):
         inputs += [helper.make_tensor_value_info(mf.past_key_name(i), f32, kv_shape),
                    helper.make_tensor_value_info(mf.past_value_name(i), f32, kv_shape)]
         outputs += [helper.make_tensor_value_info(mf.present_key_name(i), f32, kv_shape),
