@@ -92,7 +92,8 @@ def bench_line_completion(model: Path, engine_kind: str, data: Path, args) -> No
 
 
 def _load_module(path: str):
-    """Another version of trainer/sandbox/__init__.py (e.g. `git show REV:trainer/sandbox/__init__.py > old.py`), to compare."""
+    """Another version of the sandbox module, to compare: `git show REV:trainer/sandbox/__init__.py > old.py`
+    (`REV:trainer/sandbox.py` for a revision before the trainer's stages were packages)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("old_sandbox", path)
@@ -150,7 +151,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--programs", type=int, default=40, help="HumanEval problems for the sandbox benchmark")
     ap.add_argument("--sandbox-only", action="store_true", help="only the sandbox benchmark")
-    ap.add_argument("--old-sandbox", help="another trainer/sandbox/__init__.py to time on the same programs")
+    ap.add_argument("--old-sandbox", help="another version of the sandbox module (trainer/sandbox/__init__.py) to time on the same programs")
     args = ap.parse_args()
     if args.sandbox_only:
         print(f"sandbox: {args.programs} programs")
