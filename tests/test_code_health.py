@@ -1,4 +1,5 @@
-"""The shape of the code: no import circle inside `codeparrot_ls`.
+"""The shape of the code: no import circle inside `codeparrot_ls`, the server never imports the
+trainer, and files and functions stay short enough to read at once.
 
 The graph is read from the source with `ast`, so nothing is imported to build it. Every import
 statement counts, at module level or inside a function: an import deferred into a function
@@ -87,3 +88,46 @@ def test_the_graph_sees_every_kind_of_import(tmp_path):
     assert sorted(first_cycle(graph)[1:]) == ["pkg.a", "pkg.sub.b", "pkg.sub.c"]
     (pkg / "sub" / "c.py").write_text("x = 1\n")
     assert first_cycle(import_graph(tmp_path, "pkg")) is None
+
+
+# Limits with a little slack over the style's "~400 lines a file, ~80 lines a function".
+MAX_FILE_LINES = 420
+MAX_FUNCTION_LINES = 85
+
+
+def python_files(*packages: str) -> list[Path]:
+    return [p for package in packages for p in sorted((ROOT / package).rglob("*.py"))]
+
+
+def test_the_server_never_imports_the_trainer():
+    """codeparrot_ls installs without torch and the trainer: no import of it, at any level."""
+    offenders = []
+    for path in python_files(PACKAGE):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            offenders += [f"{path.relative_to(ROOT)}:{node.lineno}" for n in names if n.split(".")[0] == "trainer"]
+    assert not offenders, offenders
+
+
+def long_functions(path: Path, limit: int, root: Path = ROOT) -> list[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    return [f"{path.relative_to(root)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > limit]
+
+
+def test_files_and_functions_stay_short():
+    files = python_files(PACKAGE, "trainer")
+    assert len(files) > 40
+    long_files = [f"{p.relative_to(ROOT)} ({n} lines)" for p in files
+                  if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_FILE_LINES]
+    assert not long_files, long_files
+    too_long = [entry for p in files for entry in long_functions(p, MAX_FUNCTION_LINES)]
+    assert not too_long, too_long
+
+
+def test_a_long_function_is_found(tmp_path):
+    body = "\n".join(f"        x{i} = {i}" for i in range(90))
+    (tmp_path / "m.py").write_text(f"def short():\n    return 1\n\n\nclass C:\n    def long(self):\n{body}\n")
+    assert long_functions(tmp_path / "m.py", MAX_FUNCTION_LINES, tmp_path) == ["m.py:6 long (91 lines)"]
