@@ -25,7 +25,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from codeparrot_ls.modelfiles import TOKENIZER_FILE
+from codeparrot_ls.modelfiles import (CONFIG_FILE, EXPORT_INFO_FILE, TOKENIZER_FILE, has_onnx_model,
+                                      has_torch_checkpoint)
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
@@ -180,8 +181,6 @@ def replace_folder(tmp: Path, dest: Path, old: Path) -> None:
 
 BEST = "best"
 BEST_FILE = "best.json"
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-ONNX_MARKERS = ("model.onnx", "model.int8.onnx", "export.json")
 
 
 def default_checkpoint() -> Path:
@@ -198,20 +197,20 @@ def resolve_init(spec: str) -> Path:
     """
     if spec == "default":
         path = default_checkpoint()
-        if not (path / "config.json").is_file():
+        if not (path / CONFIG_FILE).is_file():
             raise FileNotFoundError(f"--init-from default: the default model's training checkpoint is not in "
                                     f"{path} (this installation has only its ONNX export); pass a checkpoint folder")
     else:
         path = Path(spec).expanduser()
-        if path.is_dir() and not (path / "config.json").is_file() and (path / FINAL / "config.json").is_file():
+        if path.is_dir() and not (path / CONFIG_FILE).is_file() and (path / FINAL / CONFIG_FILE).is_file():
             path = path / FINAL  # a pretrain run folder
     if not path.is_dir():
         raise FileNotFoundError(f"--init-from {spec}: no such folder")
-    has_weights = any((path / f).is_file() for f in WEIGHT_FILES)
-    if not has_weights and any((path / f).is_file() for f in ONNX_MARKERS):
+    has_weights = has_torch_checkpoint(path)
+    if not has_weights and (has_onnx_model(path) or (path / EXPORT_INFO_FILE).is_file()):
         raise ValueError(f"--init-from {spec}: an exported ONNX folder cannot be trained; pass the training "
                          "checkpoint it was exported from (a folder with config.json and model.safetensors)")
-    if not ((path / "config.json").is_file() and has_weights):
+    if not ((path / CONFIG_FILE).is_file() and has_weights):
         raise ValueError(f"--init-from {spec}: not a checkpoint folder (needs config.json and model.safetensors)")
     if not (path / TOKENIZER_FILE).is_file():
         raise ValueError(f"--init-from {spec}: no {TOKENIZER_FILE} next to the weights")
