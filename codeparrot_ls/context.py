@@ -8,7 +8,7 @@ The prompt itself (FIM choice, token healing, the final ids) is assembled by
 evaluate` and `codeparrot complete` share. Layout of the prompt token ids (every piece
 tokenized separately)::
 
-    <|endoftext|>  [snippet block, <|endoftext|>]  [quality token]  FIM prompt (or the bare prefix)
+    <|endoftext|>  [workspace block, <|endoftext|>]  [snippet block, <|endoftext|>]  [quality token]  FIM prompt (or the bare prefix)
 
 * Every prompt starts like a training document (trainer/pretraining/data.py joins documents with
   `<|endoftext|>` and puts the quality token at a document's start), so even an empty
@@ -24,6 +24,11 @@ tokenized separately)::
   *above* the cursor's line only, so typing within a line never changes them (and never
   breaks KV reuse, since they sit at the very beginning). Windows and their index live in
   codeparrot_ls/snippets.py; the server indexes a document when it is opened.
+* The workspace block (`settings.workspace_context`; codeparrot_ls/repo_context.py):
+  definitions of the workspace names the cursor's line uses, and windows of their modules.
+  It is fitted last, into what the document's lines left of the budget, so it never
+  displaces them; where the cursor's line uses no workspace name there is none, and the
+  prompt is exactly the one without workspace context.
 * The window of lines kept around the cursor grows outward line by line (prefix first,
   then the suffix with its share `settings.suffix_share`; unused budget moves to the
   other side), with cached per-line token counts; a prefix window keeps its first line
@@ -47,6 +52,8 @@ MIN_SNIPPET_ROOM = 16
 # Ranked windows a request looks at: at most 8 are kept, and overlapping neighbours of a kept
 # one or windows that do not fit are skipped, so the best 64 are more than enough.
 SNIPPET_CANDIDATES = 64
+# Tokens of the cursor's line the workspace block leaves room for (see `_workspace_room`).
+LINE_RESERVE = 32
 
 
 @dataclass
@@ -143,14 +150,9 @@ class ContextBuilder:
         line_end = len(text) if line_end < 0 else line_end
 
         head_ids, snippets, definitions = [self.eos_id], [], []
-        findings = None
-        if repo is not None and settings.workspace_context:
-            findings = repo.gather(uri, text if document is None else document, line, text[line_start:offset])
-        open_budget = min(settings.other_files_tokens, budget // 4) if other_documents else 0
-        repo_budget = int(budget * settings.workspace_share) if findings else 0
-        if open_budget + repo_budget > 0:
-            block, snippets, definitions = self._snippet_block(
-                text, line_start, other_documents, open_budget, findings, repo_budget, repo)
+        if other_documents and settings.other_files_tokens > 0:
+            block, snippets, _ = self._snippet_block(
+                text, line_start, other_documents, min(settings.other_files_tokens, budget // 4))
             head_ids += block
             budget -= len(block)
         if self.quality_id is not None:
@@ -169,6 +171,13 @@ class ContextBuilder:
             if s_done and not p_done and len(prefix_ids) + len(suffix_ids) < budget:
                 prefix_text, prefix_ids, start_line, _ = grow_prefix(
                     self.counter, text, offset, line_start, line, budget - len(suffix_ids), sticky)
+        if repo is not None and settings.workspace_context:
+            findings = repo.gather(uri, text if document is None else document, line, text[line_start:offset])
+            room = self._workspace_room(budget, len(prefix_ids) + len(suffix_ids), text[line_start:offset], settings)
+            if (findings.definitions or findings.documents) and room >= MIN_SNIPPET_ROOM:
+                block, found_windows, definitions = self._snippet_block(text, line_start, (), 0, findings, room, repo)
+                head_ids[1:1] = block       # the workspace's "file" first, then the open documents'
+                snippets = found_windows + snippets
         if uri is not None:
             if len(self._sticky) > 256:
                 self._sticky.clear()
@@ -176,11 +185,21 @@ class ContextBuilder:
         return PromptContext(prefix_text, suffix_text, prefix_ids, suffix_ids, head_ids, layout,
                              self.special_ids, snippets, start_line, end_line, definitions)
 
+    def _workspace_room(self, budget: int, document_tokens: int, cursor_head: str, settings) -> int:
+        """Tokens the workspace block may take: only what the document's prefix and suffix
+        left of the budget (they are fitted first and never shrink for it: taking their lines
+        cost more than definitions gave), at most `workspace_share` of the budget. The cursor
+        line's text before the cursor counts as `LINE_RESERVE` tokens until it is longer, so
+        typing on the line leaves the block as it is (the engine's KV reuse goes on)."""
+        free = budget - document_tokens
+        typed = self.counter.counts([cursor_head])[0] if cursor_head else 0
+        return min(int(budget * settings.workspace_share), free, free + typed - LINE_RESERVE)
+
     # -- other documents ---------------------------------------------------------------
 
     def _snippet_block(self, text, line_start, other_documents, budget, findings=None, repo_budget=0, repo=None):
-        """The leading block: windows of other documents (open ones, and workspace files the
-        imports lead to), then definitions of imported names, most relevant last, then
+        """A leading block: windows of other documents (the open ones, or the workspace files
+        in `findings`), then definitions of imported names, most relevant last, then
         end-of-text. Definitions take `repo_budget` first (most relevant first); windows get
         `budget` plus what the definitions left."""
         # Query: identifiers of the lines above the cursor's line (stable while typing on it).

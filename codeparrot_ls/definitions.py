@@ -73,7 +73,7 @@ def package_of(module: str, is_package: bool) -> str:
 def bindings_of(tree_body, package: str | None) -> tuple[dict[str, Binding], list[str]]:
     bindings: dict[str, Binding] = {}
     stars: list[str] = []
-    for node in tree_body:
+    for node in _with_guarded(tree_body):
         if isinstance(node, ast.Import):
             for a in node.names:
                 if a.asname:
@@ -91,6 +91,17 @@ def bindings_of(tree_body, package: str | None) -> tuple[dict[str, Binding], lis
                 else:
                     bindings[a.asname or a.name] = Binding(base, a.name)
     return bindings, stars
+
+
+def _with_guarded(body):
+    """The statements of a module's top level and of its `if` / `try` blocks there (imports
+    under `if TYPE_CHECKING:` name the types its annotations use)."""
+    for node in body:
+        yield node
+        if isinstance(node, ast.If):
+            yield from _with_guarded([*node.body, *node.orelse])
+        elif isinstance(node, ast.Try):
+            yield from _with_guarded(node.body)
 
 
 # ----------------------------------------------------------------------------- stubs
@@ -167,6 +178,48 @@ def _class_stub(node: ast.ClassDef, lines: list[str]) -> str:
             break
     body = members[:MAX_CLASS_LINES] or ["..."]
     return header + "\n" + "\n".join("    " + ln for ln in body)
+
+
+def one_line(stub: str) -> str:
+    """A stub on one line, decorators dropped: `def f(a, b=1) -> int: ...`, `class C(B): ...`."""
+    lines = [ln for ln in stub.split("\n") if not ln.startswith("@")] or [stub]
+    if lines[0].startswith("class "):
+        return lines[0] if lines[0].endswith("...") else lines[0] + " ..."
+    if len(lines) == 1:
+        return lines[0]
+    if not lines[0].startswith(("def ", "async def ")):
+        return lines[0] if lines[0].endswith("...") else lines[0] + " ..."
+    one = " ".join(ln.strip() for ln in lines)
+    return re.sub(r"\(\s+", "(", re.sub(r",?\s+\)", ")", one))
+
+
+def class_members(stub: str) -> dict[str, str]:
+    """Name -> one-line stub of each member of a class stub (`summarize`'s), its decorators
+    on lines of their own (`@property` tells an attribute from a method)."""
+    try:
+        node = ast.parse(stub).body[0]
+    except (SyntaxError, ValueError, IndexError):
+        return {}
+    out: dict[str, str] = {}
+    for item in getattr(node, "body", ()):
+        segment = ast.get_source_segment(stub, item) or ""
+        if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            decorators = "".join(f"@{ast.unparse(d)}\n" for d in item.decorator_list)
+            out[item.name] = decorators + one_line(segment)
+        elif isinstance(item, (ast.Assign, ast.AnnAssign)):
+            for t in (item.targets if isinstance(item, ast.Assign) else [item.target]):
+                if isinstance(t, ast.Name):
+                    out[t.id] = segment
+    return out
+
+
+def annotation_of(definition: Definition) -> str | None:
+    """The dotted type a constant is annotated with (`current_app: Flask = ...` -> "Flask")."""
+    m = _ANNOTATED.match(definition.text) if definition.kind == "constant" else None
+    return m.group(1) if m else None
+
+
+_ANNOTATED = re.compile(r"\w+\s*:\s*[\"']?([A-Za-z_][\w.]*)[\"']?\s*(?:=|$)")
 
 
 def summarize(source: str, module: str, is_package: bool = False) -> ModuleSummary:

@@ -20,13 +20,14 @@ import io
 import keyword
 import os
 import re
+import textwrap
 import threading
 import tokenize
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from codeparrot_ls.definitions import Binding, Definition, import_bindings, package_of
+from codeparrot_ls.definitions import Binding, Definition, annotation_of, class_members, import_bindings, one_line, package_of
 from codeparrot_ls.positions import line_start
 from codeparrot_ls.snippets import SnippetIndex
 from codeparrot_ls.workspace import IndexedFile, WorkspaceIndex, module_names
@@ -38,6 +39,7 @@ MAX_DEFINITIONS = 24
 MAX_FILES = 6
 MAX_REEXPORT_DEPTH = 3
 MAX_CATALOGUE = 16           # names of a module listed after `module.`
+MAX_CLASS_CATALOGUE = 6     # members listed after `instance.` (most are long signatures)
 _RECEIVER = re.compile(r"([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)\.\w*$")
 _CHAIN = re.compile(r"(?<![\w.])[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
 
@@ -91,17 +93,18 @@ def _receiver(head: str) -> tuple[str, ...] | None:
     return tuple(m.group(1).split(".")) if m else None
 
 
-def _first_statement_line(stub: str) -> str:
-    """A stub on one line, decorators dropped: `def f(a, b=1) -> int: ...`, `class C(B): ...`."""
-    lines = [ln for ln in stub.split("\n") if not ln.startswith("@")] or [stub]
-    if lines[0].startswith("class "):
-        return lines[0] if lines[0].endswith("...") else lines[0] + " ..."
-    if len(lines) == 1:
-        return lines[0]
-    if not lines[0].startswith(("def ", "async def ")):
-        return lines[0] if lines[0].endswith("...") else lines[0] + " ..."
-    one = " ".join(ln.strip() for ln in lines)
-    return re.sub(r"\(\s+", "(", re.sub(r",?\s+\)", ")", one))
+def _head_chains(head: str) -> tuple[tuple[str, ...], ...]:
+    """The dotted names (`mod.Class`, `helper`) in code (not in strings or comments) on the
+    cursor's line before the cursor, nearest first; the word being typed is left out."""
+    head = re.sub(r"\w+$", "", head).lstrip() + "\n"
+    return tuple(dict.fromkeys(tuple(chain) for _, chain, _ in reversed(list(_code_chains(head)))))
+
+
+def _class_header(stub: str) -> str:
+    """`class C(B):` of a class stub, decorators left out."""
+    lines = [ln for ln in stub.split("\n") if not ln.startswith("@")]
+    end = next((i for i, ln in enumerate(lines) if ln.rstrip().endswith(":")), 0)
+    return "\n".join(lines[:end + 1])
 
 
 def _line_bounds(text: str, line: int) -> tuple[int, int]:
@@ -142,31 +145,37 @@ class RepoContext:
         self._labels: dict[str, str] = {}
 
     def gather(self, uri: str | None, text: str, line: int, cursor_head: str | None = None) -> RepoFindings:
-        """What the index offers at `line` of the document `uri` whose buffer is `text`.
-        Everything but the cursor's line decides it, and on that line only the receiver the
-        cursor is after (`mod.` or `mod.na`): the last answer per document is kept for the
-        requests made while typing on. `cursor_head`: the cursor's line up to the cursor."""
+        """What the index offers at `line` of the document `uri` whose buffer is `text`:
+        nothing unless the cursor's line, before the cursor (`cursor_head`), uses a name the
+        document imports from the workspace (`helper(`, `mod.`, `x: Config = `). Elsewhere
+        the definitions cost more than they gave (docs/benchmarks.md), and the prompt is
+        then exactly the one without workspace context. On the cursor's line only complete
+        names count (not the one being typed), so the last answer per document serves the
+        requests made while typing on."""
         bounds = _line_bounds(text, line)
         receiver = _receiver(cursor_head) if cursor_head else None
-        key = (line, receiver, self.index.version, hash(text[:bounds[0]]), hash(text[bounds[1]:]))
+        chains = _head_chains(cursor_head) if cursor_head else ()
+        key = (line, receiver, chains, self.index.version, hash(text[:bounds[0]]), hash(text[bounds[1]:]))
         with self._lock:
             hit = self._last.get(uri)
         if hit is not None and hit[0] == key:
             return hit[1]
-        findings = self._gather(uri, text, line, receiver)
+        findings = self._gather(uri, text, line, receiver, chains)
         with self._lock:
             if len(self._last) > 64:
                 self._last.clear()
             self._last[uri] = (key, findings)
         return findings
 
-    def _gather(self, uri: str | None, text: str, line: int, receiver: tuple[str, ...] | None) -> RepoFindings:
+    def _gather(self, uri: str | None, text: str, line: int, receiver: tuple[str, ...] | None,
+                chains: tuple[tuple[str, ...], ...]) -> RepoFindings:
         path = uri_to_path(uri) if uri else None
         path = os.path.abspath(path) if path else None
         bindings, import_lines = import_bindings(text, self._package(path), self._statements)
-        if not bindings:
+        at_cursor = [(0, list(c)) for c in chains if c[0] in bindings and self._module_file(bindings[c[0]]) is not None]
+        if not at_cursor:
             return RepoFindings([], [])
-        uses = self._uses(text, line, bindings, import_lines)
+        uses = at_cursor + self._uses(text, line, bindings, import_lines)
         found: dict[tuple[str, str], FoundDefinition] = {}
         files: dict[str, None] = {}
         if receiver and receiver[0] in bindings:
@@ -176,15 +185,15 @@ class RepoContext:
             target = self._resolve(b.module, ([b.attr] if b.attr else []) + chain[1:])
             if target is None:
                 continue
-            entry, definition = target
+            entry, definition, after = target
             if entry.path == path:
                 continue
             files.setdefault(entry.path)
-            key = (entry.path, definition.name)
-            if key not in found:
-                found[key] = FoundDefinition(entry.path, self._label(entry.path), definition, distance)
-                if len(found) >= MAX_DEFINITIONS:
-                    break
+            member = self._member(entry, definition, after[0], distance) if after else None
+            for hit in ([member] if member else []) + [FoundDefinition(entry.path, self._label(entry.path), definition, distance)]:
+                found.setdefault((hit.path, hit.definition.name), hit)
+            if len(found) >= MAX_DEFINITIONS:
+                break
         for name in sorted(bindings, key=lambda n: abs(import_lines[n] - line)):   # modules imported, used or not
             if len(files) >= MAX_FILES:
                 break
@@ -225,9 +234,11 @@ class RepoContext:
         if rest:
             target = self._resolve(module, rest)
             if target is not None and target[0].path != path:
-                entry, definition = target
+                entry, definition, _ = target
                 files.setdefault(entry.path)
-                found[(entry.path, definition.name)] = FoundDefinition(entry.path, self._label(entry.path), definition, -1)
+                members = self._members(entry, definition, text, ".".join(receiver))
+                for hit in [members] if members else [FoundDefinition(entry.path, self._label(entry.path), definition, -1)]:
+                    found[(hit.path, hit.definition.name)] = hit
             return
         entry = self.index.module(module)
         if entry is None or entry.summary is None or entry.path == path:
@@ -237,7 +248,7 @@ class RepoContext:
         names = sorted(entry.summary.definitions, key=lambda n: (n not in used, n.startswith("_")))
         for name in names[:MAX_CATALOGUE]:
             d = entry.summary.definitions[name]
-            short = Definition(d.name, d.kind, _first_statement_line(d.text))
+            short = Definition(d.name, d.kind, one_line(d.text))
             found[(entry.path, name)] = FoundDefinition(entry.path, self._label(entry.path), short, -1)
 
     def _package(self, path: str | None) -> str | None:
@@ -270,7 +281,39 @@ class RepoContext:
             uses.setdefault((name,), IMPORT_ONLY_DISTANCE + abs(at - line))
         return sorted(((d, list(c)) for c, d in uses.items()), key=lambda x: (x[0], x[1]))
 
-    def _resolve(self, module: str, rest: list[str], depth: int = 0) -> tuple[IndexedFile, Definition] | None:
+    def _class_of(self, entry: IndexedFile, definition: Definition) -> tuple[IndexedFile, Definition] | None:
+        """The workspace class `definition` is, or that a constant is annotated with."""
+        if definition.kind == "class":
+            return entry, definition
+        annotation = annotation_of(definition)
+        hit = self._resolve(entry.modules[0], annotation.split(".")) if annotation and entry.modules else None
+        return hit[:2] if hit and hit[1].kind == "class" and not hit[2] else None
+
+    def _member(self, entry: IndexedFile, definition: Definition, name: str, distance: int) -> FoundDefinition | None:
+        """`Class.name` (or `instance.name`) used: that member's signature under its class's header."""
+        cls = self._class_of(entry, definition)
+        stub = class_members(cls[1].text).get(name) if cls else None
+        if stub is None:
+            return None
+        text = _class_header(cls[1].text) + "\n" + textwrap.indent(stub, "    ")
+        return FoundDefinition(cls[0].path, self._label(cls[0].path), Definition(f"{cls[1].name}.{name}", "member", text), distance)
+
+    def _members(self, entry: IndexedFile, definition: Definition, text: str, receiver: str) -> FoundDefinition | None:
+        """The cursor is after `receiver.`, a workspace class or an instance of one: its
+        members, one line each, those the document already uses on `receiver` first."""
+        cls = self._class_of(entry, definition)
+        members = class_members(cls[1].text) if cls else {}
+        if not members:
+            return None
+        used = set(re.findall(r"(?<![\w.])" + re.escape(receiver) + r"\.(\w+)", text))
+        names = sorted(members, key=lambda n: (n not in used, n.startswith("_")))[:MAX_CLASS_CATALOGUE]
+        body = "\n".join(textwrap.indent(members[n], "    ") for n in names)
+        return FoundDefinition(cls[0].path, self._label(cls[0].path),
+                               Definition(cls[1].name, "class", _class_header(cls[1].text) + "\n" + body), -1)
+
+    def _resolve(self, module: str, rest: list[str], depth: int = 0) -> tuple[IndexedFile, Definition, list[str]] | None:
+        """The definition `module.rest[0]...` names, through submodules and re-exports, and
+        the names after it (`Class.method` -> the class, ["method"])."""
         while rest and self.index.has_module(f"{module}.{rest[0]}"):
             module, rest = f"{module}.{rest[0]}", rest[1:]
         entry = self.index.module(module)
@@ -279,7 +322,7 @@ class RepoContext:
         summary = entry.summary
         definition = summary.definitions.get(rest[0])
         if definition is not None:
-            return entry, definition
+            return entry, definition, rest[1:]
         if depth >= MAX_REEXPORT_DEPTH:
             return None
         b = summary.bindings.get(rest[0])

@@ -43,7 +43,7 @@ class Shape:
         return 0.0
 '''
 APP = ("from .geometry import scale_vector, Shape\nfrom pkg import geometry\n\n\ndef run(v):\n"
-       "    w = scale_vector(v, geometry.UNIT_SCALE)\n    return ")
+       "    w = scale_vector(v, geometry.UNIT_SCALE)\n    return scale_vector(")
 CURSOR = T.Position(APP.count("\n"), len(APP.split("\n")[-1]))
 
 
@@ -52,7 +52,7 @@ def make_workspace(root: Path) -> None:
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text("")
     (pkg / "geometry.py").write_text(GEOMETRY)
-    (pkg / "app.py").write_text(APP)
+    (pkg / "app.py").write_text(APP + "v)\n")                                 # the saved copy parses
     (pkg / "broken.py").write_text("def oops(:\n    pass\n")              # does not parse
     (pkg / "blob.py").write_bytes(b"x = 1\n\0\0\0binary")                  # binary
     (pkg / "latin.py").write_bytes("s = 'caf\xe9'\n".encode("latin-1"))    # not UTF-8
@@ -152,12 +152,17 @@ async def test_definitions_from_other_modules_reach_the_prompt_and_follow_edits(
         s.open(app, APP)
         await s.complete(app, CURSOR)
         log = s.prompts()
-        # The names used on the line above come last, nearest the document; the class only
-        # imported before them.
+        # The name on the cursor's line comes last, nearest the document, then those of the
+        # line above; the class only imported first.
         assert ("# ws/pkg/geometry.py\nclass Shape:\n    sides = 0\n    def __init__(self, name, *points): ...\n"
                 "    def area(self, precise: bool = True) -> float: ...\n"
-                "def scale_vector(vector, factor, *, clamp=False): ...\nUNIT_SCALE = 2.5\n<|endoftext|>") in log
+                "UNIT_SCALE = 2.5\ndef scale_vector(vector, factor, *, clamp=False): ...\n<|endoftext|>") in log
         assert "def built" not in log and "vendored" not in log and "secret" not in log
+        # Before the name on that line, the line uses no workspace name yet: no workspace context.
+        await s.complete(app, T.Position(CURSOR.line, len("    return ")))
+        plain = s.prompts()[len(log):]
+        assert "prompt for" in plain and "geometry.py" not in plain
+        log = s.prompts()
 
         # An edit on disk, announced by the watcher, is picked up.
         (ws / "pkg" / "geometry.py").write_text(GEOMETRY.replace("def scale_vector(vector, factor",
@@ -166,8 +171,9 @@ async def test_definitions_from_other_modules_reach_the_prompt_and_follow_edits(
             [T.FileEvent((ws / "pkg" / "geometry.py").as_uri(), T.FileChangeType.Changed)]))
         await s.wait_index(lambda w: w["updates"] >= 1)
         edited = APP.replace("scale_vector", "stretch_vector")
+        at_end = T.Position(edited.count("\n"), len(edited.split("\n")[-1]))
         s.replace(app, edited, 2)
-        await s.complete(app, CURSOR)
+        await s.complete(app, at_end)
         assert "def stretch_vector(vector, amount, *, clamp=False): ..." in s.prompts()[len(log):]
 
         # An open module edited and saved: its new definition is used after didSave.
@@ -177,19 +183,20 @@ async def test_definitions_from_other_modules_reach_the_prompt_and_follow_edits(
         s.replace(geometry, saved, 2)
         geometry.write_text(saved)
         s.client.text_document_did_save(T.DidSaveTextDocumentParams(T.TextDocumentIdentifier(geometry.as_uri())))
-        s.replace(app, edited.replace("Shape\n", "Shape, fresh_helper\n", 1), 3)
+        fresh = edited.replace("Shape\n", "Shape, fresh_helper\n", 1).replace("return stretch_vector(", "return fresh_helper(")
+        s.replace(app, fresh, 3)
         before = len(s.prompts())
         await s.wait_index(lambda w: w["updates"] >= 2)
         await asyncio.sleep(0.8)   # the open buffer is parsed once edits pause (0.5 s)
         await s.wait_index()
-        await s.complete(app, CURSOR)
+        await s.complete(app, T.Position(fresh.count("\n"), len(fresh.split("\n")[-1])))
         assert "def fresh_helper(a, b=3): ..." in s.prompts()[before:]
 
         # workspaceContext off: no definitions (the open module still gives windows, as any open file).
         s.client.workspace_did_change_configuration(T.DidChangeConfigurationParams({"workspaceContext": False}))
         before = len(s.prompts())
         s.replace(app, edited + "\n", 4)
-        await s.complete(app, CURSOR)
+        await s.complete(app, at_end)
         new = s.prompts()[before:]
         assert "prompt for" in new and "# ws/pkg/geometry.py" not in new
 

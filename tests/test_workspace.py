@@ -152,29 +152,45 @@ def test_uses_near_the_cursor_resolve_through_reexports_and_submodules(tmp_path)
     write(tmp_path, PROJECT)
     repo = RepoContext(built([tmp_path]))
     views = tmp_path / "app/views.py"
-    text = PROJECT["app/views.py"]
-    found = repo.gather(views.as_uri(), text, line=9)
+    text = PROJECT["app/views.py"].replace("return \n", "return User(\n")
+    found = repo.gather(views.as_uri(), text, 9, "    return User(")
+    # The name on the cursor's line first, then those of the lines above, nearest first.
     assert [(f.definition.name, f.distance, f.label) for f in found.definitions] == [
-        ("MAX_SLUG", 1, f"{tmp_path.name}/app/util/text.py"), ("slugify", 2, f"{tmp_path.name}/app/util/text.py"),
-        ("User", 3, f"{tmp_path.name}/app/models.py")]
+        ("User", 0, f"{tmp_path.name}/app/models.py"), ("MAX_SLUG", 1, f"{tmp_path.name}/app/util/text.py"),
+        ("slugify", 2, f"{tmp_path.name}/app/util/text.py")]
     assert [u.split(tmp_path.name)[1] for u, _ in found.documents] == [
-        "/app/util/text.py", "/app/models.py", "/app/__init__.py"]   # then modules imported, by distance
-    # The cursor's own line is not read: typing on it gives the very same answer.
-    assert repo.gather(views.as_uri(), text.replace("return \n", "return text.slugify(\n"), line=9) is found
+        "/app/models.py", "/app/util/text.py", "/app/__init__.py"]   # then modules imported, by distance
+    # Typing on after the name gives the very same answer.
+    assert repo.gather(views.as_uri(), text.replace("User(\n", "User(na\n"), 9, "    return User(na") is found
     # The document's copy on disk is never its own context.
     assert all(f.path != str(views) for f in found.definitions)
+
+
+@pytest.mark.parametrize("head", ["    return ", "    return len(", "    return Us", "    # User("])
+def test_no_workspace_context_unless_the_cursor_line_uses_a_workspace_name(tmp_path, tok, head):
+    write(tmp_path, PROJECT)
+    repo = RepoContext(built([tmp_path]))
+    text = PROJECT["app/views.py"].replace("    return \n", head)
+    uri = (tmp_path / "app/views.py").as_uri()
+    found = repo.gather(uri, text, 9, head)
+    assert found.definitions == [] and found.documents == []
+    builder = ContextBuilder(tok, P.special_token_ids(tok.get_vocab()), n_positions=1024, supports_fim=True)
+    on = builder.build(text, len(text), 9, CompletionSettings(workspace_context=True), uri=uri, repo=repo)
+    off = builder.build(text, len(text), 9, CompletionSettings(workspace_context=False), uri=uri, repo=repo)
+    assert on.prompt_ids() == off.prompt_ids()   # exactly the prompt without workspace context
 
 
 def test_definitions_lead_the_prompt_within_the_budget(tmp_path, tok):
     write(tmp_path, PROJECT)
     repo = RepoContext(built([tmp_path]))
     builder = ContextBuilder(tok, P.special_token_ids(tok.get_vocab()), n_positions=1024, supports_fim=True)
-    text = PROJECT["app/views.py"]
+    text = PROJECT["app/views.py"].replace("    return \n", "    return User(")
     uri = (tmp_path / "app/views.py").as_uri()
     ctx = builder.build(text, len(text), 9, CompletionSettings(workspace_context=True), uri=uri, repo=repo)
     head = tok.decode(ctx.head_ids, skip_special_tokens=False)
-    assert head.endswith("def slugify(value, sep='-'): ...\nMAX_SLUG = 40\n<|endoftext|>")
-    assert "class User:\n    def __init__(self, name, email=None): ..." in head
+    assert head.endswith("class User:\n    def __init__(self, name, email=None): ...\n"
+                         "    def greet(self, loud=False): ...\n<|endoftext|>")
+    assert "def slugify(value, sep='-'): ...\nMAX_SLUG = 40\n" in head
     off = builder.build(text, len(text), 9, CompletionSettings(workspace_context=False), uri=uri, repo=repo)
     assert off.head_ids == [builder.eos_id] and off.definitions == []   # a prompt starts like a document
     for share in (0.05, 0.1, 0.3):
@@ -183,6 +199,46 @@ def test_definitions_lead_the_prompt_within_the_budget(tmp_path, tok):
         fixed = 1 + P.FIM_PROMPT_TOKENS     # <|endoftext|> first, the FIM sentinels
         assert len(ctx.head_ids) - 1 <= int((1024 - settings.max_new_tokens - fixed) * share)
         assert len(ctx.prompt_ids()) <= 1024 - settings.max_new_tokens
+
+
+def test_the_workspace_block_takes_only_what_the_document_leaves(tmp_path, tok):
+    write(tmp_path / "w", PROJECT)
+    repo = RepoContext(built([tmp_path / "w"]))
+    builder = ContextBuilder(tok, P.special_token_ids(tok.get_vocab()), n_positions=512, supports_fim=True)
+    imports, body = PROJECT["app/views.py"].split("def show(name):\n")
+    above = "".join(f"STEP_{i} = '{'ab ' * 30}'\n" for i in range(150))   # more than a prompt holds
+    below = "".join(f"    step_{i} = {i}\n" for i in range(60))
+    text = imports + above + "def show(name):\n" + body.replace("    return \n", "    return User(\n" + below)
+    offset = text.index("User(\n") + len("User(")
+    line, uri = text.count("\n", 0, offset), (tmp_path / "w/app/views.py").as_uri()
+    for share in (0.3, 0.75):
+        settings = CompletionSettings(workspace_context=True, workspace_share=share)
+        on = builder.build(text, offset, line, settings, uri=uri, repo=repo)
+        builder.forget(uri)
+        off = builder.build(text, offset, line, CompletionSettings(workspace_context=False), uri=uri, repo=repo)
+        builder.forget(uri)
+        # Definitions in the room the document's lines leave: not one of those lines displaced.
+        assert on.definitions and on.prefix_ids == off.prefix_ids and on.suffix_ids == off.suffix_ids
+        assert len(on.prompt_ids()) <= 512 - settings.max_new_tokens
+
+
+def test_members_of_workspace_classes_and_of_constants_annotated_with_them(tmp_path):
+    project = dict(PROJECT)
+    project["app/state.py"] = ("import typing as t\nif t.TYPE_CHECKING:\n    from .models import User\n\n"
+                               "current_user: User = None\n")
+    project["app/views.py"] = "from app import User\nfrom .state import current_user\n\n\ndef show():\n    "
+    write(tmp_path, project)
+    repo = RepoContext(built([tmp_path]))
+    uri, label = (tmp_path / "app/views.py").as_uri(), f"{tmp_path.name}/app/models.py"
+    text = project["app/views.py"]
+    call = repo.gather(uri, text + "current_user.greet(", 5, "    current_user.greet(").definitions
+    # The method's signature under its class's header, then the annotated constant.
+    assert [(f.definition.text, f.label) for f in call[:2]] == [
+        ("class User:\n    def greet(self, loud=False): ...", label),
+        ("current_user: User = None", f"{tmp_path.name}/app/state.py")]
+    after_dot = repo.gather(uri, text + "User.", 5, "    User.").definitions
+    assert after_dot[0].definition.text == ("class User:\n    def greet(self, loud=False): ...\n"
+                                            "    def __init__(self, name, email=None): ...")
 
 
 def test_symlink_loops_and_unreadable_folders_are_counted(tmp_path):
@@ -210,8 +266,8 @@ def test_repo_completion_evaluation_runs_both_groups_with_and_without_context(tm
     # views.py uses User, text.slugify and T.MAX_SLUG on three lines: all of them are drawn.
     cross = report["samples"]["cross_file_with_workspace"]
     assert sorted(s["target"] for s in cross) == ["n = T.MAX_SLUG", "slug = text.slugify(name)", "user = User(name)"]
-    assert res["cross_file_with_workspace"]["mean_definitions"] > 0
-    assert res["cross_file_without_workspace"]["mean_definitions"] == 0
+    # The cursor after the indentation: no name on its line yet, so no workspace context.
+    assert res["cross_file_with_workspace"]["mean_definitions"] == 0
     assert res["ordinary_with_workspace"]["positions"] == 5
     assert res["cross_file_gain"]["edit_similarity"] == pytest.approx(
         res["cross_file_with_workspace"]["edit_similarity"] - res["cross_file_without_workspace"]["edit_similarity"])
@@ -219,8 +275,12 @@ def test_repo_completion_evaluation_runs_both_groups_with_and_without_context(tm
     # CrossCodeEval's cursor: right before the name used from another module.
     assert main(["--model", str(tiny_onnx_dir), "--task", "repo-completion", "--data", str(tmp_path / "repo"),
                  "--positions", "5", "--max_new_tokens", "4", "--cursor", "api", "--output", str(out)]) == 0
-    api = json.loads(out.read_text())["samples"]["cross_file_without_workspace"]
+    report = json.loads(out.read_text())
+    api = report["samples"]["cross_file_without_workspace"]
     assert sorted(s["target"] for s in api) == ["MAX_SLUG", "User(name)", "slugify(name)"]
+    # `text.` and `T.` before the cursor: their modules' names reach the prompt.
+    assert [s["definitions"] > 0 for s in report["samples"]["cross_file_with_workspace"]].count(True) == 2
+    assert report["results"]["cross_file_without_workspace"]["mean_definitions"] == 0
     assert main(["--model", str(tiny_onnx_dir), "--task", "repo-completion", "--data", str(tmp_path / "nothing")]) == 2
 
 

@@ -93,6 +93,10 @@ def _run(completer: Completer, repo: RepoContext, positions: list[dict], setting
         uri = path_to_uri(pos["path"])
         completer.cache = SuggestionCache()     # every position on its own: nothing typed along
         completer.builder.forget(uri)
+        # No KV reuse from the previous position: the int8 model's numbers depend on how the
+        # prompt is split into passes, so a reused prefix changed one suggestion in three
+        # between two arms with the same prompt. Cold, a position's answer is its prompt's.
+        completer.decoder.reset()
         out = completer.complete(uri, pos["document"], pos["offset"], settings, invoked=False, repo=repo)
         prediction = out[0].insert_text if out else ""
         hit, sim = exact_match(prediction, pos["target"]), edit_similarity(prediction, pos["target"])
