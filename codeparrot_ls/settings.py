@@ -45,7 +45,7 @@ class CompletionSettings:
     min_chars: int = 2                # automatic suggestions with fewer visible characters are dropped
     lookup_tokens: int = DEFAULT_DRAFT_TOKENS   # greedy: prompt-lookup draft tokens per pass; 0 turns them off
     # Definitions of imported names and windows from the workspace index. Off by default: on the
-    # shipped 512-position model it cost ordinary lines more than it gave cross-file ones (README).
+    # shipped 512-position model it costs nothing but gains nothing measurable either (README).
     workspace_context: bool = False
     workspace_share: float = 0.3      # share of the prompt budget the workspace context may take
     workspace_max_files: int = 10_000           # the index stops at this many files ...
