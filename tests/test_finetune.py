@@ -17,7 +17,8 @@ from conftest import SAMPLE_MODULES, STDLIB
 from codeparrot_ls.status import DEFAULT_MODEL_DIR
 from trainer.pretraining import checkpoint as ckpt
 from trainer.finetune import main
-from trainer.finetune.data import DataError, _read_records, build_finetune_corpus, build_general_set, split_held_out
+from trainer.finetune.merge import SHARES, choose_share
+from trainer.finetune.data import DataError, read_records, build_finetune_corpus, build_general_set, split_held_out
 
 # Real modules that none of the fixtures trains its tokenizer on.
 OWN_CODE = ["bisect.py", "colorsys.py", "calendar.py", "gzip.py", "sched.py", "queue.py", "netrc.py", "base64.py"]
@@ -65,7 +66,7 @@ def test_a_near_duplicate_is_never_on_both_sides(tmp_path):
 def test_replay_mixes_in_general_code_but_never_the_general_set(tmp_path):
     source = copy_modules(tmp_path / "src", OWN_CODE)
     summary = build_finetune_corpus([str(source)], tmp_path / "corpus", 0.2, seed=0, replay=0.5)
-    train = _read_records(tmp_path / "corpus", "train")
+    train = read_records(tmp_path / "corpus", "train")
     own = {r["hash"] for r in train if re.match(r"m\d+_", r["path"])}
     replayed = [r for r in train if r["hash"] not in own]
     assert len(own) == summary["train"]["files"] and len(replayed) == summary["replay"]["files"] > 0
@@ -74,12 +75,38 @@ def test_replay_mixes_in_general_code_but_never_the_general_set(tmp_path):
         max(r["size"] for r in replayed)
     assert [r["path"] for r in train[:3]] != sorted(r["path"] for r in train)[:3]   # shuffled in, not appended
     build_general_set(tmp_path / "general", 1000)
-    general = {r["hash"] for r in _read_records(tmp_path / "general", "valid")}
+    general = {r["hash"] for r in read_records(tmp_path / "general", "valid")}
     assert general and not general & {r["hash"] for r in replayed}
     again = build_finetune_corpus([str(source)], tmp_path / "corpus2", 0.2, seed=0, replay=0.5)
     assert again["replay"] == summary["replay"]
-    assert [r["hash"] for r in _read_records(tmp_path / "corpus2", "train")] == [r["hash"] for r in train]
+    assert [r["hash"] for r in read_records(tmp_path / "corpus2", "train")] == [r["hash"] for r in train]
     assert build_finetune_corpus([str(source)], tmp_path / "corpus3", 0.2, seed=0)["replay"]["files"] == 0
+
+
+def test_the_merge_takes_the_largest_share_within_the_budget(tmp_path, tiny_checkpoint_dir):
+    """A 'fine-tuned' model far from the start (weights scaled and shaken): the full share
+    forgets far past the budget, so a smaller one is chosen, the largest that stays within it."""
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    model = GPT2LMHeadModel.from_pretrained(tiny_checkpoint_dir)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3).add_(torch.randn_like(p) * 0.2)
+    tuned = tmp_path / "tuned"
+    shutil.copytree(tiny_checkpoint_dir, tuned)
+    model.save_pretrained(tuned)
+    texts = [(STDLIB / m).read_text(encoding="utf-8")[:4000] for m in OWN_CODE[:3]]
+    share, tried, weights = choose_share(tiny_checkpoint_dir, tuned, texts, budget=0.08)
+    reference = tried[0]["perplexity"]
+    assert tried[1] == {"share": 1.0, "perplexity": tried[1]["perplexity"]} and tried[1]["perplexity"] > 1.08 * reference
+    assert tried[-1]["share"] == share and tried[-1]["perplexity"] <= 1.08 * reference
+    assert all(t["perplexity"] > 1.08 * reference for t in tried[1:-1]) and share < 1.0
+    start = GPT2LMHeadModel.from_pretrained(tiny_checkpoint_dir).state_dict()
+    name = "transformer.h.0.mlp.c_fc.weight"
+    assert torch.allclose(weights[name], start[name] + share * (model.state_dict()[name] - start[name]), atol=1e-6)
+    assert choose_share(tiny_checkpoint_dir, tuned, texts, budget=1e6)[0] == 1.0
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +148,11 @@ def test_finetune_learns_exports_and_writes_the_table(finetuned, tiny_checkpoint
     # The held-out files were never trained on.
     split = json.loads((out / "corpus" / "held_out.json").read_text())
     assert split["held_out"]["files"] == 2 and split["train"]["files"] == len(OWN_CODE) - 2
+    # The merge chose a share within the forgetting budget, and the model served is the merged one.
+    merged = json.loads((out / "train" / "merged" / "merge.json").read_text())
+    assert merged == summary["merge"] and merged["share"] in (0.0, *SHARES)
+    chosen = next(t for t in merged["tried"] if t["share"] == merged["share"])
+    assert chosen["perplexity"] <= merged["tried"][0]["perplexity"] * (1 + merged["budget"])
     # The serving choice is in export.json, as the quickstart writes it.
     serving = json.loads((out / "model" / "export.json").read_text())["serving"]
     lc = json.loads((out / "eval" / "after" / "line_random.json").read_text())["results"]
@@ -136,7 +168,7 @@ def test_the_finetuned_model_serves_and_a_rerun_skips_every_stage(finetuned):
     assert Path(served["model"]).resolve() == (out / "model").resolve()
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("already done, skipped") == 3 and "held-out perplexity" in again.stdout
+    assert again.stdout.count("already done, skipped") == 4 and "held-out perplexity" in again.stdout
 
 
 def run_main(argv, capsys) -> tuple[int, str]:

@@ -42,7 +42,7 @@ from trainer.finetune.data import DataError
 log = logging.getLogger("codeparrot.finetune")
 SETTINGS = "finetune.json"
 # Settings that define the run: another value means another run (refused without --overwrite).
-IDENTITY = ("source", "init_from", "held_out", "seed", "replay")
+IDENTITY = ("source", "init_from", "held_out", "seed", "replay", "merge", "forgetting_budget")
 
 
 @dataclass
@@ -55,10 +55,14 @@ class FinetuneArguments:
     minutes: float = field(default=10.0, metadata={"help": "training time"})
     held_out: float = field(default=0.1, metadata={"help": "share of the files held out to measure the gain (at least one)"})
     seed: int = field(default=0, metadata={"help": "seed of the held-out draw and of training"})
-    replay: float = field(default=0.25, metadata={
+    merge: bool = field(default=True, metadata={
+        "help": "merge the fine-tuned weights back toward the starting ones (trainer/finetune/merge.py) by the "
+                "largest share whose perplexity on general code rises by at most --forgetting-budget"})
+    forgetting_budget: float = field(default=0.08, metadata={"help": "see --merge (0.08: at most 8 %% higher)"})
+    replay: float = field(default=0.5, metadata={
         "help": "share of the training data drawn from the standard library (code the starting model learned), "
                 "so the model does not forget general Python; 0: only your files"})
-    learning_rate: float = field(default=3e-4, metadata={"help": "peak learning rate (pretraining used 8e-4)"})
+    learning_rate: float = field(default=1e-4, metadata={"help": "peak learning rate (pretraining used 8e-4)"})
     warmup_steps: int = field(default=5, metadata={"help": "linear warmup before the cosine decay"})
     batch_size: int = field(default=4, metadata={"help": "sequences per step"})
     max_steps: int | None = field(default=None, metadata={
@@ -85,6 +89,8 @@ def check_args(args: FinetuneArguments) -> Path:
         raise DataError("--held-out must be a fraction in (0, 1)")
     if not 0 <= args.replay < 1:
         raise DataError("--replay must be a fraction in [0, 1)")
+    if args.forgetting_budget < 0:
+        raise DataError("--forgetting-budget must be at least 0")
     if args.minutes <= 0 or args.positions < 1 or args.batch_size < 1 or args.general_files < 1:
         raise DataError("--minutes, --positions, --batch-size and --general-files must be positive")
     if (args.max_steps is not None and args.max_steps < 1) or (args.threads is not None and args.threads < 1):
@@ -181,7 +187,7 @@ def schedule_for(init: Path, minutes: float, batch_size: int) -> tuple[int, int]
 
 
 def _stage(number: int, name: str, done: bool) -> None:
-    print(f"\n[{number}/5] {name}: {'already done, skipped' if done else 'running'}", flush=True)
+    print(f"\n[{number}/6] {name}: {'already done, skipped' if done else 'running'}", flush=True)
 
 
 def _export(checkpoint: Path, dest: Path) -> None:
@@ -227,10 +233,54 @@ def train(settings: dict, corpus: Path, out: Path) -> dict:
             "load_average_before": round(load, 2), "load_average_after": round(os.getloadavg()[0], 2)}
 
 
+def _corpus_stage(args: FinetuneArguments, settings: dict, corpus: Path, out: Path, created: bool) -> dict:
+    from trainer.finetune.data import build_finetune_corpus
+
+    done = (corpus / "held_out.json").is_file()
+    _stage(1, f"corpus and held-out split ({args.held_out:g} of the files, replay {settings['replay']:g})", done)
+    if not done:
+        try:
+            build_finetune_corpus(settings["source"], corpus, settings["held_out"], settings["seed"],
+                                  settings["replay"])
+        except (DataError, SourceError):
+            if created:
+                shutil.rmtree(out, ignore_errors=True)  # nothing half-written
+            raise
+    split = json.loads((corpus / "held_out.json").read_text(encoding="utf-8"))
+    print(f"  {split['files_kept']} of {split['files_seen']} files kept: {split['train']['files']} to train on, "
+          f"{split['held_out']['files']} held out")
+    return split
+
+
+def _train_stage(settings: dict, init: Path, corpus: Path, train_dir: Path) -> tuple[dict, Path]:
+    """Trains (stage 2) and merges (stage 3); returns the training summary and the checkpoint to export."""
+    from trainer.finetune.merge import MERGE_FILE, merge
+
+    final = train_dir / "final"
+    done = (final / "config.json").is_file() and (train_dir / "summary.json").is_file()
+    _stage(2, f"fine-tune from {init} ({settings['minutes']:g} minutes at most, {settings['max_steps']} steps)", done)
+    if not done:
+        summary = train(settings, corpus, train_dir)
+        (train_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    summary = json.loads((train_dir / "summary.json").read_text(encoding="utf-8"))
+    budget, merged = settings["forgetting_budget"], train_dir / "merged"
+    done = not settings["merge"] or (merged / MERGE_FILE).is_file()
+    _stage(3, "merge back toward the starting weights" if settings["merge"] else "merge: off (--merge false)", done)
+    if not settings["merge"]:
+        return summary, final
+    if not done:
+        merge(init, final, merged, budget, settings["seed"])
+    summary["merge"] = json.loads((merged / MERGE_FILE).read_text(encoding="utf-8"))
+    tried = ", ".join(f"{t['share']:g}: {t['perplexity']:.2f}" for t in summary["merge"]["tried"])
+    print(f"  share of the fine-tuned weights {summary['merge']['share']:g} (selection-set perplexity by share: "
+          f"{tried}; at most +{budget:.0%})")
+    return summary, merged
+
+
 def run(args: FinetuneArguments) -> int:
-    from trainer.pretraining.checkpoint import default_checkpoint
-    from trainer.finetune.data import build_finetune_corpus, build_general_set
+    from trainer.finetune.data import build_general_set
     from trainer.finetune.evaluation import compare, evaluation_plan, run_evaluations, write_comparison
+    from trainer.pretraining.checkpoint import default_checkpoint
     from trainer.quickstart import record_fim_choice
 
     init = check_args(args)
@@ -241,43 +291,24 @@ def run(args: FinetuneArguments) -> int:
     corpus, train_dir, model = out / "corpus", out / "train", out / "model"
     started = time.monotonic()
 
-    done = (corpus / "held_out.json").is_file()
-    _stage(1, f"corpus and held-out split ({args.held_out:g} of the files)", done)
-    if not done:
-        try:
-            split = build_finetune_corpus(settings["source"], corpus, settings["held_out"], settings["seed"],
-                                          settings["replay"])
-        except (DataError, SourceError):
-            if created:
-                shutil.rmtree(out, ignore_errors=True)  # nothing half-written
-            raise
-    split = json.loads((corpus / "held_out.json").read_text(encoding="utf-8"))
-    print(f"  {split['files_kept']} of {split['files_seen']} files kept: {split['train']['files']} to train on, "
-          f"{split['held_out']['files']} held out")
+    split = _corpus_stage(args, settings, corpus, out, created)
     if settings["max_steps"] is None or settings["threads"] is None:
         steps, threads = schedule_for(init, settings["minutes"], settings["batch_size"])
         settings["threads"], settings["max_steps"] = settings["threads"] or threads, settings["max_steps"] or steps
     (out / SETTINGS).write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
-
-    final = train_dir / "final"
-    done = (final / "config.json").is_file() and (train_dir / "summary.json").is_file()
-    _stage(2, f"fine-tune from {init} ({settings['minutes']:g} minutes at most, {settings['max_steps']} steps)", done)
-    if not done:
-        summary = train(settings, corpus, train_dir)
-        (train_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
-    summary = json.loads((train_dir / "summary.json").read_text(encoding="utf-8"))
+    summary, checkpoint = _train_stage(settings, init, corpus, train_dir)
 
     shipped = default_checkpoint().parent
     base = shipped if init.resolve() == default_checkpoint().resolve() and \
         (shipped / "model.int8.onnx").is_file() else out / "base"
     done = (model / "export.json").is_file() and (base / "export.json").is_file()
-    _stage(3, "export to ONNX (int8)", done)
+    _stage(4, "export to ONNX (int8)", done)
     if not (model / "export.json").is_file():
-        _export(final, model)
+        _export(checkpoint, model)
     if not (base / "export.json").is_file():
         _export(init, base)
 
-    _stage(4, "evaluate before and after (held-out files, general set)", False)
+    _stage(5, "evaluate before and after (held-out files, general set)", False)
     general = Path(args.general) if args.general else out / "general"
     if not args.general and not general.is_dir():  # renamed into place once complete
         build_general_set(general, args.general_files)
@@ -286,12 +317,16 @@ def run(args: FinetuneArguments) -> int:
     after = run_evaluations(model, plan, out / "eval" / "after")
     choice = record_fim_choice(model, out / "eval" / "after" / "line_random.json")
 
-    _stage(5, "before/after", False)
+    _stage(6, "before/after", False)
     before_name = "default" if base == shipped else "start"
     context = {"sources": settings["source"], "init_from": str(init), "held_out_files": split["held_out"]["files"],
                "train_files": split["train"]["files"], "training": summary, "serving": choice}
-    table = write_comparison(out, compare(before, after), context, before_name, "fine-tuned")
-    print(table)
+    print(write_comparison(out, compare(before, after), context, before_name, "fine-tuned"))
+    _print_summary(summary, choice, started, model, out)
+    return 0
+
+
+def _print_summary(summary: dict, choice: str | None, started: float, model: Path, out: Path) -> None:
     print(f"\n  trained {summary['steps']} steps ({summary['tokens']:,} tokens) in {summary['seconds'] / 60:.1f} min; "
           f"held-out loss {summary['held_out_loss_start']:.3f} -> {summary['held_out_loss_best']:.3f} "
           f"(best at step {summary['best_step']}); load average {summary['load_average_before']}")
@@ -300,7 +335,6 @@ def run(args: FinetuneArguments) -> int:
     print(f"\nfinetune finished in {(time.monotonic() - started) / 60:.1f} minutes.")
     print(f"  your model: {model}\n  serve it:   codeparrot-ls --model {shlex.quote(str(model))}")
     print(f"  the table:  {out / 'comparison.md'}")
-    return 0
 
 
 def parse_args(argv: list[str]) -> FinetuneArguments:

@@ -31,7 +31,7 @@ class DataError(ValueError):
     """The sources cannot give a fine-tuning run: reported in one line, exit status 2."""
 
 
-def _read_records(folder: Path, split: str) -> list[dict]:
+def read_records(folder: Path, split: str) -> list[dict]:
     records = []
     for shard in sorted(folder.glob(f"{split}-*.jsonl.gz")):
         with gzip.open(shard, "rt", encoding="utf-8") as fh:
@@ -77,7 +77,7 @@ def build_finetune_corpus(specs: list[str], output: Path, fraction: float, seed:
     try:
         stats = build_corpus(CorpusArgs(output=str(tmp), source=specs, valid_fraction=0.0, shuffle_buckets=0,
                                         seed=seed, progress=False), sources)
-        records = _read_records(tmp, "train")
+        records = read_records(tmp, "train")
         if len(records) < 2:
             raise DataError(f"{_why_nothing(stats, specs)}: at least 2 files must remain, one to train on and "
                             "one held out to measure the gain; nothing was trained or written")
@@ -146,17 +146,29 @@ def build_general_set(output: Path, limit: int) -> dict:
     return {"files": kept, "source": f"{default_source()} (valid split)"}
 
 
-def replay_records(target_bytes: int, seed: int, scratch: Path) -> list[dict]:
-    """About `target_bytes` of the standard library's train split, in a seeded draw: general
-    code the starting model already learned, mixed into fine-tuning so it is not forgotten.
-    Never a file of the general set, which measures the forgetting."""
-    def rank(item) -> float:
+def _drawn_records(scratch: Path, seed: int, target_bytes: int, from_top: bool) -> list[dict]:
+    """About `target_bytes` of the standard library's train split through the corpus filters,
+    in the order of a seeded draw on each file's content hash (its top end if `from_top`)."""
+    def rank(item: Item) -> float:
         data = item.data if item.data is not None else item.content.encode("utf-8")
         return uniform_draw(seed, "replay", content_hash(item.content, data))
 
-    items = sorted(_stdlib_items(valid=False), key=rank)
+    items = sorted(_stdlib_items(valid=False), key=rank, reverse=from_top)
     _filtered(scratch, "train", items, lambda b: b.bytes_out >= target_bytes)
     try:
-        return _read_records(scratch, "train")
+        return read_records(scratch, "train")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def replay_records(target_bytes: int, seed: int, scratch: Path) -> list[dict]:
+    """General code the starting model already learned, mixed into fine-tuning so it is not
+    forgotten: the low end of the draw. Never a file of the general set, which measures
+    the forgetting."""
+    return _drawn_records(scratch, seed, target_bytes, from_top=False)
+
+
+def selection_records(target_bytes: int, seed: int, scratch: Path) -> list[dict]:
+    """General code to choose the merge share on (trainer/finetune/merge.py): the top end of
+    the same draw, so never a replayed file, and never the general set."""
+    return _drawn_records(scratch, seed, target_bytes, from_top=True)
