@@ -150,7 +150,7 @@ def test_finetune_learns_exports_and_writes_the_table(finetuned, tiny_checkpoint
     assert split["held_out"]["files"] == 2 and split["train"]["files"] == len(OWN_CODE) - 2
     # The merge chose a share within the forgetting budget, and the model served is the merged one.
     merged = json.loads((out / "train" / "merged" / "merge.json").read_text())
-    assert merged == summary["merge"] and merged["share"] in (0.0, *SHARES)
+    assert merged["share"] in (0.0, *SHARES) and merged["budget"] == 0.02
     chosen = next(t for t in merged["tried"] if t["share"] == merged["share"])
     assert chosen["perplexity"] <= merged["tried"][0]["perplexity"] * (1 + merged["budget"])
     # The serving choice is in export.json, as the quickstart writes it.

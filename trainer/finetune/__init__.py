@@ -4,11 +4,14 @@
                         [--minutes 10] [--held-out 0.1]
 
 1. corpus: the sources through the corpus stage (filters, exact and near dedup), split by file
-   into train and held-out (a seeded draw; trainer/finetune/data.py);
+   into train and held-out (a seeded draw), with general code replayed among the training
+   files (trainer/finetune/data.py);
 2. train: `codeparrot pretrain --init-from` with a fine-tuning schedule (lower peak rate, short
    warmup), the held-out loss evaluated as it goes, the best model kept, bounded by --minutes;
-3. export to ONNX int8;
-4. evaluate the starting model and the fine-tuned one on the held-out files and on a general
+3. merge: the weights moved back toward the starting ones until general code's perplexity is
+   within --forgetting-budget (trainer/finetune/merge.py);
+4. export to ONNX int8;
+5. evaluate the starting model and the fine-tuned one on the held-out files and on a general
    set (trainer/finetune/evaluation.py), print one before/after table, and write the serving
    choice (FIM or left to right) into the model's export.json.
 
@@ -17,7 +20,7 @@ from its last checkpoint, so running the same command again finishes the job.
 
     OUTPUT/finetune.json   the settings (a rerun with other settings is refused)
     OUTPUT/corpus/         train-*, valid-* (the held-out files), held_out.json, stats.json
-    OUTPUT/train/          the training run (checkpoints/, best/, final/, metrics.jsonl)
+    OUTPUT/train/          the training run (checkpoints/, best/, final/, metrics.jsonl) and merged/
     OUTPUT/model/          the fine-tuned model, ONNX int8: what `codeparrot-ls --model` serves
     OUTPUT/base/           the starting model exported the same way (unless it is the shipped one)
     OUTPUT/general/        the general set;  OUTPUT/eval/{before,after}/   every evaluation
@@ -58,7 +61,9 @@ class FinetuneArguments:
     merge: bool = field(default=True, metadata={
         "help": "merge the fine-tuned weights back toward the starting ones (trainer/finetune/merge.py) by the "
                 "largest share whose perplexity on general code rises by at most --forgetting-budget"})
-    forgetting_budget: float = field(default=0.08, metadata={"help": "see --merge (0.08: at most 8 %% higher)"})
+    # Measured on astroid (docs/finetune.md): +2 % on the standard-library code the model trained on
+    # came with +9.7 % on standard-library code it never saw; the unseen kind is what users feel.
+    forgetting_budget: float = field(default=0.02, metadata={"help": "see --merge (0.02: at most 2 %% higher)"})
     replay: float = field(default=0.5, metadata={
         "help": "share of the training data drawn from the standard library (code the starting model learned), "
                 "so the model does not forget general Python; 0: only your files"})

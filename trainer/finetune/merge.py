@@ -8,7 +8,8 @@ of the gain for a fraction of the forgetting. The share of the fine-tuned weight
 largest of `SHARES` whose perplexity on a selection set of general code rises by at most
 `budget`. That set is standard-library code the starting model trained on, drawn from the
 other end of the replay draw (so never a replayed file) and never the general set the
-before/after table reports.
+before/after table reports. Code the model trained on forgets more slowly than code it never
+saw (measured: +2 % on the one came with +10 % on the other), hence the small default budget.
 """
 
 from __future__ import annotations
