@@ -198,6 +198,8 @@ def test_exact_dedup_ignores_whitespace_and_keeps_the_first(tmp_path):
     assert stats["duplicates"] == {"exact": 1, "near": 0}
     assert stats["kept_paths"] == ["a.py", "c.py"]
     assert run_corpus(tmp_path, "--disable", "exact_dedup", "near_dedup")["kept"] == 3
+    # Repeated, as other list options are: both switches hold, not only the last.
+    assert run_corpus(tmp_path, "--disable", "exact_dedup", "--disable", "near_dedup")["kept"] == 3
 
 
 def near_copy(text: str) -> str:

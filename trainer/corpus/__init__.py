@@ -83,7 +83,8 @@ class CorpusArgs:
     near_min_tokens: int = field(default=10, metadata={"help": "files with fewer distinct identifiers skip near dedup"})
     tokenizer: str | None = field(default=None, metadata={"help": "tokenizer folder or tokenizer.json: enables the chars-per-token filter"})
     min_chars_per_token: float = field(default=1.5, metadata={"help": "with --tokenizer: drop files below this"})
-    disable: list[str] = field(default_factory=list, metadata={"help": f"switch off: {', '.join(SWITCHABLE)}"})
+    disable: list[str] = field(default_factory=list, metadata={
+        "action": "append", "help": f"switch off (repeatable): {', '.join(SWITCHABLE)}"})
     seed: int = field(default=0, metadata={"help": "seed of the probabilistic drops"})
     hf_split: str = field(default="train", metadata={"help": "split of hf: sources"})
     hf_data_files: str | None = field(default=None, metadata={"help": "data_files for hf: sources (e.g. hf:json)"})
@@ -339,6 +340,11 @@ def run_datatrove(args: CorpusArgs, specs: list[str]) -> int:
     return 0
 
 
+def flatten(groups: list) -> list[str]:
+    """A repeatable list option's values: `--x a b --x c` gives [a, b, c]."""
+    return [v for group in groups for v in (group if isinstance(group, list) else [group])]
+
+
 def main(argv: list[str] | None = None) -> int:
     from transformers import HfArgumentParser
 
@@ -347,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         (args,) = parser.parse_args_into_dataclasses(args=argv)
     except SystemExit as exc:  # usage errors exit 2, --help exits 0
         return int(exc.code or 0)
-    args.source = [s for group in args.source for s in (group if isinstance(group, list) else [group])]
+    args.source, args.disable = flatten(args.source), flatten(args.disable)
     specs = args.source or [default_source()]
     try:
         check_args(args)

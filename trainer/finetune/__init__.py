@@ -345,9 +345,11 @@ def _print_summary(summary: dict, choice: str | None, started: float, model: Pat
 def parse_args(argv: list[str]) -> FinetuneArguments:
     from transformers import HfArgumentParser
 
+    from trainer.corpus import flatten
+
     parser = HfArgumentParser(FinetuneArguments, prog="codeparrot finetune", description=__doc__.split("\n\n")[0])
     (args,) = parser.parse_args_into_dataclasses(args=argv)
-    args.source = [s for group in args.source for s in (group if isinstance(group, list) else [group])]
+    args.source = flatten(args.source)
     return args
 
 
