@@ -89,6 +89,8 @@ def test_the_merge_takes_the_largest_share_within_the_budget(tmp_path, tiny_chec
     import torch
     from transformers import GPT2LMHeadModel
 
+    from codeparrot_ls.engine.torch_engine import TorchEngine
+
     model = GPT2LMHeadModel.from_pretrained(tiny_checkpoint_dir)
     torch.manual_seed(0)
     with torch.no_grad():
@@ -98,15 +100,17 @@ def test_the_merge_takes_the_largest_share_within_the_budget(tmp_path, tiny_chec
     shutil.copytree(tiny_checkpoint_dir, tuned)
     model.save_pretrained(tuned)
     texts = [(STDLIB / m).read_text(encoding="utf-8")[:4000] for m in OWN_CODE[:3]]
-    share, tried, weights = choose_share(tiny_checkpoint_dir, tuned, texts, budget=0.08)
+    engine = TorchEngine(tuned)
+    share, tried = choose_share(engine, tiny_checkpoint_dir, texts, budget=0.08)
     reference = tried[0]["perplexity"]
     assert tried[1] == {"share": 1.0, "perplexity": tried[1]["perplexity"]} and tried[1]["perplexity"] > 1.08 * reference
     assert tried[-1]["share"] == share and tried[-1]["perplexity"] <= 1.08 * reference
     assert all(t["perplexity"] > 1.08 * reference for t in tried[1:-1]) and share < 1.0
     start = GPT2LMHeadModel.from_pretrained(tiny_checkpoint_dir).state_dict()
     name = "transformer.h.0.mlp.c_fc.weight"
+    weights = engine.model.state_dict()
     assert torch.allclose(weights[name], start[name] + share * (model.state_dict()[name] - start[name]), atol=1e-6)
-    assert choose_share(tiny_checkpoint_dir, tuned, texts, budget=1e6)[0] == 1.0
+    assert choose_share(TorchEngine(tuned), tiny_checkpoint_dir, texts, budget=1e6)[0] == 1.0
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,8 @@ import os
 import shutil
 from pathlib import Path
 
+from trainer.evaluate.common import document_start, encode
+from trainer.evaluate.perplexity import PerplexityTotals, score_ids
 from trainer.finetune.data import selection_records
 
 SHARES = (1.0, 0.85, 0.7, 0.55, 0.4, 0.25, 0.1)
@@ -27,75 +29,56 @@ MERGE_FILE = "merge.json"
 SELECTION_BYTES = 150_000   # ~45 k tokens: a few seconds a share on a CPU
 
 
-def mean_loss(model, sequences: list[list[int]], window: int) -> float:
-    """Mean next-token loss (nats) over `sequences`, each read in windows of `window` tokens."""
-    import torch
-
-    nats, count = 0.0, 0
-    with torch.no_grad():
-        for ids in sequences:
-            for start in range(0, len(ids) - 1, window):
-                chunk = torch.tensor([ids[start:start + window + 1]])
-                logits = model(chunk[:, :-1]).logits[0].float()
-                nats += torch.nn.functional.cross_entropy(logits, chunk[0, 1:], reduction="sum").item()
-                count += chunk.shape[1] - 1
-    return nats / max(1, count)
+def selection_perplexity(engine, sequences: list[list[int]]) -> float:
+    """Perplexity of `sequences` under the engine's current weights, in windows that do not
+    overlap (the evaluation's scoring, at half its cost: only the ranking of shares matters)."""
+    context = engine.info.n_positions
+    totals = PerplexityTotals()
+    for ids in sequences:
+        score_ids(engine, ids, context, context, totals)
+    return math.exp(totals.nats / max(1, totals.tokens))
 
 
-def _encode(texts: list[str], tokenizer_file: Path) -> list[list[int]]:
-    from tokenizers import Tokenizer
-
-    from codeparrot_ls.prompt import END_OF_TEXT
-
-    tok = Tokenizer.from_file(str(tokenizer_file))
-    tok.encode_special_tokens = True   # a docstring that spells a special token stays text
-    eos = tok.token_to_id(END_OF_TEXT)
-    return [[eos, *e.ids] for e in tok.encode_batch(texts, add_special_tokens=False)]
-
-
-def choose_share(start: Path, tuned: Path, texts: list[str], budget: float) -> tuple[float, list[dict], dict]:
-    """(share, the perplexity at each share tried, the weights at that share)."""
+def choose_share(engine, start: Path, texts: list[str], budget: float) -> tuple[float, list[dict]]:
+    """Loads into `engine` (a TorchEngine on the fine-tuned checkpoint) the weights at the
+    largest share within `budget`; returns that share and the perplexity at each share tried."""
     import torch
     from transformers import GPT2LMHeadModel
 
-    model = GPT2LMHeadModel.from_pretrained(tuned, dtype=torch.float32).eval()
-    tuned_state = {k: v.clone() for k, v in model.state_dict().items()}
-    start_state = GPT2LMHeadModel.from_pretrained(start, dtype=torch.float32).state_dict()
-    sequences = _encode(texts, tuned / "tokenizer.json")
-    window = model.config.n_positions
+    model = engine.model
+    tuned = {k: v.clone() for k, v in model.state_dict().items()}
+    begin = GPT2LMHeadModel.from_pretrained(start, dtype=torch.float32).state_dict()
+    sequences = [document_start(engine) + encode(engine.tokenizer, t) for t in texts]
 
-    def at(share: float) -> dict:
-        return {k: share * v + (1 - share) * start_state[k] if v.is_floating_point() else v
-                for k, v in tuned_state.items()}
+    def load(share: float) -> float:
+        model.load_state_dict({k: share * v + (1 - share) * begin[k] if v.is_floating_point() else v
+                               for k, v in tuned.items()})
+        return selection_perplexity(engine, sequences)
 
-    model.load_state_dict(at(0.0))
-    reference = math.exp(mean_loss(model, sequences, window))
+    reference = load(0.0)
     tried = [{"share": 0.0, "perplexity": round(reference, 3)}]
     for share in SHARES:
-        weights = at(share)
-        model.load_state_dict(weights)
-        ppl = math.exp(mean_loss(model, sequences, window))
+        ppl = load(share)
         tried.append({"share": share, "perplexity": round(ppl, 3)})
         if ppl <= reference * (1 + budget):
-            return share, tried, weights
-    return 0.0, tried, at(0.0)
+            return share, tried
+    load(0.0)
+    return 0.0, tried
 
 
 def merge(start: Path, tuned: Path, output: Path, budget: float, seed: int) -> dict:
     """Writes the interpolated checkpoint to `output` (a copy of `tuned` with the new weights
     and merge.json); renamed into place once complete. Returns what merge.json holds."""
-    import torch
-    from transformers import GPT2LMHeadModel
+    from codeparrot_ls.engine.torch_engine import TorchEngine
 
     scratch = output.with_name(".selection-" + output.name)
     texts = [r["content"] for r in selection_records(SELECTION_BYTES, seed, scratch)]
-    share, tried, weights = choose_share(start, tuned, texts, budget)
+    engine = TorchEngine(tuned)
+    share, tried = choose_share(engine, start, texts, budget)
     tmp = output.with_name(".tmp-" + output.name)
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(tuned, tmp)
-    model = GPT2LMHeadModel.from_pretrained(tuned, dtype=torch.float32)
-    model.load_state_dict(weights)
-    model.save_pretrained(tmp)
+    engine.model.save_pretrained(tmp)
     info = {"share": share, "budget": budget, "selection_files": len(texts), "tried": tried}
     (tmp / MERGE_FILE).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
     shutil.rmtree(output, ignore_errors=True)
