@@ -44,6 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from llamacpp_convert import convert  # noqa: E402
 
+from codeparrot_ls.modelfiles import CONFIG_FILE, TOKENIZER_FILE  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "codeparrot_ls" / "models" / "default"
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
@@ -65,7 +67,7 @@ def build_checkpoint(name: str, root: Path) -> Path:
     if vocab is None and n_positions == 512:
         return shipped
     ckpt = root / name / "checkpoint"
-    if (ckpt / "config.json").is_file():
+    if (ckpt / CONFIG_FILE).is_file():
         return ckpt
     import torch
     from transformers import GPT2LMHeadModel
@@ -83,7 +85,7 @@ def build_checkpoint(name: str, root: Path) -> Path:
         eos = json.loads((SHIPPED / "export.json").read_text())["eos_token_id"]
         model = GPT2LMHeadModel(build_config(preset, vocab, eos, n_positions=n_positions))
     model.save_pretrained(ckpt)
-    for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+    for f in (TOKENIZER_FILE, "tokenizer_config.json", "generation_config.json"):
         if (shipped / f).is_file():
             shutil.copy(shipped / f, ckpt / f)
     return ckpt

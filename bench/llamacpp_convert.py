@@ -27,6 +27,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from codeparrot_ls.modelfiles import CONFIG_FILE
+
 LLAMA_CPP_PYTHON_PIN = "0.3.36"      # the bench extra's pin (pyproject.toml)
 OUTTYPES = ("q8_0", "f16", "f32")
 PRE_TOKENIZER = "gpt-2"
@@ -94,16 +96,16 @@ def _extract(sdist: Path, dest: Path) -> None:
 
 def converter_view(checkpoint: Path, dest: Path) -> Path:
     """`dest`: the checkpoint's files linked, config.json rewritten with `n_ctx`."""
-    config = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
+    config = json.loads((checkpoint / CONFIG_FILE).read_text(encoding="utf-8"))
     if config.get("model_type") != "gpt2":
         raise ConvertError(f"{checkpoint}: model type {config.get('model_type')!r}; only GPT-2 checkpoints convert")
     dest.mkdir(parents=True, exist_ok=True)
     for f in checkpoint.iterdir():
-        if f.is_file() and f.name != "config.json":
+        if f.is_file() and f.name != CONFIG_FILE:
             (dest / f.name).unlink(missing_ok=True)
             (dest / f.name).symlink_to(f.resolve())
     config["n_ctx"] = config["n_positions"]
-    (dest / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    (dest / CONFIG_FILE).write_text(json.dumps(config, indent=2), encoding="utf-8")
     return dest
 
 

@@ -39,6 +39,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from codeparrot_ls.modelfiles import CONFIG_FILE
 from trainer.corpus.sources import SourceError
 from trainer.finetune.data import DataError
 
@@ -262,7 +263,7 @@ def _train_stage(settings: dict, init: Path, corpus: Path, train_dir: Path) -> t
     from trainer.finetune.merge import MERGE_FILE, merge
 
     final = train_dir / "final"
-    done = (final / "config.json").is_file() and (train_dir / "summary.json").is_file()
+    done = (final / CONFIG_FILE).is_file() and (train_dir / "summary.json").is_file()
     _stage(2, f"fine-tune from {init} ({settings['minutes']:g} minutes at most, {settings['max_steps']} steps)", done)
     if not done:
         summary = train(settings, corpus, train_dir)
