@@ -11,6 +11,7 @@ request-time reader (codeparrot_ls/workspace.py, repo_context.py), fed by LSP ev
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 
 from lsprotocol import types
@@ -29,12 +30,13 @@ def _bounds(settings) -> tuple[int, int, int]:
 
 
 class RepoService:
-    def __init__(self, open_text: Callable[[str], str | None]):
+    def __init__(self, open_text: Callable[[str], str | None], gate: threading.Event | None = None):
         self.index: WorkspaceIndex | None = None
         self.repo: RepoContext | None = None
         self.roots: list[str] = []
         self._open_text = open_text
         self._bounds: tuple[int, int, int] | None = None
+        self._gate = gate      # the index works while it is set (the scheduler is idle)
 
     # -- roots and settings -----------------------------------------------------------------
     @staticmethod
@@ -67,7 +69,7 @@ class RepoService:
             self.index.close()
         self._bounds = _bounds(settings)
         max_files, max_bytes, max_file_bytes = self._bounds
-        self.index = WorkspaceIndex(max_files, max_bytes, max_file_bytes)
+        self.index = WorkspaceIndex(max_files, max_bytes, max_file_bytes, gate=self._gate)
         self.repo = RepoContext(self.index, self._open_text)
         log.info("workspace index: building from %s", ", ".join(self.roots))
         self.index.start(self.roots)

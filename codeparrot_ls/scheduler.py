@@ -14,6 +14,9 @@ decoder checks before every token:
 
 Every finished job is summarised in `Stats` (served by the `codeparrot.stats`
 command), which is how tests and benchmarks see that work really stopped.
+
+`idle` is set while no job is queued or running: background work (the workspace index)
+waits on it, so it takes neither the cores nor the GIL from a completion.
 """
 
 from __future__ import annotations
@@ -94,6 +97,10 @@ class Scheduler:
         self._seq = 0
         self._running: Ticket | None = None
         self.stats = Stats()
+        self.idle = threading.Event()
+        self.idle.set()
+        self._pending = 0
+        self._pending_lock = threading.Lock()
 
     async def run(self, key: str, job: Callable[[Callable[[], bool]], Any]) -> tuple[bool, Any]:
         """Run `job(is_cancelled)` on the worker; returns (ran_to_completion, result).
@@ -111,6 +118,9 @@ class Scheduler:
         self._live.add(ticket)
         self.stats.requests += 1
         loop = asyncio.get_running_loop()
+        with self._pending_lock:
+            self._pending += 1
+            self.idle.clear()
         future = loop.run_in_executor(self._executor, self._work, ticket, job, time.monotonic())
         try:
             # Shielded: a cancelled request's job still reaches the worker, which sees the flag
@@ -146,6 +156,15 @@ class Scheduler:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     def _work(self, ticket: Ticket, job, queued_at: float) -> tuple[bool, Any]:
+        try:
+            return self._run_job(ticket, job, queued_at)
+        finally:
+            with self._pending_lock:
+                self._pending -= 1
+                if not self._pending:
+                    self.idle.set()
+
+    def _run_job(self, ticket: Ticket, job, queued_at: float) -> tuple[bool, Any]:
         started = time.monotonic()
         if ticket.cancelled:
             self._record(ticket, "skipped", queued_at, started, started)

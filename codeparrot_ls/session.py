@@ -44,7 +44,7 @@ class CodeparrotServer(LanguageServer):
         self.documents = OpenDocuments(lambda: self.workspace.text_documents)
         self.client_ready = False                 # `initialized` received: notifications may flow
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.repo = RepoService(open_text=self.documents.open_text)
+        self.repo = RepoService(open_text=self.documents.open_text, gate=self.scheduler.idle)
 
     def configure(self, model: str | None, source: str, engine: str, threads: int | None,
                   holder: ModelHolder | None = None) -> None:

@@ -14,6 +14,9 @@ module defines (codeparrot_ls/definitions.py), built on a background thread.
 * Updates (a saved file, a watched-file event, an edited open document) go through the same
   thread, in order. Readers take a lock only to look up a dict entry: no request waits for
   the index; a request uses what is indexed so far.
+* The index yields to completions: before each file it waits for `gate` (the server's
+  scheduler is idle), at most `MAX_YIELD_S`, so a build never takes a core or the GIL
+  (`ast.parse` holds it) from a request, and still moves on under a stream of them.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from codeparrot_ls.workspace_files import python_files
 log = logging.getLogger(__name__)
 
 BUFFER_SETTLE_S = 0.5        # an edited open document is parsed once typing pauses this long
+MAX_YIELD_S = 0.25           # the longest the index waits for completions before its next file
 
 
 @dataclass
@@ -83,8 +87,10 @@ def module_names(path: str, root: str | None, package_dirs: dict[str, bool] | No
 # ----------------------------------------------------------------------------- the index
 
 class WorkspaceIndex:
-    def __init__(self, max_files: int = 10_000, max_bytes: int = 64_000_000, max_file_bytes: int = 1_000_000):
+    def __init__(self, max_files: int = 10_000, max_bytes: int = 64_000_000, max_file_bytes: int = 1_000_000,
+                 gate: threading.Event | None = None):
         self.max_files, self.max_bytes, self.max_file_bytes = max_files, max_bytes, max_file_bytes
+        self._gate = gate                            # set while the index may work (None: always)
         self.roots: list[str] = []
         self._files: dict[str, IndexedFile] = {}
         self._modules: dict[str, str] = {}          # dotted name -> path
@@ -188,6 +194,7 @@ class WorkspaceIndex:
             try:
                 if kind == "stop":
                     return
+                self._yield()
                 if kind == "build":
                     self._build(arg)
                 elif kind == "file":
@@ -198,6 +205,10 @@ class WorkspaceIndex:
                 log.exception("workspace index: %s %s failed", kind, arg)
             if self._queue.empty() and not self._dirty:
                 self._idle.set()
+
+    def _yield(self) -> None:
+        if self._gate is not None:
+            self._gate.wait(MAX_YIELD_S)
 
     def _settle_buffers(self) -> None:
         now = time.monotonic()
@@ -219,6 +230,7 @@ class WorkspaceIndex:
             self.skipped = Counter()
         package_dirs: dict[str, bool] = {}
         for path in python_files(roots, self.skipped):
+            self._yield()
             self._index_path(path, from_build=True, package_dirs=package_dirs)
             if self.truncated is not None:
                 break

@@ -295,3 +295,53 @@ def test_after_a_module_and_a_dot_its_names_come_first(tmp_path):
     # Typing on after the same receiver changes nothing.
     assert repo.gather((tmp_path / "app/views.py").as_uri(), text.replace("text.sl\n", "text.slu\n"), 9,
                        "    return text.slu") is found
+
+
+def test_the_index_yields_to_completions(tmp_path, monkeypatch):
+    """While the server's scheduler runs a completion (its idle gate is clear) the index does
+    not work; once it is idle the build runs to the end; under a stream of completions it still
+    moves on, a file per wait."""
+    import threading
+
+    from codeparrot_ls import workspace
+
+    write(tmp_path, {f"pkg/m{i}.py": f"def f{i}(x):\n    return x\n" for i in range(12)})
+    gate = threading.Event()               # clear: a completion is running
+    monkeypatch.setattr(workspace, "MAX_YIELD_S", 30.0)
+    index = WorkspaceIndex(gate=gate)
+    index.start([str(tmp_path)])
+    assert not index.wait(0.5)
+    assert len(index) == 0 and index.stats()["state"] == "empty"
+    gate.set()
+    assert index.wait(30) and len(index) == 12
+    index.close()
+
+    gate.clear()
+    monkeypatch.setattr(workspace, "MAX_YIELD_S", 0.01)
+    busy = WorkspaceIndex(gate=gate)
+    busy.start([str(tmp_path)])
+    assert busy.wait(30) and len(busy) == 12
+    busy.close()
+
+
+def test_the_scheduler_is_idle_only_without_queued_or_running_jobs():
+    import asyncio
+
+    from codeparrot_ls.scheduler import Scheduler
+
+    scheduler = Scheduler()
+    seen = []
+
+    def job(is_cancelled):
+        seen.append(scheduler.idle.is_set())
+        return "done"
+
+    async def main():
+        assert scheduler.idle.is_set()
+        results = await asyncio.gather(scheduler.run("a", job), scheduler.run("b", job))
+        assert [r for _, r in results] == ["done", "done"]
+        assert scheduler.idle.is_set()
+
+    asyncio.run(main())
+    assert seen == [False, False]
+    scheduler.shutdown()
