@@ -65,6 +65,8 @@ class Client:
 
     async def index_ready(self) -> dict:
         while (w := (await self.stats())["workspace"])["state"] != "ready":
+            if w["state"] not in ("empty", "building"):
+                raise RuntimeError(f"the server builds no workspace index: {w}")
             await asyncio.sleep(0.05)
         return w
 
@@ -114,7 +116,7 @@ def cross_file_positions(repo: Path, n: int, seed: int) -> list[tuple[Path, str,
 async def measure_latency(model, repo: Path, n: int, seed: int, threads: int) -> dict:
     positions = cross_file_positions(repo, n, seed)
     c = Client()
-    await c.start(model, repo.resolve(), {"maxNewTokens": 48}, threads)
+    await c.start(model, repo.resolve(), {"maxNewTokens": 48, "workspaceContext": True}, threads)
     index = await c.index_ready()
     on, off, definitions = [], [], []
     for k, (path, text, line, col) in enumerate(positions):
