@@ -209,6 +209,9 @@ class WorkspaceIndex:
     def _yield(self) -> None:
         if self._gate is not None:
             self._gate.wait(MAX_YIELD_S)
+            # A set event returns without letting go of the GIL; this does, so a request that
+            # has just arrived gets it now, not at the next forced switch (5 ms).
+            time.sleep(0)
 
     def _settle_buffers(self) -> None:
         now = time.monotonic()
