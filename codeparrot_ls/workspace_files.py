@@ -1,18 +1,19 @@
 """Which files the workspace index reads: the `*.py` files under the workspace folders,
-breadth first, skipping what `.gitignore` files ignore, hidden folders, `__pycache__`,
-`node_modules`, `site-packages` / `dist-packages` and virtual environments (a folder with
-`pyvenv.cfg` or `conda-meta`). What is skipped is counted by reason (folders that vanish or
+breadth first, skipping what `.gitignore` files ignore (git's rules, by `pathspec`), hidden
+folders, `__pycache__`, `node_modules`, `site-packages` / `dist-packages` and virtual
+environments (a folder with `pyvenv.cfg` or `conda-meta`). What is skipped is counted by reason (folders that vanish or
 cannot be read, symlink loops, excluded or ignored paths).
 """
 
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
 from pathlib import Path
+
+import pathspec
 
 EXCLUDED_DIRS = frozenset({"__pycache__", "node_modules", "site-packages", "dist-packages"})
 VENV_MARKERS = ("pyvenv.cfg", "conda-meta")
@@ -79,64 +80,19 @@ def _entries(folder: str, seen_dirs: set[tuple[int, int]], skipped: Counter[str]
 
 # ----------------------------------------------------------------------------- .gitignore
 
-def _glob_regex(pattern: str) -> str:
-    out, i = [], 0
-    while i < len(pattern):
-        c = pattern[i]
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-            continue
-        if pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-            continue
-        if c == "*":
-            out.append("[^/]*")
-        elif c == "?":
-            out.append("[^/]")
-        elif c == "[":
-            j = pattern.find("]", i + 1)
-            if j < 0:
-                out.append(re.escape(c))
-            else:
-                body = pattern[i + 1:j].replace("\\", "\\\\")
-                out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
-                i = j
-        else:
-            out.append(re.escape(c))
-        i += 1
-    return "".join(out)
-
-
-def parse_gitignore(text: str, base: str) -> list[tuple[re.Pattern, bool, bool, str]]:
-    """Rules (regex, negated, directories only, base folder) of one .gitignore in `base`."""
-    rules = []
-    for raw in text.splitlines():
-        line = raw.rstrip()
-        if not line or line.startswith("#"):
-            continue
-        negate = line.startswith("!")
-        line = line[1:] if negate else line
-        line = line[1:] if line.startswith("\\") else line
-        dir_only = line.endswith("/")
-        line = line.rstrip("/")
-        if not line:
-            continue
-        anchored = "/" in line
-        body = _glob_regex(line.lstrip("/"))
-        regex = re.compile(("" if anchored else "(?:.*/)?") + body + "$")
-        rules.append((regex, negate, dir_only, base))
-    return rules
+def parse_gitignore(text: str, base: str) -> list[tuple[pathspec.GitIgnoreSpec, str]]:
+    """One .gitignore in folder `base`, as a rule list to append to its parent folders' rules."""
+    return [(pathspec.GitIgnoreSpec.from_lines(text.splitlines()), base)]
 
 
 def is_ignored(rules, path: str, is_dir: bool) -> bool:
-    """Git's rule: the last matching pattern decides (paths relative to each rule's folder)."""
-    ignored = False
-    for regex, negate, dir_only, base in rules:
-        if dir_only and not is_dir:
-            continue
+    """Git's rules: within one .gitignore the last matching pattern decides; a deeper
+    .gitignore decides before the ones above it (paths relative to each file's folder)."""
+    for spec, base in reversed(rules):
         rel = os.path.relpath(path, base).replace(os.sep, "/")
-        if not rel.startswith("../") and regex.match(rel):
-            ignored = not negate
-    return ignored
+        if rel.startswith("../"):
+            continue
+        decision = spec.check_file(rel + "/" if is_dir else rel).include
+        if decision is not None:
+            return decision
+    return False

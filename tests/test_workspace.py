@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sysconfig
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from codeparrot_ls.definitions import Binding, import_bindings, import_statement
 from codeparrot_ls.repo_context import RepoContext
 from codeparrot_ls.settings import CompletionSettings
 from codeparrot_ls.workspace import WorkspaceIndex, module_names
-from codeparrot_ls.workspace_files import is_ignored, parse_gitignore
+from codeparrot_ls.workspace_files import is_ignored, parse_gitignore, python_files
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 
@@ -345,3 +346,32 @@ def test_the_scheduler_is_idle_only_without_queued_or_running_jobs():
     asyncio.run(main())
     assert seen == [False, False]
     scheduler.shutdown()
+
+
+def test_nested_gitignore_files_follow_git(tmp_path):
+    """A deeper .gitignore decides before the ones above it; `**`, character classes and
+    directory-only patterns as git reads them. The expectations come from `git check-ignore`."""
+    import shutil
+    import subprocess
+
+    write(tmp_path, {
+        ".gitignore": "*.gen.py\ngenerated/\n**/tmp_*.py\nx[0-9].py\n",
+        "pkg/.gitignore": "!keep.gen.py\nlocal.py\n",
+        "pkg/keep.gen.py": "", "pkg/other.gen.py": "", "pkg/local.py": "", "local.py": "",
+        "pkg/a/tmp_1.py": "", "x1.py": "", "xa.py": "", "generated/m.py": "", "pkg/generated.py": "",
+    })
+    rules = parse_gitignore((tmp_path / ".gitignore").read_text(), str(tmp_path))
+    inner = rules + parse_gitignore((tmp_path / "pkg/.gitignore").read_text(), str(tmp_path / "pkg"))
+    expected = {"pkg/keep.gen.py": False, "pkg/other.gen.py": True, "pkg/local.py": True, "local.py": False,
+                "pkg/a/tmp_1.py": True, "x1.py": True, "xa.py": False, "generated/m.py": True,
+                "pkg/generated.py": False}
+    got = {rel: is_ignored(inner if rel.startswith("pkg/") else rules, str(tmp_path / rel), False)
+           for rel in expected}
+    got["generated/m.py"] = is_ignored(rules, str(tmp_path / "generated"), True)
+    assert got == expected
+    if shutil.which("git"):
+        subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+        out = subprocess.run(["git", "-C", str(tmp_path), "check-ignore", *expected], capture_output=True, text=True)
+        assert set(out.stdout.split()) == {rel for rel, ignored in expected.items() if ignored}
+    files = {os.path.relpath(p, tmp_path) for p in python_files([str(tmp_path)], Counter())}
+    assert files == {rel for rel, ignored in expected.items() if not ignored}
