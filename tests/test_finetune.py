@@ -288,3 +288,19 @@ def test_pretrain_init_from_refuses_another_tokenizer(tiny_corpus_dir, tiny_chec
     assert pretrain_main(pretrain_args(tiny_corpus_dir, tmp_path / "run", **{"init-from": DEFAULT_MODEL_DIR})) == 2
     assert "exported ONNX folder" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_schedule_is_capped_at_max_epochs(tiny_corpus_dir, tiny_checkpoint_dir):
+    """`--max-epochs` passes over the training split, in the packed windows pretraining reads:
+    one pass of the training loader has as many windows as one epoch's steps at batch size 1."""
+    from trainer.finetune import epoch_steps
+    from trainer.pretraining.data import PackedDataset, shard_files
+
+    n_positions = json.loads((tiny_checkpoint_dir / "config.json").read_text())["n_positions"]
+    one, tokens = epoch_steps(tiny_corpus_dir, tiny_checkpoint_dir, batch_size=1, epochs=1.0)
+    data = PackedDataset(shard_files(tiny_corpus_dir, "train"), tiny_checkpoint_dir / "tokenizer.json",
+                         n_positions, 1, infinite=False)
+    windows = sum(1 for _ in data)
+    assert abs(one - windows) <= 1 and tokens > n_positions
+    two, _ = epoch_steps(tiny_corpus_dir, tiny_checkpoint_dir, batch_size=4, epochs=2.0)
+    assert two == -(-2 * tokens // (4 * n_positions))

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shlex
 import shutil
@@ -72,7 +73,12 @@ class FinetuneArguments:
     warmup_steps: int = field(default=5, metadata={"help": "linear warmup before the cosine decay"})
     batch_size: int = field(default=4, metadata={"help": "sequences per step"})
     max_steps: int | None = field(default=None, metadata={
-        "help": "length of the schedule (default: what --minutes allows, from a timed step on this machine)"})
+        "help": "length of the schedule (default: what --minutes allows, from a timed step on this machine, "
+                "and at most --max-epochs)"})
+    # Measured on astroid (docs/finetune.md): 3.3 passes gave the same gain after the merge as 1.7,
+    # with more forgetting; on a fast machine --minutes alone would allow many more.
+    max_epochs: float = field(default=2.0, metadata={
+        "help": "at most this many passes over the training data (your files and the replay)"})
     positions: int = field(default=200, metadata={"help": "line-completion positions per cursor kind"})
     general: str | None = field(default=None, metadata={
         "help": "general Python for the forgetting check (default: the standard library's valid split)"})
@@ -101,6 +107,8 @@ def check_args(args: FinetuneArguments) -> Path:
         raise DataError("--minutes, --positions, --batch-size and --general-files must be positive")
     if (args.max_steps is not None and args.max_steps < 1) or (args.threads is not None and args.threads < 1):
         raise DataError("--max-steps and --threads must be at least 1")
+    if args.max_epochs <= 0:
+        raise DataError("--max-epochs must be positive")
     for spec in args.source:
         if spec.startswith("hf:"):
             raise DataError(f"--source {spec}: fine-tuning takes your own files (a folder or .jsonl[.gz])")
@@ -190,6 +198,22 @@ def schedule_for(init: Path, minutes: float, batch_size: int) -> tuple[int, int]
     per_step, threads = time_a_step(init, batch_size)
     # Held-out evaluations and checkpoints take about a fifth more.
     return max(20, int(minutes * 60 / (per_step * 1.2))), threads
+
+
+def epoch_steps(corpus: Path, init: Path, batch_size: int, epochs: float) -> tuple[int, int]:
+    """(steps of `epochs` passes over the training split, its tokens), in the packed windows of
+    the model's length that pretraining trains on."""
+    from tokenizers import Tokenizer
+
+    from codeparrot_ls.modelfiles import TOKENIZER_FILE
+    from trainer.finetune.data import read_records
+
+    tokenizer = Tokenizer.from_file(str(init / TOKENIZER_FILE))
+    tokenizer.encode_special_tokens = True     # as pretraining reads source text
+    texts = [r["content"] for r in read_records(corpus, "train")]
+    tokens = sum(len(e.ids) + 1 for e in tokenizer.encode_batch(texts))   # + 1: the separator
+    window = json.loads((init / CONFIG_FILE).read_text(encoding="utf-8"))["n_positions"]
+    return max(1, math.ceil(epochs * tokens / (batch_size * window))), tokens
 
 
 def _stage(number: int, name: str, done: bool) -> None:
@@ -300,7 +324,11 @@ def run(args: FinetuneArguments) -> int:
     split = _corpus_stage(args, settings, corpus, out, created)
     if settings["max_steps"] is None or settings["threads"] is None:
         steps, threads = schedule_for(init, settings["minutes"], settings["batch_size"])
-        settings["threads"], settings["max_steps"] = settings["threads"] or threads, settings["max_steps"] or steps
+        cap, tokens = epoch_steps(corpus, init, settings["batch_size"], settings.get("max_epochs", 2.0))
+        if settings["max_steps"] is None and cap < steps:
+            print(f"  {cap} steps: {settings.get('max_epochs', 2.0):g} passes over the {tokens:,} training tokens "
+                  f"({steps} would fit in {settings['minutes']:g} minutes)")
+        settings["threads"], settings["max_steps"] = settings["threads"] or threads, settings["max_steps"] or min(steps, cap)
     (out / SETTINGS).write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
     summary, checkpoint = _train_stage(settings, init, corpus, train_dir)
 
