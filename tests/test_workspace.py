@@ -257,16 +257,21 @@ def test_repo_completion_evaluation_runs_both_groups_with_and_without_context(tm
 
     from trainer.evaluate import main
 
-    write(tmp_path / "repo", PROJECT)
+    views = PROJECT["app/views.py"].replace("    return \n", "    again = User(slug)\n    return \n")
+    write(tmp_path / "repo", {**PROJECT, "app/views.py": views})
     out = tmp_path / "rc.json"
     rc = main(["--model", str(tiny_onnx_dir), "--task", "repo-completion", "--data", str(tmp_path / "repo"),
                "--positions", "5", "--max_new_tokens", "4", "--output", str(out)])
     assert rc == 0
     report = json.loads(out.read_text())
     res = report["results"]
-    # views.py uses User, text.slugify and T.MAX_SLUG on three lines: all of them are drawn.
+    # views.py uses User, text.slugify and T.MAX_SLUG on four lines: all of them are drawn; the
+    # first use of each (User's import aside) is in the first-use group, User's second is not.
     cross = report["samples"]["cross_file_with_workspace"]
-    assert sorted(s["target"] for s in cross) == ["n = T.MAX_SLUG", "slug = text.slugify(name)", "user = User(name)"]
+    first = ["n = T.MAX_SLUG", "slug = text.slugify(name)", "user = User(name)"]
+    assert sorted(s["target"] for s in cross) == sorted([*first, "again = User(slug)"])
+    assert sorted(s["target"] for s in report["samples"]["first_use_without_workspace"]) == first
+    assert res["first_use_gain"]["positions"] == 3
     # The cursor after the indentation: no name on its line yet, so no workspace context.
     assert res["cross_file_with_workspace"]["mean_definitions"] == 0
     assert res["ordinary_with_workspace"]["positions"] == 5
@@ -278,7 +283,7 @@ def test_repo_completion_evaluation_runs_both_groups_with_and_without_context(tm
                  "--positions", "5", "--max_new_tokens", "4", "--cursor", "api", "--output", str(out)]) == 0
     report = json.loads(out.read_text())
     api = report["samples"]["cross_file_without_workspace"]
-    assert sorted(s["target"] for s in api) == ["MAX_SLUG", "User(name)", "slugify(name)"]
+    assert sorted(s["target"] for s in api) == ["MAX_SLUG", "User(name)", "User(slug)", "slugify(name)"]
     # `text.` and `T.` before the cursor: their modules' names reach the prompt.
     assert [s["definitions"] > 0 for s in report["samples"]["cross_file_with_workspace"]].count(True) == 2
     assert report["results"]["cross_file_without_workspace"]["mean_definitions"] == 0

@@ -51,7 +51,7 @@ class EvaluateArgs:
         "help": "perplexity: new tokens scored per window after the first (default: context / 2)"})
     # line completion
     positions: int = field(default=500, metadata={
-        "help": "line-completion: number of sampled positions; repo-completion: per group (cross-file, ordinary)"})
+        "help": "line-completion: number of sampled positions; repo-completion: per group (cross-file, first use, ordinary)"})
     cursor: str = field(default="indent", metadata={
         "help": "line-completion: cursor after the indentation (whole line) or at a random point in the line; "
                 "repo-completion also: api (right before the name a cross-file line uses from another module)",

@@ -7,6 +7,9 @@ seeded positions are drawn from its files:
 
 * cross-file: lines (not imports) that use a name that the file imports from another module
   of the repository and that resolves there to a definition (codeparrot_ls/repo_context.py);
+* first use: those of them where that name is used for the first time in the file (it
+  appears in no line above, imports aside): only the other module can tell what it is, the
+  positions CrossCodeEval keeps;
 * ordinary: any line, as `--task line-completion` draws them (a check that the workspace
   context costs nothing where it has nothing to offer).
 
@@ -22,18 +25,20 @@ edit similarity (rapidfuzz `fuzz.ratio`, 0-100) against the rest of the line.
 from __future__ import annotations
 
 import random
+import re
 import time
 from dataclasses import replace
 from pathlib import Path
 
 from codeparrot_ls.cache import SuggestionCache
 from codeparrot_ls.completion import Completer
+from codeparrot_ls.definitions import import_statements
 from codeparrot_ls.repo_context import RepoContext, path_to_uri
 from codeparrot_ls.settings import CompletionSettings
 from codeparrot_ls.workspace import WorkspaceIndex
 from trainer.evaluate.line_completion import candidate_lines, edit_similarity, exact_match
 
-GROUPS = ("cross_file", "ordinary")
+GROUPS = ("cross_file", "first_use", "ordinary")
 # indent / random as in line completion; api (CrossCodeEval's placement): a cross-file position's
 # cursor right before the name it uses from another module (`x = mod.|name(...)`), ordinary
 # positions' after the indentation.
@@ -51,20 +56,43 @@ def _repo_files(index: WorkspaceIndex) -> list[tuple[str, str]]:
 
 
 def sample_positions(files, repo: RepoContext, count: int, seed: int, cursor: str) -> dict[str, list[dict]]:
-    """Seeded positions of both groups: {group: [{path, line, column, document, target}]}."""
+    """Seeded positions of every group: {group: [{path, line, column, document, target}]}."""
     if cursor not in CURSORS:
         raise ValueError(f"unknown cursor placement {cursor!r}; expected one of {CURSORS}")
-    cross, ordinary = [], []
+    cross, first, ordinary = [], [], []
     for f, (path, text) in enumerate(files):
         lines = text.split("\n")
         uses = repo.cross_module_lines(path_to_uri(path), text)
-        cross.extend((f, i, uses[i][0][1]) for i in sorted(uses) if i > 0 and len(lines[i].strip()) >= 4)
+        seen = _used_before(text, lines, uses)
+        for i in sorted(uses):
+            if i > 0 and len(lines[i].strip()) >= 4:
+                cross.append((f, i, uses[i][0][1]))
+                if not seen[i]:
+                    first.append(cross[-1])
         ordinary.extend((f, i, None) for i in candidate_lines(text))
-    rng = random.Random(seed)
+    rng = random.Random(seed)     # cross-file, then ordinary: the draws the seed gave before first use
+    out = {group: _draw(files, candidates, count, cursor, rng)
+           for group, candidates in (("cross_file", cross), ("ordinary", ordinary))}
+    out["first_use"] = _draw(files, first, count, cursor, random.Random(f"{seed}-first-use"))
+    return {g: out[g] for g in GROUPS}
+
+
+def _draw(files, candidates: list, count: int, cursor: str, rng: random.Random) -> list[dict]:
+    picks = sorted(rng.sample(range(len(candidates)), min(count, len(candidates))))
+    return [_position(files, *candidates[p], cursor, rng) for p in picks]
+
+
+def _used_before(text: str, lines: list[str], uses: dict[int, list[tuple[str, int]]]) -> dict[int, bool]:
+    """For each line of `uses`: whether its cross-module name already appears in a line above
+    or before its column, import statements aside."""
+    in_import = set()
+    for line, stmt in import_statements(text):
+        in_import.update(range(line, line + stmt.count("\n") + 1))
     out = {}
-    for group, candidates in (("cross_file", cross), ("ordinary", ordinary)):
-        picks = sorted(rng.sample(range(len(candidates)), min(count, len(candidates))))
-        out[group] = [_position(files, *candidates[p], cursor, rng) for p in picks]
+    for i, ((name, col), *_) in uses.items():
+        word = re.compile(r"(?<![\w])" + re.escape(name) + r"(?!\w)")
+        above = any(word.search(lines[k]) for k in range(i) if k not in in_import)
+        out[i] = above or bool(word.search(lines[i][:col]))
     return out
 
 
