@@ -304,3 +304,17 @@ def test_the_schedule_is_capped_at_max_epochs(tiny_corpus_dir, tiny_checkpoint_d
     assert abs(one - windows) <= 1 and tokens > n_positions
     two, _ = epoch_steps(tiny_corpus_dir, tiny_checkpoint_dir, batch_size=4, epochs=2.0)
     assert two == -(-2 * tokens // (4 * n_positions))
+
+
+@pytest.mark.parametrize("stage", ["finetune", "corpus", "quickstart"])
+def test_an_unknown_option_is_a_usage_error(stage, capsys):
+    """HfArgumentParser raises ValueError on an option it does not know; the stages answer as
+    argparse does: the usage, the option named, exit status 2."""
+    from trainer.cli import main
+
+    try:
+        rc = main([stage, *(["--output", "unused"] if stage == "corpus" else []), "--no-such-option", "1"])
+    except SystemExit as exc:
+        rc = exc.code
+    err = capsys.readouterr().err
+    assert rc == 2 and "unrecognized arguments: --no-such-option 1" in err and "usage:" in err

@@ -7,6 +7,7 @@ Each stage module has its own `main(argv)`; this file only dispatches, so
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 
 # subcommand -> (module, one-line help)
@@ -21,6 +22,34 @@ SUBCOMMANDS = {
     "export": ("trainer.export", "export a checkpoint to ONNX with a KV cache (optionally int8)"),
     "quickstart": ("trainer.quickstart", "run the whole chain on the standard library and demo the server"),
 }
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def stage_logging() -> None:
+    """The stages' own progress at INFO; libraries' chatter only when it matters (WARNING).
+    A no-op for the format when the host program (or pytest) configured logging already."""
+    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
+    for name in ("codeparrot", "trainer"):
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
+def stage_args(cls, prog: str, argv: list[str] | None, description: str | None = None, check=None):
+    """A stage's argument dataclass parsed from `argv` (None: the command line). argparse exits
+    as usual: SystemExit 2 on a usage error (an unknown option too, or what `check(args)`
+    returns), 0 after --help."""
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(cls, prog=prog, description=description)
+    # HfArgumentParser raises ValueError on options it does not know; argparse's way is a usage error.
+    args, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    problem = check(args) if check is not None else None
+    if problem:
+        parser.error(problem)
+    return args
 
 
 def usage() -> str:

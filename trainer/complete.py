@@ -94,12 +94,10 @@ def complete(args: CompleteArgs) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from transformers import HfArgumentParser
+    from trainer.cli import stage_args
 
-    parser = HfArgumentParser(CompleteArgs)
-    parser.prog = "codeparrot complete"
     try:
-        (args,) = parser.parse_args_into_dataclasses(args=argv)
+        args = stage_args(CompleteArgs, "codeparrot complete", argv)
     except SystemExit as e:
         return int(e.code or 0)
     try:

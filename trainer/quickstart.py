@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import HfArgumentParser
+from trainer.cli import stage_args, stage_logging
 
 log = logging.getLogger("codeparrot.quickstart")
 
@@ -276,18 +276,16 @@ async def _demo(model_dir: Path | None, timeout: float) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # The stages' own progress at INFO; libraries' chatter (quantization, LSP traffic) only when it matters.
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for name in ("codeparrot", "trainer"):
-        logging.getLogger(name).setLevel(logging.INFO)
-    parser = HfArgumentParser(QuickstartArguments, prog="codeparrot quickstart",
-                              description="the whole chain, from source files to a served model")
-    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    stage_logging()
+    args = stage_args(QuickstartArguments, "codeparrot quickstart", argv,
+                      "the whole chain, from source files to a served model", check=_check_minutes)
+    return run(args)
+
+
+def _check_minutes(args: QuickstartArguments) -> str | None:
     if args.minutes is None:
         args.minutes = 8.0 if args.from_scratch else 10.0
-    if args.minutes <= 0:
-        parser.error("--minutes must be positive")
-    return run(args)
+    return "--minutes must be positive" if args.minutes <= 0 else None
 
 
 if __name__ == "__main__":

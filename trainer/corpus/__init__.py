@@ -346,11 +346,10 @@ def flatten(groups: list) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from transformers import HfArgumentParser
+    from trainer.cli import stage_args
 
-    parser = HfArgumentParser(CorpusArgs, prog="codeparrot corpus", description=__doc__.split("\n\n")[0])
     try:
-        (args,) = parser.parse_args_into_dataclasses(args=argv)
+        args = stage_args(CorpusArgs, "codeparrot corpus", argv, __doc__.split("\n\n")[0])
     except SystemExit as exc:  # usage errors exit 2, --help exits 0
         return int(exc.code or 0)
     args.source, args.disable = flatten(args.source), flatten(args.disable)

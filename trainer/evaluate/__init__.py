@@ -192,12 +192,10 @@ def evaluate(args: EvaluateArgs) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from transformers import HfArgumentParser
+    from trainer.cli import stage_args
 
-    parser = HfArgumentParser(EvaluateArgs)
-    parser.prog = "codeparrot evaluate"
     try:
-        (args,) = parser.parse_args_into_dataclasses(args=argv)
+        args = stage_args(EvaluateArgs, "codeparrot evaluate", argv)
     except SystemExit as e:  # argparse: usage errors exit 2
         return int(e.code or 0)
     try:

@@ -248,12 +248,10 @@ def run(args: ExportArgs) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from transformers import HfArgumentParser
+    from trainer.cli import stage_args
 
-    parser = HfArgumentParser(ExportArgs)
-    parser.prog = "codeparrot export"
     try:
-        (args,) = parser.parse_args_into_dataclasses(args=argv)
+        args = stage_args(ExportArgs, "codeparrot export", argv)
     except SystemExit as e:
         return int(e.code or 0)
     try:

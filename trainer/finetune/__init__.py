@@ -372,20 +372,18 @@ def _print_summary(summary: dict, choice: str | None, started: float, model: Pat
 
 
 def parse_args(argv: list[str]) -> FinetuneArguments:
-    from transformers import HfArgumentParser
-
+    from trainer.cli import stage_args
     from trainer.corpus import flatten
 
-    parser = HfArgumentParser(FinetuneArguments, prog="codeparrot finetune", description=__doc__.split("\n\n")[0])
-    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    args = stage_args(FinetuneArguments, "codeparrot finetune", argv, __doc__.split("\n\n")[0])
     args.source = flatten(args.source)
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for name in ("codeparrot", "trainer"):
-        logging.getLogger(name).setLevel(logging.INFO)
+    from trainer.cli import stage_logging
+
+    stage_logging()
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv)
     except SystemExit as exc:  # argparse: usage errors exit 2, --help 0

@@ -8,13 +8,14 @@ import shutil
 from pathlib import Path
 
 from codeparrot_ls.modelfiles import TOKENIZER_FILE
+from trainer.cli import LOG_FORMAT
 from trainer.pretraining import checkpoint as ckpt
 from trainer.pretraining.args import PretrainArguments, UsageError
 
 
 def setup_logging(is_main: bool) -> logging.Logger:
     # No-op when the host program (or pytest) already configured logging.
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    logging.basicConfig(format=LOG_FORMAT, level=logging.WARNING)
     logging.getLogger("codeparrot").setLevel(logging.INFO if is_main else logging.WARNING)
     for chatty in ("accelerate.accelerator", "accelerate.checkpointing"):  # a line per saved file
         logging.getLogger(chatty).setLevel(logging.WARNING)
