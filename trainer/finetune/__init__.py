@@ -324,9 +324,9 @@ def run(args: FinetuneArguments) -> int:
     split = _corpus_stage(args, settings, corpus, out, created)
     if settings["max_steps"] is None or settings["threads"] is None:
         steps, threads = schedule_for(init, settings["minutes"], settings["batch_size"])
-        cap, tokens = epoch_steps(corpus, init, settings["batch_size"], settings.get("max_epochs", 2.0))
+        cap, tokens = epoch_steps(corpus, init, settings["batch_size"], settings["max_epochs"])
         if settings["max_steps"] is None and cap < steps:
-            print(f"  {cap} steps: {settings.get('max_epochs', 2.0):g} passes over the {tokens:,} training tokens "
+            print(f"  {cap} steps: {settings['max_epochs']:g} passes over the {tokens:,} training tokens "
                   f"({steps} would fit in {settings['minutes']:g} minutes)")
         settings["threads"], settings["max_steps"] = settings["threads"] or threads, settings["max_steps"] or min(steps, cap)
     (out / SETTINGS).write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
