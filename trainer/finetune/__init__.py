@@ -216,6 +216,21 @@ def epoch_steps(corpus: Path, init: Path, batch_size: int, epochs: float) -> tup
     return max(1, math.ceil(epochs * tokens / (batch_size * window))), tokens
 
 
+def _schedule(settings: dict, init: Path, corpus: Path) -> None:
+    """Fills in the threads and steps the run was not given: what `--minutes` allows on this
+    machine, and at most `--max-epochs` passes over the training data."""
+    if settings["max_steps"] is not None and settings["threads"] is not None:
+        return
+    steps, threads = schedule_for(init, settings["minutes"], settings["batch_size"])
+    settings["threads"] = settings["threads"] or threads
+    if settings["max_steps"] is None:
+        cap, tokens = epoch_steps(corpus, init, settings["batch_size"], settings["max_epochs"])
+        if cap < steps:
+            print(f"  {cap} steps: {settings['max_epochs']:g} passes over the {tokens:,} training tokens "
+                  f"({steps} would fit in {settings['minutes']:g} minutes)")
+        settings["max_steps"] = min(steps, cap)
+
+
 def _stage(number: int, name: str, done: bool) -> None:
     print(f"\n[{number}/6] {name}: {'already done, skipped' if done else 'running'}", flush=True)
 
@@ -322,13 +337,7 @@ def run(args: FinetuneArguments) -> int:
     started = time.monotonic()
 
     split = _corpus_stage(args, settings, corpus, out, created)
-    if settings["max_steps"] is None or settings["threads"] is None:
-        steps, threads = schedule_for(init, settings["minutes"], settings["batch_size"])
-        cap, tokens = epoch_steps(corpus, init, settings["batch_size"], settings["max_epochs"])
-        if settings["max_steps"] is None and cap < steps:
-            print(f"  {cap} steps: {settings['max_epochs']:g} passes over the {tokens:,} training tokens "
-                  f"({steps} would fit in {settings['minutes']:g} minutes)")
-        settings["threads"], settings["max_steps"] = settings["threads"] or threads, settings["max_steps"] or min(steps, cap)
+    _schedule(settings, init, corpus)
     (out / SETTINGS).write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
     summary, checkpoint = _train_stage(settings, init, corpus, train_dir)
 
