@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from codeparrot_ls.engine import GenerationRequest, load_engine
-from codeparrot_ls.engine.lookup import PromptLookup
+from codeparrot_ls.engine.lookup import MAX_DRAFT_GROWTH, PromptLookup
 from codeparrot_ls.engine.rows import Row
 from conftest import fresh
 
@@ -74,6 +74,29 @@ def test_same_tokens_in_fewer_passes(engine):
     assert set(plain_fed) == {1}
     assert max(drafted_fed) > 1, "no draft was tried"
     assert len(drafted_fed) < len(plain_fed), "no draft was accepted"
+
+
+def test_a_draft_kept_whole_grows_the_next_one(engine):
+    """The tiny model repeats itself: once a draft is kept whole the next pass checks a longer
+    one, still with the tokens of one token per pass."""
+    plain, _ = counted(engine, max_new_tokens=40, lookup_tokens=0)
+    drafted, fed = counted(engine, max_new_tokens=40, lookup_tokens=2)
+    assert drafted.token_ids == plain.token_ids
+    assert max(fed) > 1 + 2, f"no draft grew past lookup_tokens: {fed}"
+    assert max(fed) <= 1 + 2 * MAX_DRAFT_GROWTH
+
+
+def test_draft_size_doubles_while_kept_and_falls_back_on_a_miss():
+    row = make_row([1] * 6, [1, 2], max_new_tokens=100)
+    sizes = []
+    for kept_whole in (True, True, True, True, False, True):
+        size = row.draft_room(n_positions=1000)
+        sizes.append(size)
+        row.drafted(size, size if kept_whole else size - 1)
+    assert sizes == [4, 8, 16, 16, 16, 4]     # capped at MAX_DRAFT_GROWTH * lookup_tokens
+    assert row.draft_room(n_positions=1000) == 8
+    row.drafted(8, 0)
+    assert row.draft_room(n_positions=1000) == 4
 
 
 def wrong_draft_prompt(engine) -> list[int]:

@@ -324,4 +324,5 @@ class Decoder:
             kept += 1
             if row.finish is not None:
                 break
+        row.drafted(len(draft), kept)
         return logits[:, kept:kept + 1], engine.truncate_past(past, base + 1 + kept), [tok, *draft[:kept]]
