@@ -16,6 +16,7 @@ import pytest
 
 from codeparrot_ls import modelfiles as mf
 from codeparrot_ls.engine import Decoder, GenerationRequest, ModelLoadError, load_engine
+from codeparrot_ls.engine.base import prefill_ends
 from conftest import PROMPT_SOURCE, fresh, prompt_ids
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -255,6 +256,34 @@ def test_export_info_matches_engine_info(tiny_onnx_dir, onnx_int8):
 
 def _cache(past, rows=slice(None)):
     return [a[rows, :, : past.length] for a in past.buffer.arrays]
+
+
+def test_prefill_ends_join_a_short_tail_to_the_chunk_before():
+    assert prefill_ends(786, 256) == [256, 512, 786]          # an 18-token tail joins
+    assert prefill_ends(840, 256) == [256, 512, 768, 840]     # a 72-token tail is its own pass
+    assert prefill_ends(768, 256) == [256, 512, 768]
+    assert prefill_ends(300, 256) == [300] and prefill_ends(200, 256) == [200]
+    assert prefill_ends(5000, 0) == [5000]
+
+
+@pytest.mark.parametrize("length", [130, 150, 200])
+def test_the_decoder_prefills_in_the_engines_own_passes(onnx_fp32, length):
+    """The decoder checks its budget between the passes the engine would run anyway: each of
+    its prompt pieces is one engine pass (a short tail joined to the chunk before)."""
+    passes, run = [], onnx_fp32.graph.run
+
+    def counted(input_ids, *a, **k):
+        passes.append(input_ids.shape[1])
+        return run(input_ids, *a, **k)
+
+    onnx_fp32.graph.run, chunk, onnx_fp32.prefill_chunk = counted, onnx_fp32.prefill_chunk, 64
+    try:
+        fresh(onnx_fp32).generate(GenerationRequest(prompt_ids(onnx_fp32, length), max_new_tokens=1))
+    finally:
+        del onnx_fp32.graph.run
+        onnx_fp32.prefill_chunk = chunk
+    ends = prefill_ends(length, 64)
+    assert passes == [b - a for a, b in zip([0, *ends], ends)]
 
 
 @pytest.mark.parametrize("keep", [1, 5, 130, 200])

@@ -19,6 +19,19 @@ import numpy as np
 from codeparrot_ls.engine.lookup import DEFAULT_DRAFT_TOKENS
 
 
+def prefill_ends(length: int, chunk: int) -> list[int]:
+    """Where the prefill passes of `length` new tokens end, in chunks of `chunk` (0: one pass).
+    A tail shorter than a quarter chunk joins the chunk before it: a pass costs about a
+    millisecond of weight reads and per-node work whatever its length (786 tokens on the
+    1,024-position `mid`: 256 + 256 + 274 in 36.5 ms, 256 x 3 + 18 in 37.5)."""
+    if not chunk or length <= chunk:
+        return [length]
+    ends = list(range(chunk, length, chunk))
+    if length - ends[-1] < chunk // 4:
+        ends.pop()
+    return [*ends, length]
+
+
 @dataclass
 class ModelInfo:
     """What the server and the evaluator need to know about a model."""

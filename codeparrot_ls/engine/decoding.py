@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from codeparrot_ls.engine.base import Engine, Generation, GenerationRequest, ModelInfo
+from codeparrot_ls.engine.base import Engine, Generation, GenerationRequest, ModelInfo, prefill_ends
 from codeparrot_ls.engine.lookup import PromptLookup
 from codeparrot_ls.engine.rows import Row
 from codeparrot_ls.engine.tokens import TokenTable
@@ -220,11 +220,10 @@ class Decoder:
         checked between them: a long prompt on a busy machine stops within one chunk. Returns
         (logits of the last position or None, past, prompt tokens in the past, stop reason)."""
         engine = self.engine
-        step = getattr(engine, "prefill_chunk", 0) or len(prompt)
         filled = reused
-        while len(prompt) - filled > step:
-            _, past = engine.forward(np.array([prompt[filled:filled + step]], np.int64), past, 0)
-            filled += step
+        for end in prefill_ends(len(prompt) - reused, getattr(engine, "prefill_chunk", 0))[:-1]:
+            _, past = engine.forward(np.array([prompt[filled:reused + end]], np.int64), past, 0)
+            filled = reused + end
             reason = _budget_reason(request)
             if reason:
                 return None, past, filled, reason

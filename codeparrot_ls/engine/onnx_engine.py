@@ -18,6 +18,7 @@ prefill chunks, several rows of several tokens after a past a token at a time.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from codeparrot_ls import modelfiles as mf
-from codeparrot_ls.engine.base import Engine
+from codeparrot_ls.engine.base import Engine, prefill_ends
 from codeparrot_ls.engine.denormals import flush_denormals_on_this_thread
 from codeparrot_ls.engine.loading import ModelLoadError, load_tokenizer, model_info, model_sizes, read_json
 
@@ -340,15 +341,14 @@ def _rows(graph: KVGraph, input_ids, past: OnnxPast | None, logits_to_keep: int,
 
 def _chunks(graph: KVGraph, input_ids, past: OnnxPast | None, logits_to_keep: int, attention_mask, position_ids,
             prefill_chunk: int):
-    """One row's input in passes of at most `prefill_chunk` tokens (0: one pass); only the
-    passes that hold kept positions ask for logits."""
+    """One row's input in passes of `prefill_chunk` tokens (0: one pass; `prefill_ends` places
+    the last); only the passes that hold kept positions ask for logits."""
     batch, seq = input_ids.shape
-    if not prefill_chunk or seq <= prefill_chunk:
+    if len(prefill_ends(seq, prefill_chunk)) == 1:
         return graph.run(input_ids, past, logits_to_keep, attention_mask, position_ids)
     past_len, first_kept = 0 if past is None else past.length, seq - logits_to_keep
     pieces = []
-    for start in range(0, seq, prefill_chunk):
-        end = min(seq, start + prefill_chunk)
+    for start, end in itertools.pairwise([0, *prefill_ends(seq, prefill_chunk)]):
         need = max(0, end - max(start, first_kept))   # 0: the chunk only fills the cache
         logits, past = graph.run(input_ids[:, start:end], past, need,
                                  *_columns(attention_mask, position_ids, past_len, start, end))
