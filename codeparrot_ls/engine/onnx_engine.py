@@ -344,11 +344,12 @@ def _chunks(graph: KVGraph, input_ids, past: OnnxPast | None, logits_to_keep: in
     """One row's input in passes of `prefill_chunk` tokens (0: one pass; `prefill_ends` places
     the last); only the passes that hold kept positions ask for logits."""
     batch, seq = input_ids.shape
-    if len(prefill_ends(seq, prefill_chunk)) == 1:
+    ends = prefill_ends(seq, prefill_chunk)
+    if len(ends) == 1:
         return graph.run(input_ids, past, logits_to_keep, attention_mask, position_ids)
     past_len, first_kept = 0 if past is None else past.length, seq - logits_to_keep
     pieces = []
-    for start, end in itertools.pairwise([0, *prefill_ends(seq, prefill_chunk)]):
+    for start, end in itertools.pairwise([0, *ends]):
         need = max(0, end - max(start, first_kept))   # 0: the chunk only fills the cache
         logits, past = graph.run(input_ids[:, start:end], past, need,
                                  *_columns(attention_mask, position_ids, past_len, start, end))
