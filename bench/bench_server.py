@@ -132,23 +132,30 @@ def server_rss_kb(client: Client) -> int:
     return -1
 
 
+async def request_at(c: Client, i: int, position: tuple[str, int, int]):
+    """(round-trip ms, result) of the automatic completion at positions[i], as in an editor with
+    a few tabs: its document is opened first and the last OPEN_TABS stay open (their snippets
+    go into the prompt as other-file context)."""
+    text, line, col = position
+    c.open(f"file:///held-out/{i}.py", text)
+    if i >= OPEN_TABS:
+        c.close_doc(f"file:///held-out/{i - OPEN_TABS}.py")
+    # Let the server take in the ~100 KB didOpen first: an editor opens a file once, then
+    # asks for completions; the request's own latency is what is measured.
+    await c.stats()
+    t0 = time.perf_counter()
+    result = await c.request(f"file:///held-out/{i}.py", line, col)
+    return (time.perf_counter() - t0) * 1e3, result
+
+
 async def measure_server(onnx_dir: Path, positions, threads: int, baseline: Generate, n_bursts: int = 2) -> dict:
     c = Client()
     await c.start(onnx_dir, threads)
     await c.ready()
-    # As in an editor with a few tabs: each document is opened before its request and the
-    # last OPEN_TABS stay open (their snippets go into the prompt as other-file context).
     latencies, suggestions, generate_ms = [], [], []
-    for i, (text, line, col) in enumerate(positions):
-        c.open(f"file:///held-out/{i}.py", text)
-        if i >= OPEN_TABS:
-            c.close_doc(f"file:///held-out/{i - OPEN_TABS}.py")
-        # Let the server take in the ~100 KB didOpen first: an editor opens a file once, then
-        # asks for completions; the request's own latency is what is measured.
-        await c.stats()
-        t0 = time.perf_counter()
-        result = await c.request(f"file:///held-out/{i}.py", line, col)
-        latencies.append((time.perf_counter() - t0) * 1e3)
+    for i, position in enumerate(positions):
+        ms, result = await request_at(c, i, position)
+        latencies.append(ms)
         # The baseline right after, at the same position, so both see the same machine load.
         generate_ms.append(baseline.time(i))
         suggestions.append(result.items[0].insert_text if result.items else "")

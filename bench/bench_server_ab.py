@@ -17,12 +17,11 @@ import asyncio
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_server import CLIENT_CAPS, OPEN_TABS, SETTINGS, Client, pct, sample_positions  # noqa: E402
+from bench_server import CLIENT_CAPS, SETTINGS, Client, pct, request_at, sample_positions  # noqa: E402
 from lsprotocol import types as T  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,16 +44,10 @@ async def measure(trees: dict[str, Path], model: Path, positions, threads: int) 
         await client.ready()
     latency: dict[str, list[float]] = {name: [] for name in trees}
     names = list(trees)
-    for i, (text, line, col) in enumerate(positions):
+    for i, position in enumerate(positions):
         for name in (names if i % 2 == 0 else names[::-1]):
-            client, uri = clients[name], f"file:///held-out/{i}.py"
-            client.open(uri, text)
-            if i >= OPEN_TABS:
-                client.close_doc(f"file:///held-out/{i - OPEN_TABS}.py")
-            await client.stats()          # the didOpen taken in first, as in bench_server.py
-            t0 = time.perf_counter()
-            await client.request(uri, line, col)
-            latency[name].append((time.perf_counter() - t0) * 1e3)
+            ms, _ = await request_at(clients[name], i, position)
+            latency[name].append(ms)
     for client in clients.values():
         await client.close()
     return latency
